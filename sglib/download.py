@@ -1,0 +1,384 @@
+"""Download the revisited Oxford/Paris datasets and the revisitop1m distractors (needs internet).
+
+Resumable and checked: each file streams into ``FILE.part`` (resumed with an HTTP Range request
+after an interruption), connection errors and 5xx answers are retried a bounded number of times
+with exponential backoff, the byte count must match Content-Length (and a sha256 when given),
+and only then is the file renamed into place, so a finished file is never fetched again.
+Archives are read completely before anything is moved into the dataset; member paths that are
+absolute or contain ``..`` (or links/devices) make the archive rejected.
+
+A dataset is complete once ``gnd_NAME.pkl`` sits in its folder: it is moved there last, after
+every image the ground truth names was found in the archives.
+
+Sources (overridable per call or with environment variables, e.g. for a mirror or for tests):
+
+- ``SGLIB_VGG_URL`` (default :data:`VGG_URL`): ``oxbuildings/oxbuild_images-v1.tgz``,
+  ``parisbuildings/paris_1-v1.tgz``, ``parisbuildings/paris_2-v1.tgz``.
+- ``SGLIB_REVISITOP_URL`` (default :data:`REVISITOP_URL`): ``NAME/gnd_NAME.pkl``.
+- ``SGLIB_REVISITOP1M_URL`` (default :data:`REVISITOP1M_URL`): ``jpg/revisitop1m.{i}.tar.gz``
+  for i in 1..100 and ``revisitop1m.txt``.
+
+Example:
+    >>> ds = download_revisitop("roxford5k", "data")       # doctest: +SKIP
+    >>> ds                                                   # doctest: +SKIP
+    RevisitopDataset(name='roxford5k', root='data/datasets/roxford5k', db_images=4993, queries=70)
+"""
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import re
+import shutil
+import socket
+import tarfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path, PurePosixPath
+
+from tqdm.auto import tqdm
+
+from .datasets import (IMAGE_DIR, REVISITOP1M, DatasetError, RevisitopDataset, load_revisitop,
+                       missing_files_message, read_revisitop_gnd, revisitop1m_image_paths)
+
+VGG_URL = "https://www.robots.ox.ac.uk/~vgg/data"
+REVISITOP_URL = "http://cmp.felk.cvut.cz/revisitop/data/datasets"
+REVISITOP1M_URL = "http://ptak.felk.cvut.cz/revisitop/revisitop1m"
+REVISITOP1M_PARTS = 100
+
+# image archives per dataset, relative to the VGG base URL
+ARCHIVES = {
+    "roxford5k": ("oxbuildings/oxbuild_images-v1.tgz",),
+    "rparis6k": ("parisbuildings/paris_1-v1.tgz", "parisbuildings/paris_2-v1.tgz"),
+}
+
+_CHUNK = 1 << 20
+_DOWNLOADS = ".download"  # per-dataset folder for archives and .part files
+
+
+class DownloadError(OSError):
+    """A file could not be fetched (HTTP error, retries exhausted, wrong size or checksum)."""
+
+
+class ArchiveError(DownloadError):
+    """An archive is truncated, corrupt, unsafe, or lacks images the dataset needs."""
+
+
+def _base_url(given: str | None, env: str, default: str) -> str:
+    return (given or os.environ.get(env) or default).rstrip("/")
+
+
+# ---------------------------------------------------------------------------------------------
+# one file
+
+
+def _is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, urllib.error.HTTPError):
+        return exc.code >= 500 or exc.code in (408, 429)
+    return isinstance(exc, (urllib.error.URLError, ConnectionError, socket.timeout, TimeoutError,
+                            http.client.HTTPException, _ShortRead))
+
+
+class _ShortRead(Exception):
+    """The connection ended before Content-Length bytes arrived (the .part is kept and resumed)."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(_CHUNK), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _transfer_once(url: str, part: Path, timeout: float, progress: bool) -> None:
+    """One HTTP request: append to ``part`` from its current size (Range) until Content-Length."""
+    have = part.stat().st_size if part.exists() else 0
+    req = urllib.request.Request(url, headers={"User-Agent": "sglib-download/1",
+                                               **({"Range": f"bytes={have}-"} if have else {})})
+    try:
+        resp = urllib.request.urlopen(req, timeout=timeout)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 416 and have:
+            # the .part already holds everything the server has, or is bogus: start over
+            total = re.fullmatch(r"bytes \*/(\d+)", exc.headers.get("Content-Range", "") or "")
+            if total and int(total.group(1)) == have:
+                return
+            part.unlink()
+            raise _ShortRead(f"server refused to resume at byte {have}; restarting") from exc
+        raise
+    with resp:
+        if have and resp.status == 206:
+            m = re.match(r"bytes (\d+)-\d+/(\d+|\*)", resp.headers.get("Content-Range", ""))
+            if not m or int(m.group(1)) != have:
+                raise DownloadError(f"{url}: server resumed at the wrong offset "
+                                    f"(Content-Range {resp.headers.get('Content-Range')!r}, wanted {have})")
+            mode = "ab"
+        else:  # 200: the server ignored Range (or there was nothing to resume)
+            have, mode = 0, "wb"
+        length = resp.headers.get("Content-Length")
+        expected = have + int(length) if length is not None else None
+        with open(part, mode) as f, tqdm(total=expected, initial=have, unit="B", unit_scale=True,
+                                          unit_divisor=1024, desc=part.name[:-5], disable=not progress,
+                                          leave=False) as bar:
+            while True:
+                block = resp.read(_CHUNK)
+                if not block:
+                    break
+                f.write(block)
+                bar.update(len(block))
+    got = part.stat().st_size
+    if expected is not None and got != expected:
+        if got > expected:
+            part.unlink()
+            raise DownloadError(f"{url}: received {got} bytes, more than Content-Length {expected}")
+        raise _ShortRead(f"{url}: connection closed after {got} of {expected} bytes")
+
+
+def fetch(url: str, dest, *, sha256: str | None = None, retries: int = 5, backoff: float = 2.0,
+          timeout: float = 60.0, progress: bool = True) -> Path:
+    """Download ``url`` to ``dest`` resumably; returns ``dest``. An existing ``dest`` is kept as is.
+
+    Bytes go to ``dest.part``; after an interruption the next attempt (or the next call) asks for
+    the rest with ``Range``. Connection errors, short reads and 5xx/408/429 answers are retried up
+    to ``retries`` times, waiting ``backoff * 2**k`` seconds (at most 60) before retry ``k``. Other
+    HTTP errors (404, 403) fail at once. The size must match Content-Length and, if given, the
+    sha256; then ``.part`` is renamed to ``dest``.
+
+    Raises:
+        DownloadError: HTTP error, retries exhausted, or size/checksum mismatch.
+    """
+    dest = Path(dest)
+    if dest.is_file():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    attempt = 0
+    while True:
+        try:
+            _transfer_once(url, part, timeout, progress)
+            break
+        except DownloadError:
+            raise
+        except Exception as exc:
+            if not _is_transient(exc):
+                detail = f"HTTP {exc.code} {exc.reason}" if isinstance(exc, urllib.error.HTTPError) else repr(exc)
+                raise DownloadError(f"download of {url} failed: {detail}") from exc
+            if attempt >= retries:
+                raise DownloadError(f"download of {url} failed after {attempt + 1} attempts; last error: "
+                                    f"{exc}. Run again to resume from {part}") from exc
+            time.sleep(min(backoff * 2 ** attempt, 60.0))
+            attempt += 1
+    if sha256 is not None:
+        digest = _sha256(part)
+        if digest != sha256.lower():
+            part.unlink()
+            raise DownloadError(f"{url}: sha256 {digest} does not match the expected {sha256}; file removed")
+    os.replace(part, dest)
+    return dest
+
+
+# ---------------------------------------------------------------------------------------------
+# archives
+
+
+def _safe_members(tar: tarfile.TarFile, archive: Path) -> list:
+    """All regular-file members; raises ArchiveError on absolute/``..`` paths, links or devices."""
+    files = []
+    for m in tar:  # iterating reads the whole archive: truncation and gzip CRC errors surface here
+        parts = PurePosixPath(m.name).parts
+        if m.name.startswith(("/", "\\")) or ".." in parts or re.match(r"^[A-Za-z]:", m.name):
+            raise ArchiveError(f"{archive}: unsafe member path {m.name!r}; archive rejected")
+        if m.isfile():
+            files.append(m)
+        elif not m.isdir():
+            raise ArchiveError(f"{archive}: member {m.name!r} is a link or special file; archive rejected")
+    return files
+
+
+def _extract(archive: Path, dest_dir: Path, flatten: bool, progress: bool) -> list:
+    """Extract the regular files of ``archive`` below ``dest_dir`` (basename only when ``flatten``).
+
+    Returns the written paths. Raises ArchiveError if the archive is unreadable or unsafe; the
+    caller extracts into a staging folder, so a failure leaves nothing in the dataset.
+    """
+    written, seen = [], set()
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            members = _safe_members(tar, archive)
+            for m in tqdm(members, desc=f"extract {archive.name}", unit="file", disable=not progress, leave=False):
+                rel = PurePosixPath(m.name).name if flatten else PurePosixPath(*PurePosixPath(m.name).parts)
+                if str(rel) in seen:
+                    raise ArchiveError(f"{archive}: two members extract to {rel}")
+                seen.add(str(rel))
+                out = dest_dir / rel
+                out.parent.mkdir(parents=True, exist_ok=True)
+                src = tar.extractfile(m)
+                with src, open(out, "wb") as f:
+                    shutil.copyfileobj(src, f, _CHUNK)
+                if out.stat().st_size != m.size:
+                    raise ArchiveError(f"{archive}: member {m.name} is truncated")
+                written.append(out)
+    except ArchiveError:
+        raise
+    except (tarfile.TarError, EOFError, OSError, ValueError) as exc:  # gzip/zlib errors are OSError/EOFError
+        raise ArchiveError(f"{archive} is truncated or corrupt ({type(exc).__name__}: {exc}); "
+                           f"it was removed, run again to download it afresh") from exc
+    return written
+
+
+def _move_tree(src: Path, dst: Path) -> None:
+    """Move every file below ``src`` to the same place below ``dst`` (same filesystem, per-file rename)."""
+    for path in sorted(p for p in src.rglob("*") if p.is_file()):
+        target = dst / path.relative_to(src)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, target)
+    shutil.rmtree(src)
+
+
+# ---------------------------------------------------------------------------------------------
+# datasets
+
+
+def download_revisitop(name: str, data_root, *, images_url: str | None = None, gnd_url: str | None = None,
+                       sha256: dict | None = None, retries: int = 5, backoff: float = 2.0,
+                       timeout: float = 60.0, keep_archives: bool = False,
+                       progress: bool = True) -> RevisitopDataset:
+    """Download ``roxford5k`` or ``rparis6k`` into ``DATA_ROOT/datasets/NAME/`` and return it loaded.
+
+    Fetches ``gnd_NAME.pkl`` and the image archives (all resumable), extracts the images flat into
+    ``jpg/`` (the Paris archives hold ``paris/<landmark>/<img>.jpg``), checks that every image the
+    ground truth lists is there, and only then puts ``gnd_NAME.pkl`` in place. A complete dataset
+    is returned without any network access.
+
+    Args:
+        name: ``"roxford5k"`` or ``"rparis6k"``.
+        data_root: data root; the dataset lands in ``data_root/datasets/NAME``.
+        images_url: base URL of the archives (default env ``SGLIB_VGG_URL`` or :data:`VGG_URL`).
+        gnd_url: base URL of the ground truth (default env ``SGLIB_REVISITOP_URL`` or :data:`REVISITOP_URL`).
+        sha256: optional ``{file name: hex digest}`` for the archives / gnd file.
+        retries, backoff, timeout: per-file retry policy (see :func:`fetch`).
+        keep_archives: keep the downloaded archives in ``NAME/.download/`` after extraction.
+        progress: show tqdm bars.
+
+    Raises:
+        ValueError: unknown name; DownloadError / ArchiveError: fetch or integrity failure (the
+        dataset is then left without ``gnd_NAME.pkl``, i.e. not claiming to be complete).
+    """
+    if name not in ARCHIVES:
+        raise ValueError(f"unknown dataset {name!r}; downloadable: {sorted(ARCHIVES)}")
+    sha256 = sha256 or {}
+    images_url = _base_url(images_url, "SGLIB_VGG_URL", VGG_URL)
+    gnd_url = _base_url(gnd_url, "SGLIB_REVISITOP_URL", REVISITOP_URL)
+    folder = Path(data_root) / "datasets" / name
+    gnd_file = folder / f"gnd_{name}.pkl"
+    if gnd_file.is_file():
+        try:
+            return load_revisitop(data_root, name, require_images=True)
+        except DatasetError:
+            pass  # incomplete (e.g. images deleted): fetch again what is missing
+    dl = folder / _DOWNLOADS
+    opts = dict(retries=retries, backoff=backoff, timeout=timeout, progress=progress)
+
+    gnd_tmp = fetch(f"{gnd_url}/{name}/gnd_{name}.pkl", dl / gnd_file.name, sha256=sha256.get(gnd_file.name), **opts)
+    try:
+        gnd = read_revisitop_gnd(gnd_tmp)
+    except DatasetError as exc:
+        gnd_tmp.unlink()
+        raise DownloadError(f"downloaded ground truth is not valid ({exc}); removed, run again") from exc
+
+    staging = folder / (IMAGE_DIR + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    archives = []
+    for rel in ARCHIVES[name]:
+        fname = PurePosixPath(rel).name
+        archive = fetch(f"{images_url}/{rel}", dl / fname, sha256=sha256.get(fname), **opts)
+        try:
+            _extract(archive, staging, flatten=True, progress=progress)
+        except ArchiveError:
+            archive.unlink()
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        archives.append(archive)
+
+    needed = sorted(set(gnd["imlist"]) | set(gnd["qimlist"]))
+    jpg = folder / IMAGE_DIR
+    absent = [n for n in needed if not (staging / f"{n}.jpg").is_file() and not (jpg / f"{n}.jpg").is_file()]
+    if absent:
+        shutil.rmtree(staging, ignore_errors=True)
+        for archive in archives:
+            archive.unlink()
+        raise ArchiveError(f"{name}: the archives lack images the ground truth lists; " +
+                           missing_files_message("images", absent, len(needed)) +
+                           "; archives removed, run again to download them afresh")
+    if jpg.exists():
+        _move_tree(staging, jpg)
+    else:
+        os.replace(staging, jpg)
+    os.replace(gnd_tmp, gnd_file)  # last step: from now on the dataset claims to be complete
+    if not keep_archives:
+        for archive in archives:
+            archive.unlink()
+        if not any(dl.iterdir()):
+            dl.rmdir()
+    return load_revisitop(data_root, name, require_images=True)
+
+
+def download_revisitop1m(data_root, parts=range(1, REVISITOP1M_PARTS + 1), *, base_url: str | None = None,
+                         retries: int = 5, backoff: float = 2.0, timeout: float = 60.0,
+                         keep_archives: bool = False, progress: bool = True) -> Path:
+    """Download the revisitop1m distractors into ``DATA_ROOT/datasets/revisitop1m/``; returns its ``jpg/``.
+
+    Fetches ``revisitop1m.txt`` and the archives ``jpg/revisitop1m.{i}.tar.gz`` for ``i`` in
+    ``parts`` (1..100), each extracted (paths kept, below ``jpg/``) via a staging folder and
+    recorded in ``.download/part{i}.done``, so an interrupted run resumes at the archive (and
+    byte) it stopped at. When all 100 parts are done, every image of the list must exist.
+
+    Args:
+        data_root: data root. parts: which archives (1-based), all by default.
+        base_url: default env ``SGLIB_REVISITOP1M_URL`` or :data:`REVISITOP1M_URL`.
+        retries, backoff, timeout, keep_archives, progress: as in :func:`download_revisitop`.
+
+    Raises:
+        ValueError: a part number outside 1..100; DownloadError / ArchiveError; MissingImagesError
+        when all parts are in but listed images are absent.
+    """
+    parts = sorted(set(int(p) for p in parts))
+    bad = [p for p in parts if not 1 <= p <= REVISITOP1M_PARTS]
+    if bad:
+        raise ValueError(f"revisitop1m parts are numbered 1..{REVISITOP1M_PARTS}, got {bad}")
+    base_url = _base_url(base_url, "SGLIB_REVISITOP1M_URL", REVISITOP1M_URL)
+    folder = Path(data_root) / "datasets" / REVISITOP1M
+    dl, jpg = folder / _DOWNLOADS, folder / IMAGE_DIR
+    opts = dict(retries=retries, backoff=backoff, timeout=timeout, progress=progress)
+    fetch(f"{base_url}/{REVISITOP1M}.txt", folder / f"{REVISITOP1M}.txt", **opts)
+
+    for i in tqdm(parts, desc="revisitop1m archives", unit="archive", disable=not progress):
+        done = dl / f"part{i}.done"
+        if done.is_file():
+            continue
+        fname = f"{REVISITOP1M}.{i}.tar.gz"
+        archive = fetch(f"{base_url}/{IMAGE_DIR}/{fname}", dl / fname, **opts)
+        staging = dl / f"part{i}.partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            files = _extract(archive, staging, flatten=False, progress=progress)
+        except ArchiveError:
+            archive.unlink()
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        if not files:
+            archive.unlink()
+            shutil.rmtree(staging, ignore_errors=True)
+            raise ArchiveError(f"{archive} holds no image files; removed, run again to download it afresh")
+        jpg.mkdir(parents=True, exist_ok=True)
+        _move_tree(staging, jpg)
+        done.write_text(f"{len(files)}\n")
+        if not keep_archives:
+            archive.unlink()
+
+    if all((dl / f"part{i}.done").is_file() for i in range(1, REVISITOP1M_PARTS + 1)):
+        revisitop1m_image_paths(data_root, require_images=True)
+    return jpg

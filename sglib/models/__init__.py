@@ -1,0 +1,5 @@
+"""Backbones: the CVNet ResNet in pycls layout (``load_cvnet``) and ImageNet networks."""
+from .cvnet import CheckpointError, SuperGlobalNet, load_cvnet
+from .resnet import ResNetBody
+
+__all__ = ["CheckpointError", "SuperGlobalNet", "load_cvnet", "ResNetBody"]

@@ -1,0 +1,146 @@
+"""CVNet's global model (ResNet-50/101, GeM head, 2048x2048 fc) and the strict checkpoint loader.
+
+``load_cvnet`` reads the files CVNet releases (``CVPR2022_CVNet_R50.pyth``, ``..._R101.pyth``).
+``SuperGlobalNet.describe`` computes the SuperGlobal descriptor (spec sections 3-4).
+"""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+
+from ..describe import GEM_PLUS_P, SCALES, DescriptorSettings, multiscale_descriptor
+from ..pooling import GeM
+from .resnet import ResNetBody
+
+PREFIXES = ("encoder_q.", "globalmodel.", "module.encoder_q.", "module.")
+IGNORED_PREFIXES = ("conv2ds.", "cv_learner.", "encoder_k.")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is unreadable or does not hold the tensors a model needs."""
+
+
+class Head(nn.Module):
+    def __init__(self, dim: int = 2048, p: float = 3.0):
+        super().__init__()
+        self.pool = GeM(p=p, eps=1e-6, learnable=True)
+        self.fc = nn.Linear(dim, dim, bias=True)
+
+
+class SuperGlobalNet(nn.Module):
+    """CVNet global model with SuperGlobal's test-time modules.
+
+    Example:
+        >>> net = SuperGlobalNet(depth=50).eval()
+        >>> net.describe(torch.zeros(1, 3, 64, 64), scales=(1.0,)).shape
+        torch.Size([1, 2048])
+    """
+
+    def __init__(self, depth: int = 50, relu_plus: bool | None = True):
+        super().__init__()
+        self.depth, self.relu_plus = depth, relu_plus
+        self.body = ResNetBody(depth, relu_plus)
+        self.head = Head()
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, 2048, ~H/32, ~W/32), the last stage's map."""
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.describe(x)
+
+    @torch.no_grad()
+    def describe(self, x: torch.Tensor, scales: Sequence[float] = SCALES[3], gem_p: float | None = GEM_PLUS_P,
+                 regional: bool = True, scale_agg: str | float = "max", normalize: bool = True) -> torch.Tensor:
+        """SuperGlobal descriptor of network-ready images.
+
+        Args:
+            x: (B, 3, H, W) normalised input (see :func:`sglib.preprocess.to_network_input`).
+            scales: input resize factors; ``(0.7071, 1.0, 1.4142)`` is the paper's 3 scales.
+            gem_p: fixed GeM exponent (4.6 = GeM+, eps 1e-8); None -> checkpoint's learned p (eps 1e-6).
+            regional: apply Regional-GeM (p 2.5, 5x5) to the map before GeM.
+            scale_agg: "max" (Scale-GeM p=inf), "mean", or a finite Scale-GeM p.
+            normalize: L2-normalise the result (the reference's final step).
+
+        Returns:
+            (B, 2048) float32 descriptors, unit rows when ``normalize``.
+        """
+        settings = DescriptorSettings(scales=tuple(scales), gem_p=gem_p, regional=regional, scale_agg=scale_agg)
+        return self.describe_with(x, settings, normalize)
+
+    @torch.no_grad()
+    def describe_with(self, x: torch.Tensor, settings: DescriptorSettings, normalize: bool = True) -> torch.Tensor:
+        """:meth:`describe` with a :class:`DescriptorSettings`."""
+        x = x.to(next(self.parameters()).device)
+        return multiscale_descriptor(self.feature_map, self.head.fc, x, settings,
+                                     learned_p=self.head.pool.p, normalize=normalize)
+
+
+def _read_state(path) -> dict:
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a corrupt file
+        raise CheckpointError(f"could not read checkpoint {path}: {type(exc).__name__}: {exc}") from exc
+    state = blob.get("model_state", blob.get("state_dict", blob)) if isinstance(blob, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: expected a state dict (or a dict with 'model_state') of tensors")
+    return state
+
+
+def _strip_prefix(state: dict) -> dict:
+    kept = {k: v for k, v in state.items() if not k.startswith(IGNORED_PREFIXES)}
+    for prefix in PREFIXES:
+        if any(k.startswith(prefix) for k in kept):
+            return {k[len(prefix):]: v for k, v in kept.items() if k.startswith(prefix)}
+    return kept
+
+
+def _model_key(name: str) -> str:
+    # our module tree nests the backbone under `body`; checkpoints name it flat
+    return name if name.startswith("head.") else "body." + name
+
+
+def load_cvnet(path, depth: int = 50, relu_plus: bool | None = True, device="cpu") -> SuperGlobalNet:
+    """Load a CVNet checkpoint into a :class:`SuperGlobalNet`, strictly.
+
+    Accepts ``{'model_state': state}`` or a bare state dict; backbone keys prefixed
+    ``encoder_q.``, ``globalmodel.`` or unprefixed. Tensors of the correlation-verification
+    head (``conv2ds.*``, ``cv_learner.*``) are ignored. Every backbone and head tensor must be
+    present with the right shape, else :class:`CheckpointError` names it.
+
+    Returns:
+        the model in eval mode on ``device``.
+    """
+    state = _strip_prefix(_read_state(path))
+    model = SuperGlobalNet(depth, relu_plus)
+    expected = model.state_dict()
+    loaded = {}
+    for name, value in state.items():
+        key = _model_key(name)
+        if key not in expected:
+            continue
+        if value.shape != expected[key].shape:
+            raise CheckpointError(f"{path}: tensor '{name}' has shape {tuple(value.shape)}, "
+                                  f"expected {tuple(expected[key].shape)} for a ResNet-{depth}")
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise CheckpointError(f"{path}: tensor '{name}' contains NaN or infinite values")
+        loaded[key] = value
+    missing = [k for k in expected if k not in loaded and not k.endswith("num_batches_tracked")]
+    if missing:
+        names = ", ".join(k.removeprefix("body.") for k in missing[:5])
+        more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
+        hint = ""
+        if depth == 50 and any(k.startswith("s3.b7.") for k in state):
+            hint = " The file looks like a ResNet-101: pass depth=101."
+        raise CheckpointError(f"{path}: missing {len(missing)} tensor(s) for a ResNet-{depth}: {names}{more}.{hint}")
+    unexpected = [k for k in state if k.startswith(("s", "stem", "head")) and _model_key(k) not in expected]
+    if unexpected:
+        raise CheckpointError(f"{path}: unexpected backbone tensor(s) {unexpected[:5]} for a ResNet-{depth}"
+                              + (": pass depth=101" if depth == 50 else ""))
+    model.load_state_dict(loaded, strict=False)
+    return model.eval().to(device)

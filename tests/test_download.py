@@ -1,0 +1,308 @@
+"""sglib.download against a local HTTP server (127.0.0.1, random port) serving *synthetic* archives.
+
+Nothing here reaches the internet: every base URL points at the in-test server, which supports
+Range requests and can inject 5xx answers or cut a response short.
+"""
+import hashlib
+import io
+import re
+import tarfile
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sglib.datasets import DatasetError, load_revisitop, load_revisitop1m_list, write_revisitop_gnd
+from sglib.download import (REVISITOP1M_PARTS, ArchiveError, DownloadError, download_revisitop,
+                            download_revisitop1m, fetch)
+
+FAST = dict(backoff=0.01, timeout=5, progress=False)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def log_message(self, *args):  # keep test output clean
+        pass
+
+    def do_GET(self):
+        state = self.server.state
+        rng = self.headers.get("Range")
+        state.requests.append((self.path, rng))
+        if state.fail.get(self.path):
+            self.send_error(state.fail[self.path].pop(0))
+            return
+        data = state.files.get(self.path)
+        if data is None:
+            self.send_error(404)
+            return
+        start, status = 0, 200
+        if rng:
+            start = int(re.fullmatch(r"bytes=(\d+)-", rng).group(1))
+            if start >= len(data):
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{len(data)}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            status = 206
+        body = data[start:]
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        if status == 206:
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        self.end_headers()
+        cut = state.cut.pop(self.path, None)
+        self.wfile.write(body if cut is None else body[:cut])  # HTTP/1.0: the connection closes after
+
+
+class _State:
+    def __init__(self):
+        self.files, self.fail, self.cut, self.requests = {}, {}, {}, []
+
+    def hits(self, path):
+        return [r for p, r in self.requests if p == path]
+
+
+@pytest.fixture
+def server():
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    httpd.state = _State()
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    httpd.state.url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    yield httpd.state
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def synthetic_jpeg(seed) -> bytes:
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def tgz(members: dict) -> bytes:
+    """A gzipped tar of ``{member path: bytes}``."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def synthetic_gnd_bytes(tmp_path, imlist, qimlist) -> bytes:
+    gnd = [{"easy": [i % len(imlist)], "hard": [], "junk": [], "bbx": [0, 0, 4, 4]} for i in range(len(qimlist))]
+    path = write_revisitop_gnd(tmp_path / "src" / "gnd.pkl", imlist, qimlist, gnd)
+    return path.read_bytes()
+
+
+def serve_synthetic_oxford(server, tmp_path, extra=None, drop=()):
+    """A synthetic 'roxford5k': 6 db + 2 query images in one flat archive, plus its gnd pkl."""
+    imlist = [f"synth_{i:06d}" for i in range(6)]
+    qimlist = ["synth_query_0", "synth_query_1"]
+    images = {n: synthetic_jpeg(i) for i, n in enumerate(imlist + qimlist)}
+    members = {f"{n}.jpg": b for n, b in images.items() if n not in drop}
+    members.update(extra or {})
+    server.files["/vgg/oxbuildings/oxbuild_images-v1.tgz"] = tgz(members)
+    server.files["/gnd/roxford5k/gnd_roxford5k.pkl"] = synthetic_gnd_bytes(tmp_path, imlist, qimlist)
+    return images
+
+
+def urls(server):
+    return dict(images_url=server.url + "/vgg", gnd_url=server.url + "/gnd")
+
+
+def test_full_download_gives_loadable_dataset_and_is_not_repeated(server, tmp_path):
+    images = serve_synthetic_oxford(server, tmp_path)
+    ds = download_revisitop("roxford5k", tmp_path / "data", **urls(server), **FAST)
+    assert ds.n_db == 6 and ds.n_queries == 2
+    ds.check_images()
+    assert ds.db_path(3).read_bytes() == images["synth_000003"]
+    assert ds.query_path(1).read_bytes() == images["synth_query_1"]
+    folder = tmp_path / "data" / "datasets" / "roxford5k"
+    assert sorted(p.name for p in folder.iterdir()) == ["gnd_roxford5k.pkl", "jpg"]  # archives cleaned up
+    n = len(server.requests)
+    again = download_revisitop("roxford5k", tmp_path / "data", **urls(server), **FAST)
+    assert len(server.requests) == n and again.imlist == ds.imlist  # complete: no network
+
+
+def test_env_var_overrides_base_urls(server, tmp_path, monkeypatch):
+    serve_synthetic_oxford(server, tmp_path)
+    monkeypatch.setenv("SGLIB_VGG_URL", server.url + "/vgg")
+    monkeypatch.setenv("SGLIB_REVISITOP_URL", server.url + "/gnd")
+    ds = download_revisitop("roxford5k", tmp_path / "data", **FAST)
+    assert ds.n_db == 6
+
+
+def test_paris_archives_are_flattened(server, tmp_path):
+    imlist = ["paris_defense_000001", "paris_defense_000002", "paris_louvre_000001"]
+    qimlist = ["paris_louvre_000002"]
+    images = {n: synthetic_jpeg(i) for i, n in enumerate(imlist + qimlist)}
+    path_of = lambda n: f"paris/{n.split('_')[1]}/{n}.jpg"  # noqa: E731
+    server.files["/vgg/parisbuildings/paris_1-v1.tgz"] = tgz({path_of(n): images[n] for n in imlist[:2]})
+    server.files["/vgg/parisbuildings/paris_2-v1.tgz"] = tgz({path_of(n): images[n] for n in imlist[2:] + qimlist})
+    server.files["/gnd/rparis6k/gnd_rparis6k.pkl"] = synthetic_gnd_bytes(tmp_path, imlist, qimlist)
+    ds = download_revisitop("rparis6k", tmp_path, **urls(server), **FAST)
+    assert sorted(p.name for p in (tmp_path / "datasets" / "rparis6k" / "jpg").iterdir()) == \
+        sorted(f"{n}.jpg" for n in imlist + qimlist)
+    assert ds.query_path(0).read_bytes() == images["paris_louvre_000002"]
+
+
+def test_resume_from_part_file_uses_range_and_is_byte_identical(server, tmp_path):
+    data = bytes(np.random.default_rng(0).integers(0, 256, 300_000, dtype=np.uint8))
+    server.files["/big.bin"] = data
+    dest = tmp_path / "big.bin"
+    (tmp_path / "big.bin.part").write_bytes(data[:123_456])
+    fetch(server.url + "/big.bin", dest, **FAST)
+    assert server.hits("/big.bin") == ["bytes=123456-"]
+    assert dest.read_bytes() == data and not (tmp_path / "big.bin.part").exists()
+    fetch(server.url + "/big.bin", dest, **FAST)  # finished file: not requested again
+    assert len(server.hits("/big.bin")) == 1
+
+
+def test_connection_cut_short_is_resumed(server, tmp_path):
+    data = bytes(range(256)) * 1000
+    server.files["/cut.bin"] = data
+    server.cut["/cut.bin"] = 100_000  # the first response stops after 100000 of 256000 bytes
+    dest = fetch(server.url + "/cut.bin", tmp_path / "cut.bin", **FAST)
+    assert server.hits("/cut.bin") == [None, "bytes=100000-"]
+    assert dest.read_bytes() == data
+
+
+def test_part_file_already_complete_is_accepted(server, tmp_path):
+    server.files["/x.bin"] = b"abcdef"
+    (tmp_path / "x.bin.part").write_bytes(b"abcdef")
+    assert fetch(server.url + "/x.bin", tmp_path / "x.bin", **FAST).read_bytes() == b"abcdef"
+
+
+def test_part_file_longer_than_remote_restarts(server, tmp_path):
+    server.files["/y.bin"] = b"new content"
+    (tmp_path / "y.bin.part").write_bytes(b"stale bytes from another, longer file")
+    assert fetch(server.url + "/y.bin", tmp_path / "y.bin", **FAST).read_bytes() == b"new content"
+    assert server.hits("/y.bin") == ["bytes=37-", None]
+
+
+def test_retry_after_503_then_success(server, tmp_path):
+    server.files["/flaky.bin"] = b"payload" * 100
+    server.fail["/flaky.bin"] = [503, 502]
+    dest = fetch(server.url + "/flaky.bin", tmp_path / "flaky.bin", retries=3, **FAST)
+    assert dest.read_bytes() == b"payload" * 100
+    assert len(server.hits("/flaky.bin")) == 3
+
+
+def test_bounded_retries_give_clear_error(server, tmp_path):
+    server.files["/down.bin"] = b"x"
+    server.fail["/down.bin"] = [503] * 10
+    with pytest.raises(DownloadError, match=r"after 3 attempts.*503"):
+        fetch(server.url + "/down.bin", tmp_path / "down.bin", retries=2, **FAST)
+    assert len(server.hits("/down.bin")) == 3
+    assert not (tmp_path / "down.bin").exists()
+
+
+def test_unreachable_server_is_bounded(tmp_path):
+    with pytest.raises(DownloadError, match="after 2 attempts"):
+        fetch("http://127.0.0.1:9/none", tmp_path / "none", retries=1, **FAST)  # port 9: nothing listens
+
+
+def test_404_fails_at_once(server, tmp_path):
+    with pytest.raises(DownloadError, match="HTTP 404"):
+        fetch(server.url + "/missing.bin", tmp_path / "missing.bin", retries=5, **FAST)
+    assert len(server.hits("/missing.bin")) == 1
+
+
+def test_sha256_checked(server, tmp_path):
+    server.files["/s.bin"] = b"hello"
+    good = hashlib.sha256(b"hello").hexdigest()
+    assert fetch(server.url + "/s.bin", tmp_path / "ok.bin", sha256=good, **FAST).read_bytes() == b"hello"
+    with pytest.raises(DownloadError, match="sha256"):
+        fetch(server.url + "/s.bin", tmp_path / "bad.bin", sha256="0" * 64, **FAST)
+    assert not (tmp_path / "bad.bin").exists() and not (tmp_path / "bad.bin.part").exists()
+
+
+def assert_not_claiming_complete(root):
+    folder = root / "datasets" / "roxford5k"
+    assert not (folder / "gnd_roxford5k.pkl").exists()
+    assert not (folder / "jpg").exists() and not (folder / "jpg.partial").exists()
+    assert not (folder / ".download" / "oxbuild_images-v1.tgz").exists()  # bad archive removed
+    with pytest.raises(DatasetError):
+        load_revisitop(root, "roxford5k")
+
+
+def test_truncated_archive_is_rejected(server, tmp_path):
+    serve_synthetic_oxford(server, tmp_path)
+    path = "/vgg/oxbuildings/oxbuild_images-v1.tgz"
+    server.files[path] = server.files[path][: len(server.files[path]) * 2 // 3]
+    with pytest.raises(ArchiveError, match="truncated or corrupt"):
+        download_revisitop("roxford5k", tmp_path / "data", **urls(server), **FAST)
+    assert_not_claiming_complete(tmp_path / "data")
+
+
+def test_archive_missing_images_is_rejected(server, tmp_path):
+    serve_synthetic_oxford(server, tmp_path, drop={"synth_000004", "synth_query_0"})
+    with pytest.raises(ArchiveError, match=r"2 of 8 images missing: synth_000004, synth_query_0"):
+        download_revisitop("roxford5k", tmp_path / "data", **urls(server), **FAST)
+    assert_not_claiming_complete(tmp_path / "data")
+    serve_synthetic_oxford(server, tmp_path)  # the server is fixed: a rerun completes
+    assert download_revisitop("roxford5k", tmp_path / "data", **urls(server), **FAST).n_db == 6
+
+
+@pytest.mark.parametrize("bad_member", ["../escaped.jpg", "/tmp/sglib_absolute.jpg", "a/../../escaped.jpg"])
+def test_unsafe_member_paths_are_rejected(server, tmp_path, bad_member):
+    serve_synthetic_oxford(server, tmp_path, extra={bad_member: b"evil"})
+    with pytest.raises(ArchiveError, match="unsafe member path"):
+        download_revisitop("roxford5k", tmp_path / "data", **urls(server), **FAST)
+    assert_not_claiming_complete(tmp_path / "data")
+    assert not list(tmp_path.rglob("escaped.jpg"))
+
+
+def test_corrupt_gnd_is_rejected(server, tmp_path):
+    serve_synthetic_oxford(server, tmp_path)
+    server.files["/gnd/roxford5k/gnd_roxford5k.pkl"] = b"<html>not found</html>"
+    with pytest.raises(DownloadError, match="ground truth is not valid"):
+        download_revisitop("roxford5k", tmp_path / "data", **urls(server), **FAST)
+    assert not (tmp_path / "data" / "datasets" / "roxford5k" / "gnd_roxford5k.pkl").exists()
+
+
+def test_unknown_dataset(tmp_path):
+    with pytest.raises(ValueError, match="unknown dataset"):
+        download_revisitop("holidays", tmp_path)
+
+
+def serve_synthetic_revisitop1m(server):
+    """100 tiny synthetic archives, one image each, and the list naming them."""
+    entries = []
+    for i in range(1, REVISITOP1M_PARTS + 1):
+        entry = f"{i % 7:02x}/synth_{i:04d}.jpg"
+        entries.append(entry)
+        server.files[f"/r1m/jpg/revisitop1m.{i}.tar.gz"] = tgz({entry: synthetic_jpeg(i)})
+    server.files["/r1m/revisitop1m.txt"] = ("\n".join(entries) + "\n").encode()
+    return entries
+
+
+def test_revisitop1m_download_resumes_per_part(server, tmp_path):
+    entries = serve_synthetic_revisitop1m(server)
+    root = tmp_path / "data"
+    jpg = download_revisitop1m(root, parts=[1, 2], base_url=server.url + "/r1m", **FAST)
+    assert (jpg / entries[0]).read_bytes() == synthetic_jpeg(1)
+    assert not (jpg / entries[2]).exists()
+    server.fail["/r1m/jpg/revisitop1m.50.tar.gz"] = [404]
+    with pytest.raises(DownloadError, match="HTTP 404"):
+        download_revisitop1m(root, base_url=server.url + "/r1m", **FAST)
+    assert (jpg / entries[48]).exists() and not (jpg / entries[49]).exists()
+    server.requests.clear()
+    jpg = download_revisitop1m(root, base_url=server.url + "/r1m", **FAST)
+    fetched = {p for p, _ in server.requests}
+    assert "/r1m/jpg/revisitop1m.1.tar.gz" not in fetched and "/r1m/jpg/revisitop1m.49.tar.gz" not in fetched
+    assert len(fetched) == 51  # parts 50..100; the list was already there
+    assert load_revisitop1m_list(root) == entries
+    assert all((jpg / e).read_bytes() == synthetic_jpeg(i + 1) for i, e in enumerate(entries))
+    assert not list((root / "datasets" / "revisitop1m" / ".download").glob("*.tar.gz"))
+
+
+def test_revisitop1m_bad_part_number(tmp_path):
+    with pytest.raises(ValueError, match="1..100"):
+        download_revisitop1m(tmp_path, parts=[0, 5])
