@@ -1,4 +1,4 @@
-"""sglib.datasets against the real revisited Oxford/Paris ground truth (/work/shared/revisitop).
+"""sglib.datasets against the real revisited Oxford/Paris ground truth (../shared/revisitop beside the repository).
 
 The images themselves are not available here: tests build a folder of *synthetic* tiny JPEGs named
 after the real image list, which is all the loader looks at (file presence, not content).
@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import REVISITOP
 from sglib.datasets import (REVISITOP1M_SIZE, DatasetError, MissingImagesError, RevisitopDataset,
                             load_revisitop, load_revisitop1m_list, read_revisitop_gnd,
                             revisitop1m_image_paths, validate_gnd, write_revisitop_gnd)
 
-GND_DIR = Path(os.environ.get("SGLIB_REVISITOP_GND", "/work/shared/revisitop"))
+GND_DIR = REVISITOP
 REAL = {"roxford5k": (4993, 70), "rparis6k": (6322, 70)}
 FIRST_BBX = {"roxford5k": (136.5, 34.1, 648.5, 955.7), "rparis6k": (130.0, 17.0, 843.0, 732.0)}
 
