@@ -41,7 +41,7 @@ def load_image(path) -> np.ndarray:
         raise ImageReadError(f"image file not found: {path}")
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
+            return np.array(im.convert("RGB"))
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise ImageReadError(f"could not decode image {path}: {exc}") from exc
 

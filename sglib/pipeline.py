@@ -1,0 +1,113 @@
+"""End-to-end retrieval on a revisitop-format dataset: extract (cached), rank, rerank, evaluate.
+
+Shared by the command line (``python -m sglib``), ``make demo`` and the notebooks, so all of
+them compute the same numbers from the same cached features.
+
+Several pooling settings are computed in one pass over the images: the backbone runs once per
+scale and every setting re-pools those maps (:func:`sglib.describe.describe_from_maps`), which
+is exact since the maps depend only on the input scale.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from .describe import DescriptorSettings, describe_from_maps, resize_input
+from .evaluate import PROTOCOLS, revisited
+from .extract import Extractor, cached_features, state_sha256
+from .preprocess import CVNET, load_network_input
+from .rerank import DEFAULT_BETA, DEFAULT_K, DEFAULT_M, junk_to_end, superglobal
+
+
+@dataclasses.dataclass(frozen=True)
+class RerankSettings:
+    """SuperGlobal reranking parameters; ``per_protocol_shortlist`` drops each protocol's junk
+    from the shortlist first (DELG/CVNet/AMES practice) instead of the reference's shared one."""
+
+    M: int = DEFAULT_M
+    K: int = DEFAULT_K
+    beta: float = DEFAULT_BETA
+    per_protocol_shortlist: bool = False
+
+
+def _pooling_parts(model):
+    """(feature_map fn, per-scale head, learned p or None) of a CVNet or ImageNet backbone."""
+    if hasattr(model, "describe_with"):              # SuperGlobalNet: CVNet head fc, learned GeM p
+        return model.feature_map, model.head.fc, model.head.pool.p
+    return model.feature_map, model.head, None
+
+
+def multi_settings_extractor(model: torch.nn.Module, settings: Mapping[str, DescriptorSettings], *,
+                             max_side: int | None = None, name: str | None = None) -> Extractor:
+    """An :class:`~sglib.extract.Extractor` whose rows are the concatenated descriptors of every setting.
+
+    The backbone runs once per distinct scale; split the rows with :func:`split_settings`.
+    """
+    if not settings:
+        raise ValueError("settings: give at least one named DescriptorSettings")
+    feature_map, head, learned_p = _pooling_parts(model)
+    scales = sorted({s for st in settings.values() for s in st.scales})
+    device = next(model.parameters()).device
+
+    @torch.no_grad()
+    def describe(x):
+        x = x.to(device)
+        maps = {s: feature_map(resize_input(x, s)) for s in scales}
+        return torch.cat([describe_from_maps([maps[s] for s in st.scales], head, st, learned_p)
+                          for st in settings.values()], dim=1)
+
+    norm = getattr(model, "normalization", CVNET)
+    identity = {"model": name or getattr(model, "name", type(model).__name__), "state": state_sha256(model),
+                "settings": {k: v.as_dict() for k, v in settings.items()}, "norm": dataclasses.asdict(norm),
+                "max_side": max_side, "relu_plus": getattr(model, "relu_plus", None)}
+
+    def load(path, bbx):
+        return load_network_input(path, bbx, norm=norm, max_side=max_side)
+
+    return Extractor(describe, load, identity)
+
+
+def split_settings(features: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
+    """Undo :func:`multi_settings_extractor`'s concatenation: (N, S*D) -> {name: (N, D)}."""
+    parts = np.split(features, len(names), axis=1)
+    return dict(zip(names, parts))
+
+
+def dataset_features(dataset, extractor: Extractor, cache_root, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(queries (nq, D), database (N, D)) descriptors of a :class:`~sglib.datasets.RevisitopDataset`, cached.
+
+    Queries are cropped to their bounding boxes, as the reference does.
+    """
+    db = cached_features(cache_root, dataset.db_paths(), extractor, progress=progress)
+    boxes = [dataset.query_bbx(i) for i in range(dataset.n_queries)]
+    q = cached_features(cache_root, dataset.query_paths(), extractor, bboxes=boxes, progress=progress)
+    return q, db
+
+
+def rank_database(q: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Full ranking by descending inner product, ties by lower index: (nq, D), (N, D) -> (nq, N)."""
+    scores = torch.from_numpy(np.ascontiguousarray(q, np.float32)) @ torch.from_numpy(
+        np.ascontiguousarray(x, np.float32)).T
+    return torch.sort(scores, dim=1, descending=True, stable=True).indices.numpy()
+
+
+def evaluate_retrieval(q: np.ndarray, x: np.ndarray, gnd: list, rerank: RerankSettings | None = None,
+                       ks=(1, 5, 10)) -> dict:
+    """Rank, optionally rerank with SuperGlobal, and evaluate: :func:`sglib.evaluate.revisited`'s dict.
+
+    ``rerank.M`` larger than the database is capped at its size (``result["M"]`` says what was used).
+    """
+    ranks = rank_database(q, x)
+    if rerank is None:
+        return revisited(ranks, gnd, ks)
+    m = min(rerank.M, x.shape[0])
+    if not rerank.per_protocol_shortlist:
+        out = revisited(superglobal(q, x, ranks, m, rerank.K, rerank.beta), gnd, ks)
+    else:
+        out = {p: revisited(superglobal(q, x, junk_to_end(ranks, gnd, p), m, rerank.K, rerank.beta), gnd, ks)[p]
+               for p in PROTOCOLS}
+    out["M"] = m
+    return out
