@@ -129,14 +129,42 @@ def cmd_download(args):
         print(download_revisitop(args.dataset, args.data_root))
 
 
+def _add_data_and_demo(sub):
+    p = sub.add_parser("build-data", help="fetch the real photos and build the embedded benchmarks")
+    p.add_argument("--data-root", default="data")
+    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("demo", help="the embedded default end to end: build, extract, rerank, evaluate, table")
+    p.add_argument("--data-root", default="data")
+    p.add_argument("--results", default="results")
+    p.add_argument("--backbone", default="efficientnet_lite0")
+    p.add_argument("--no-whitening", action="store_true", help="skip the whitening learned on the training split")
+    p.add_argument("--threads", type=int, default=None)
+
+
+def cmd_build_data(args):
+    from .benchmarks import build_all
+    for name, path in build_all(args.data_root, seed=args.seed).items():
+        print(f"{name}: {path}")
+
+
+def cmd_demo(args):
+    from .demo import run_demo
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run_demo(args.data_root, args.results, args.backbone, whiten=not args.no_whitening)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sglib", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _add_evaluate(sub)
     _add_download(sub)
+    _add_data_and_demo(sub)
     args = parser.parse_args(argv)
     try:
-        {"evaluate": cmd_evaluate, "download": cmd_download}[args.command](args)
+        commands = {"evaluate": cmd_evaluate, "download": cmd_download, "build-data": cmd_build_data,
+                    "demo": cmd_demo}
+        commands[args.command](args)
     except ValueError as exc:   # bad input: one clear line, no traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2

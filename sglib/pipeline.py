@@ -94,20 +94,31 @@ def rank_database(q: np.ndarray, x: np.ndarray) -> np.ndarray:
     return torch.sort(scores, dim=1, descending=True, stable=True).indices.numpy()
 
 
+def retrieve(q: np.ndarray, x: np.ndarray, rerank: RerankSettings | None = None) -> np.ndarray:
+    """Full rankings (nq, N), the top-M reranked with SuperGlobal when ``rerank`` is given (shared shortlist).
+
+    ``rerank.M`` larger than the database is capped at its size.
+    """
+    ranks = rank_database(q, x)
+    if rerank is None:
+        return ranks
+    return superglobal(q, x, ranks, min(rerank.M, x.shape[0]), rerank.K, rerank.beta)
+
+
 def evaluate_retrieval(q: np.ndarray, x: np.ndarray, gnd: list, rerank: RerankSettings | None = None,
                        ks=(1, 5, 10)) -> dict:
     """Rank, optionally rerank with SuperGlobal, and evaluate: :func:`sglib.evaluate.revisited`'s dict.
 
     ``rerank.M`` larger than the database is capped at its size (``result["M"]`` says what was used).
     """
+    if rerank is None or not rerank.per_protocol_shortlist:
+        out = revisited(retrieve(q, x, rerank), gnd, ks)
+        if rerank is not None:
+            out["M"] = min(rerank.M, x.shape[0])
+        return out
     ranks = rank_database(q, x)
-    if rerank is None:
-        return revisited(ranks, gnd, ks)
     m = min(rerank.M, x.shape[0])
-    if not rerank.per_protocol_shortlist:
-        out = revisited(superglobal(q, x, ranks, m, rerank.K, rerank.beta), gnd, ks)
-    else:
-        out = {p: revisited(superglobal(q, x, junk_to_end(ranks, gnd, p), m, rerank.K, rerank.beta), gnd, ks)[p]
-               for p in PROTOCOLS}
+    out = {p: revisited(superglobal(q, x, junk_to_end(ranks, gnd, p), m, rerank.K, rerank.beta), gnd, ks)[p]
+           for p in PROTOCOLS}
     out["M"] = m
     return out

@@ -76,7 +76,7 @@ def to_network_input(image: np.ndarray, bbx=None, norm: Normalization = CVNET,
     if max_side is not None and max(image.shape[:2]) > max_side:
         s = max_side / max(image.shape[:2])
         size = (max(1, round(image.shape[1] * s)), max(1, round(image.shape[0] * s)))
-        image = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
+        image = np.array(Image.fromarray(image).resize(size, Image.BILINEAR))
     x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
     if norm.bgr:
         x = x.flip(0)
