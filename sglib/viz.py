@@ -1,0 +1,65 @@
+"""Pictures of retrieval results: queries with their top results, correct and wrong marked."""
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg", force=False)
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
+
+from .preprocess import load_image  # noqa: E402
+
+COLOURS = {"easy": "#1a9850", "hard": "#fdae61", "junk": "#999999", "wrong": "#d73027"}
+
+
+def result_label(g: dict, db_index: int) -> str:
+    """'easy', 'hard', 'junk' or 'wrong' for one database image of a query's gnd dict."""
+    for key in ("easy", "hard", "junk"):
+        if db_index in set(np.asarray(g[key]).tolist()):
+            return key
+    return "wrong"
+
+
+def plot_retrievals(dataset, ranks: np.ndarray, queries, k: int = 5, title: str | None = None, path=None):
+    """Grid: one row per query (its image with the box), then its top-``k`` database images.
+
+    Frames: green = easy positive, orange = hard positive, grey = junk, red = wrong.
+
+    Args:
+        dataset: a :class:`sglib.datasets.RevisitopDataset` (images must be present).
+        ranks: (n_queries, >= k) database indices, best first.
+        queries: query indices to show.
+        path: save the figure there (PNG) when given.
+
+    Returns:
+        the matplotlib Figure.
+    """
+    queries = list(queries)
+    fig, axes = plt.subplots(len(queries), k + 1, figsize=(2.2 * (k + 1), 2.0 * len(queries)), squeeze=False)
+    for row, qi in enumerate(queries):
+        ax = axes[row, 0]
+        ax.imshow(load_image(dataset.query_path(qi)))
+        bbx = dataset.query_bbx(qi)
+        if bbx is not None:
+            x1, y1, x2, y2 = bbx
+            ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec="yellow", lw=2))
+        ax.set_title(f"query {dataset.qimlist[qi]}", fontsize=7)
+        for col in range(k):
+            db = int(ranks[qi, col])
+            label = result_label(dataset.gnd[qi], db)
+            ax = axes[row, col + 1]
+            ax.imshow(load_image(dataset.db_path(db)))
+            for side in ax.spines.values():
+                side.set_edgecolor(COLOURS[label])
+                side.set_linewidth(4)
+            ax.set_title(f"#{col + 1} {label}", fontsize=7, color=COLOURS[label])
+        for ax in axes[row]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=80)
+    return fig
