@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .ablations import grid_features, pooling_grid
 from .describe import SCALES, DescriptorSettings
 from .evaluate import PROTOCOLS, summary
 from .extract import cached_features
-from .pipeline import (RerankSettings, dataset_features, evaluate_retrieval, multi_settings_extractor, retrieve,
-                       split_settings)
+from .pipeline import RerankSettings, evaluate_retrieval, multi_settings_extractor, retrieve
 
 # the paper's ablation order: each row adds one module to the previous one
 MODULE_SETTINGS = {
@@ -29,25 +29,37 @@ MODULE_SETTINGS = {
     "+ Scale-GeM": DescriptorSettings(scales=SCALES[3], gem_p=4.6, regional=True, scale_agg="max"),
 }
 RERANK_ROW = "+ SuperGlobal rerank"
+
+
+def with_rows(grid: dict, rows: dict) -> dict:
+    """``grid`` (see :func:`sglib.ablations.pooling_grid`) plus each row's setting, keyed by row name.
+
+    One extraction then serves the module table and every ablation: the embedded notebooks and
+    ``make demo`` share a single cached feature set.
+    """
+    return {**grid, **{name: ({"family": "module"}, st) for name, st in rows.items()}}
 BENCHMARKS = ("synthetic_views", "multiview_real")
 WHITENING_SETTINGS = DescriptorSettings(scales=(1.0,), gem_p=3.0, regional=False)
 
 
 def module_table(model, dataset, cache_root, settings: dict = MODULE_SETTINGS, rerank: RerankSettings = RerankSettings(),
-                 max_side: int | None = None, progress: bool = True):
+                 grid: dict | None = None, max_side: int | None = None, progress: bool = True):
     """Evaluate every setting, then rerank the last one.
+
+    Args:
+        settings: ``{row name: DescriptorSettings}``, in table order.
+        grid: extra settings extracted in the same pass (default: the ablation grid,
+            :func:`sglib.ablations.pooling_grid`), so later ablations come from the cache.
 
     Returns:
         ``(results, features)``: results ``{row: revisited-dict}`` (rows = settings + :data:`RERANK_ROW`),
-        features ``{setting: (q (nq, D), x (N, D))}``.
+        features ``{key: (q (nq, D), x (N, D))}`` for every extracted setting (rows and grid).
     """
-    extractor = multi_settings_extractor(model, settings, max_side=max_side)
-    q, x = dataset_features(dataset, extractor, cache_root, progress=progress)
-    qs, xs = split_settings(q, list(settings)), split_settings(x, list(settings))
-    results = {name: evaluate_retrieval(qs[name], xs[name], dataset.gnd) for name in settings}
-    last = list(settings)[-1]
-    results[RERANK_ROW] = evaluate_retrieval(qs[last], xs[last], dataset.gnd, rerank)
-    return results, {name: (qs[name], xs[name]) for name in settings}
+    features = grid_features(model, dataset, cache_root, with_rows(pooling_grid() if grid is None else grid, settings),
+                             max_side=max_side, progress=progress)
+    results = {name: evaluate_retrieval(*features[name], dataset.gnd) for name in settings}
+    results[RERANK_ROW] = evaluate_retrieval(*features[list(settings)[-1]], dataset.gnd, rerank)
+    return results, features
 
 
 def map_table(per_benchmark: dict) -> pd.DataFrame:
@@ -127,5 +139,46 @@ def run_demo(data_root="data", results_dir="results", backbone: str = "efficient
     return table
 
 
-__all__ = ["MODULE_SETTINGS", "RERANK_ROW", "BENCHMARKS", "module_table", "map_table", "training_images",
-           "fit_training_whitening", "run_demo", "PROTOCOLS"]
+__all__ = ["MODULE_SETTINGS", "RERANK_ROW", "BENCHMARKS", "with_rows", "module_table", "map_table", "training_images",
+           "fit_training_whitening", "run_demo", "paper_table", "CVNET_ROWS", "RELU_PLUS_ROW", "PAPER_R101_RERANK_HARD"]
+
+
+# CVNet's own global descriptor (learned p, mean over 3 scales, ReLU+ off), then SuperGlobal's modules one by one
+CVNET_ROWS = {
+    "CVNet global (baseline)": DescriptorSettings(scales=SCALES[3], gem_p=None, regional=False, scale_agg="mean"),
+    "+ GeM+": DescriptorSettings(scales=SCALES[3], gem_p=4.6, regional=False, scale_agg="mean"),
+    "+ Regional-GeM": DescriptorSettings(scales=SCALES[3], gem_p=4.6, regional=True, scale_agg="mean"),
+    "+ Scale-GeM": DescriptorSettings(scales=SCALES[3], gem_p=4.6, regional=True, scale_agg="max"),
+}
+RELU_PLUS_ROW = "+ ReLU+"
+# What the paper reports with CVNet's ResNet-101 and reranking (mAP, %); see ../shared/spec/superglobal.md
+PAPER_R101_RERANK_HARD = {"roxford5k": 80.2, "rparis6k": 86.7}
+
+
+def paper_table(dataset, cache_root, checkpoint=None, depth: int = 101, backbone: str = "efficientnet_lite0",
+                data_root=None, rerank: RerankSettings = RerankSettings(), max_side: int | None = None,
+                progress: bool = True) -> pd.DataFrame:
+    """The paper's module-by-module table (mAP %, Easy/Medium/Hard) on one revisitop-format dataset.
+
+    With a CVNet ``checkpoint``: :data:`CVNET_ROWS` with ReLU+ off (the reference's "off"), then the
+    same last row with ReLU+ on, then reranking: the paper's setting. Without one: the ImageNet
+    ``backbone`` with the whitening fitted on the embedded training split (needs ``data_root``),
+    rows :data:`MODULE_SETTINGS` then reranking.
+    """
+    from .models import load_backbone, load_cvnet
+    if checkpoint is not None:
+        off = load_cvnet(checkpoint, depth=depth, relu_plus=False)
+        results, _ = module_table(off, dataset, cache_root, CVNET_ROWS, rerank, grid={}, max_side=max_side,
+                                  progress=progress)
+        del results[RERANK_ROW]
+        on = load_cvnet(checkpoint, depth=depth, relu_plus=True)
+        with_relu, _ = module_table(on, dataset, cache_root, {RELU_PLUS_ROW: CVNET_ROWS["+ Scale-GeM"]}, rerank,
+                                    grid={}, max_side=max_side, progress=progress)
+        results.update(with_relu)
+    else:
+        if data_root is None:
+            raise ValueError("paper_table: an ImageNet backbone needs data_root (its whitening's training split)")
+        model = load_backbone(backbone)
+        model.head = fit_training_whitening(model, data_root, cache_root, progress)
+        results, _ = module_table(model, dataset, cache_root, rerank=rerank, max_side=max_side, progress=progress)
+    return map_table({dataset.name: results})[dataset.name]

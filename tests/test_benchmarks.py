@@ -1,0 +1,179 @@
+"""Benchmarks from real photos: geometry of the ground truth, determinism, well-formed gnd, idempotent builds."""
+import hashlib
+import json
+import os
+import pathlib
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy.ndimage import binary_dilation
+
+from sglib.benchmarks import build_multiview_real, build_synthetic_views
+from sglib.benchmarks import synthetic_views as sv
+from sglib.datasets import read_revisitop_gnd
+from sglib.photos import fetch_all
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+PHOTO_CACHE = pathlib.Path(os.environ.get("SGLIB_PHOTO_CACHE", ROOT / "data" / "photo_cache"))
+TINY = dict(n_landmarks=6, views_per_landmark=8, n_distractor_views=12, n_distractor_photos=3, n_backgrounds=4,
+            train_views_per_class=2, n_train_photos=3, max_side=160, progress=False)
+
+
+@pytest.fixture(scope="session")
+def photos():
+    return fetch_all(PHOTO_CACHE)
+
+
+@pytest.fixture(scope="session")
+def tiny(photos, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    return out, build_synthetic_views(out, photos, seed=3, **TINY)
+
+
+def _digest_tree(folder):
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# ---------------------------------------------------------------------------------------------
+# geometry, checked by rendering probe colours
+
+
+def test_homography_maps_the_given_points():
+    src = np.array([[0, 0], [10, 0], [10, 5], [0, 5]], float)
+    dst = np.array([[3, 4], [20, 6], [19, 17], [2, 14]], float)
+    H = sv.homography_from_points(src, dst)
+    np.testing.assert_allclose(sv.project(H, src), dst, atol=1e-9)
+    assert sv.polygon_area(sv.rect_corners((0, 0, 10, 5))) == pytest.approx(50)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_query_region_lands_where_the_metadata_says(seed):
+    """A landmark whose query region R is pure red (rest blue) on a black background with green occluders: red
+    pixels of the rendered view lie inside the stored projected quad of R, and their count is the stored visible
+    fraction times the quad's area."""
+    rng = np.random.default_rng(seed)
+    land = np.zeros((240, 360, 3), np.uint8)
+    land[...] = (0, 0, 255)
+    rect = (60.0, 40.0, 300.0, 200.0)
+    land[40:200, 60:300] = (255, 0, 0)
+    settings = sv.ViewSettings(photometric=0.0, blur_prob=0.0, noise_prob=0.0, occluder_prob=(0.9, 0.5),
+                               window_frac=(0.5, 1.0))
+    bg = Image.new("RGB", (400, 300), (0, 0, 0))
+    occ = [Image.new("RGB", (400, 300), (0, 255, 0))]
+    img, meta = sv.render_view(Image.fromarray(land), bg, occ, rng, settings, (320, 240), query_rect=rect)
+    quad = np.array(meta["query_quad"])
+    np.testing.assert_allclose(sv.project(np.array(meta["H"]), sv.rect_corners(rect)), quad, atol=1e-6)
+    red = (img[..., 0] > 200) & (img[..., 1] < 60) & (img[..., 2] < 60)
+    grown = binary_dilation(sv._polygon_mask(quad, (320, 240)), iterations=2)
+    assert not (red & ~grown).any(), "red pixels outside the projected query region"
+    area = abs(sv.polygon_area(quad))
+    perimeter = np.linalg.norm(quad - np.roll(quad, 1, axis=0), axis=1).sum()
+    # antialiased borders: allow a half-pixel band along the outline
+    assert red.sum() / area == pytest.approx(meta["visible"], abs=0.01 + 0.5 * perimeter / area)
+    for x1, y1, x2, y2 in meta["occluders"]:
+        assert 0 <= x1 < x2 <= 320 and 0 <= y1 < y2 <= 240
+
+
+def test_labels_follow_the_rule():
+    assert sv.label_view(0.1, 0.0) == "junk"
+    assert sv.label_view(0.7, 0.1) == "easy"
+    assert sv.label_view(0.7, 0.8) == "hard"
+    assert sv.label_view(0.4, 0.0) == "hard"
+
+
+# ---------------------------------------------------------------------------------------------
+# the tiny real-photo build
+
+
+def test_synthetic_gnd_is_well_formed_and_matches_metadata(tiny):
+    out, path = tiny
+    gnd = read_revisitop_gnd(path / "gnd_synthetic_views.pkl")  # validates indices, disjointness, boxes
+    meta = json.loads((path / "meta_synthetic_views.json").read_text())
+    n_db = TINY["n_landmarks"] * TINY["views_per_landmark"] + TINY["n_distractor_views"]
+    assert len(gnd["imlist"]) == n_db and len(gnd["qimlist"]) == TINY["n_landmarks"]
+    for name in gnd["imlist"] + gnd["qimlist"]:
+        with Image.open(path / "jpg" / f"{name}.jpg") as im:
+            assert max(im.size) <= TINY["max_side"]
+    for qi, g in enumerate(gnd["gnd"]):
+        assert g["easy"] or g["hard"]
+        q = meta["queries"][qi]
+        # bbx is the clipped bounding box of R projected by the query's own homography
+        quad = sv.project(np.array(q["H"]), sv.rect_corners(q["query_rect"]))
+        W, H = Image.open(path / "jpg" / f"{q['name']}.jpg").size
+        expect = [max(0, quad[:, 0].min()), max(0, quad[:, 1].min()),
+                  min(W, quad[:, 0].max()), min(H, quad[:, 1].max())]
+        np.testing.assert_allclose(g["bbx"], expect, atol=1e-6)
+        assert q["visible"] > 0.95  # the query shows its whole region
+        for label in ("easy", "hard", "junk"):
+            for di in g[label]:
+                m = meta["database"][di]
+                assert m["query"] == qi and m["photo"] == q["photo"]
+                assert sv.distortion_strength(m) == pytest.approx(m["strength"])
+                assert sv.label_view(m["visible"], m["strength"]) == label
+        # every view of this landmark is labelled; all others are negatives
+        views = {di for di, m in enumerate(meta["database"]) if m["query"] == qi}
+        assert views == set(g["easy"]) | set(g["hard"]) | set(g["junk"])
+        assert len(views) == TINY["views_per_landmark"]
+
+
+def test_synthetic_roles_are_disjoint_and_one_photo_per_real_group(tiny, photos):
+    _, path = tiny
+    roles = json.loads((path / "meta_synthetic_views.json").read_text())["roles"]
+    sets = {k: set(v) for k, v in roles.items()}
+    names = list(sets)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            assert not sets[a] & sets[b], (a, b)
+    group = {p.key: p.group for p in photos}
+    used = [group[k] for v in roles.values() for k in v if group[k]]
+    assert len(used) == len(set(used))
+    train = (path.parent / "synthetic_views_train" / "train.csv").read_text().splitlines()
+    assert train[0] == "image,label,photo" and len(train) == 1 + 3 * TINY["train_views_per_class"]
+    assert {line.split(",")[2] for line in train[1:]} == sets["train"]
+
+
+def test_synthetic_build_is_deterministic_and_idempotent(tiny, photos, tmp_path):
+    out, path = tiny
+    before = _digest_tree(out)
+    again = build_synthetic_views(tmp_path, photos, seed=3, **TINY)
+    assert _digest_tree(tmp_path) == before  # byte-identical: gnd, meta, every jpg
+    mtime = (again / "gnd_synthetic_views.pkl").stat().st_mtime_ns
+    build_synthetic_views(tmp_path, photos, seed=3, **TINY)  # same parameters: nothing rewritten
+    assert (again / "gnd_synthetic_views.pkl").stat().st_mtime_ns == mtime
+    other = build_synthetic_views(tmp_path / "s4", photos, seed=4, **TINY)
+    assert (other / "gnd_synthetic_views.pkl").read_bytes() != (again / "gnd_synthetic_views.pkl").read_bytes()
+
+
+def test_synthetic_rejects_too_few_photos(photos, tmp_path):
+    with pytest.raises(ValueError, match="eligible photos"):
+        build_synthetic_views(tmp_path, photos[:10], **TINY)
+
+
+# ---------------------------------------------------------------------------------------------
+# the real multi-view set
+
+
+def test_multiview_real_gnd(photos, tmp_path):
+    path = build_multiview_real(tmp_path, photos, max_side=128)
+    gnd = read_revisitop_gnd(path / "gnd_multiview_real.pkl")
+    meta = json.loads((path / "meta_multiview_real.json").read_text())
+    assert len(gnd["imlist"]) == len(photos)
+    groups = {p.group for p in photos if p.group}
+    assert {q["group"] for q in meta["queries"]} == groups
+    group_of = [d["group"] for d in meta["database"]]
+    for q, g in zip(meta["queries"], gnd["gnd"]):
+        assert g["junk"] == [q["db_index"]]
+        positives = g["easy"] + g["hard"]
+        assert positives and all(group_of[i] == q["group"] for i in positives)
+        assert len(positives) == group_of.count(q["group"]) - 1
+        W, H = Image.open(path / "jpg" / f"{q['name']}.jpg").size
+        assert list(g["bbx"]) == [0, 0, W, H]
+        assert (path / "jpg" / f"{q['name']}.jpg").read_bytes() == \
+            (path / "jpg" / f"{gnd['imlist'][q['db_index']]}.jpg").read_bytes()
+    # the look-alike facades are distractors only
+    hard_negatives = [i for i, d in enumerate(meta["database"]) if d["photo"] in
+                      ("vismatch/notre_dame.jpg", "vismatch/chartres.jpg")]
+    assert len(hard_negatives) == 2
+    assert not any(i in g["easy"] + g["hard"] for g in gnd["gnd"] for i in hard_negatives)
