@@ -19,7 +19,7 @@ from .ablations import grid_features, pooling_grid
 from .describe import SCALES, DescriptorSettings
 from .evaluate import PROTOCOLS, summary
 from .extract import cached_features
-from .pipeline import RerankSettings, evaluate_retrieval, multi_settings_extractor, retrieve
+from .pipeline import RerankSettings, evaluate_retrieval, multi_settings_extractor, retrieve, with_data_identity
 
 # the paper's ablation order: each row adds one module to the previous one
 MODULE_SETTINGS = {
@@ -77,7 +77,7 @@ def training_images(data_root) -> tuple[list[str], np.ndarray]:
     if not rows:
         raise ValueError(f"{folder / 'train.csv'} lists no training images")
     names = sorted({r["label"] for r in rows})
-    return [str(folder / "jpg" / r["image"]) for r in rows], np.array([names.index(r["label"]) for r in rows])
+    return [str(folder / "jpg" / f"{r['image']}.jpg") for r in rows], np.array([names.index(r["label"]) for r in rows])
 
 
 def fit_training_whitening(model, data_root, cache_root, progress: bool = True):
@@ -88,8 +88,9 @@ def fit_training_whitening(model, data_root, cache_root, progress: bool = True):
     """
     from .whitening import fit_learned_whitening
     paths, labels = training_images(data_root)
-    feats = cached_features(cache_root, paths, multi_settings_extractor(model, {"gem3": WHITENING_SETTINGS}),
-                            progress=progress)
+    extractor = with_data_identity(multi_settings_extractor(model, {"gem3": WHITENING_SETTINGS}),
+                                   Path(data_root) / "datasets" / "synthetic_views_train")
+    feats = cached_features(cache_root, paths, extractor, progress=progress)
     pairs = np.array([(i, j) for i in range(len(labels)) for j in range(i + 1, len(labels)) if labels[i] == labels[j]])
     return fit_learned_whitening(feats, pairs)
 

@@ -108,16 +108,27 @@ def describe_from_maps(
     """
     if len(maps) != len(settings.scales):
         raise ValueError(f"got {len(maps)} feature maps for {len(settings.scales)} scales")
+    return combine_scales([pooled_vector(m, head, settings, learned_p) for m in maps], settings, normalize)
+
+
+def pooled_vector(fmap: torch.Tensor, head: Callable[[torch.Tensor], torch.Tensor], settings: DescriptorSettings,
+                  learned_p: float | torch.Tensor | None = None) -> torch.Tensor:
+    """One scale: (B, C, h, w) map -> [Regional-GeM] -> GeM -> L2-normalise -> ``head`` -> (B, D).
+
+    Depends on the settings' pooling fields only (not on ``scales`` or ``scale_agg``).
+    """
     if settings.gem_p is None:
         if learned_p is None:
             raise ValueError("gem_p=None asks for the model's learned p, but this model has none")
         p, eps = learned_p, LEARNED_P_EPS
     else:
         p, eps = settings.gem_p, GEM_PLUS_EPS
-    per_scale = []
-    for fmap in maps:
-        if settings.regional:
-            fmap = pooling.regional_gem(fmap, settings.regional_p, settings.regional_kernel)
-        per_scale.append(head(F.normalize(pooling.gem(fmap, p, eps), dim=-1)))
-    desc = aggregate_scales(torch.stack(per_scale), settings.scale_agg)
+    if settings.regional:
+        fmap = pooling.regional_gem(fmap, settings.regional_p, settings.regional_kernel)
+    return head(F.normalize(pooling.gem(fmap, p, eps), dim=-1))
+
+
+def combine_scales(vectors: Sequence[torch.Tensor], settings: DescriptorSettings, normalize: bool = True) -> torch.Tensor:
+    """Per-scale vectors from :func:`pooled_vector` -> (B, D) descriptor (aggregate, then L2-normalise)."""
+    desc = aggregate_scales(torch.stack(list(vectors)), settings.scale_agg)
     return F.normalize(desc, dim=-1) if normalize else desc

@@ -65,14 +65,28 @@ def _positions(ranks: np.ndarray, items: list[np.ndarray]) -> tuple[np.ndarray, 
 
 
 def _protocol_scores(ranks, gnd, protocol, ks):
-    nq = ranks.shape[0]
     sets = [protocol_sets(g, protocol) for g in gnd]
     n_pos = np.array([len(p) for p, _ in sets])  # as the reference: duplicates would count
     pq, ppos = _positions(ranks, [np.unique(p) for p, _ in sets])
     jq, jpos = _positions(ranks, [np.unique(j) for _, j in sets])
-    # sort positives and junk by (query, position)
-    stride = ranks.shape[1] + 1
-    pkey = np.sort(pq * stride + ppos)
+    return scores_from_positions(pq, ppos, jq, jpos, n_pos, ks, ranks.shape[1])
+
+
+def scores_from_positions(pq, ppos, jq, jpos, n_pos, ks, length: int):
+    """Per-query AP and precision at ``ks`` from the 0-based rank positions of positives and junk.
+
+    Args:
+        pq, ppos: query id and position of every retrieved positive (any order).
+        jq, jpos: the same for junk images.
+        n_pos: (nq,) number of positives of each query (retrieved or not).
+        length: ranking length (positions are < length).
+
+    Returns:
+        ``(aps (nq,), prs (nq, len(ks)))``, NaN for queries without positives.
+    """
+    nq = len(n_pos)
+    stride = length + 1
+    pkey = np.sort(pq * stride + ppos)                        # positives and junk by (query, position)
     jkey = np.sort(jq * stride + jpos)
     pq, ppos = pkey // stride, pkey % stride
     junk_before = np.searchsorted(jkey, pkey) - np.searchsorted(jkey, pq * stride)
@@ -98,6 +112,17 @@ def _protocol_scores(ranks, gnd, protocol, ks):
     return aps, prs
 
 
+def protocol_summary(aps: np.ndarray, prs: np.ndarray, n_ks: int) -> dict:
+    """``{"map", "aps", "mp", "prs"}`` of one protocol; the means leave NaN queries out."""
+    valid = ~np.isnan(aps)
+    return {
+        "map": float(aps[valid].mean()) if valid.any() else float("nan"),
+        "aps": aps,
+        "mp": prs[valid].mean(axis=0) if valid.any() else np.full(n_ks, np.nan),
+        "prs": prs,
+    }
+
+
 def revisited(ranks, gnd, ks=(1, 5, 10)) -> dict:
     """Revisited E/M/H evaluation of full rankings.
 
@@ -119,17 +144,7 @@ def revisited(ranks, gnd, ks=(1, 5, 10)) -> dict:
     """
     ranks = _check_inputs(ranks, gnd)
     ks = tuple(int(k) for k in ks)
-    out = {}
-    for protocol in PROTOCOLS:
-        aps, prs = _protocol_scores(ranks, gnd, protocol, ks)
-        valid = ~np.isnan(aps)
-        out[protocol] = {
-            "map": float(aps[valid].mean()) if valid.any() else float("nan"),
-            "aps": aps,
-            "mp": prs[valid].mean(axis=0) if valid.any() else np.full(len(ks), np.nan),
-            "prs": prs,
-        }
-    return out
+    return {p: protocol_summary(*_protocol_scores(ranks, gnd, p, ks), len(ks)) for p in PROTOCOLS}
 
 
 def results_table(results: dict, ks=(1, 5, 10)) -> pd.DataFrame:

@@ -4,18 +4,20 @@ Shared by the command line (``python -m sglib``), ``make demo`` and the notebook
 them compute the same numbers from the same cached features.
 
 Several pooling settings are computed in one pass over the images: the backbone runs once per
-scale and every setting re-pools those maps (:func:`sglib.describe.describe_from_maps`), which
-is exact since the maps depend only on the input scale.
+scale and every setting re-pools those maps (:func:`sglib.describe.pooled_vector`), which is exact
+since the maps depend only on the input scale.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 import torch
 
-from .describe import DescriptorSettings, describe_from_maps, resize_input
+from .describe import DescriptorSettings, combine_scales, pooled_vector, resize_input
 from .evaluate import PROTOCOLS, revisited
 from .extract import Extractor, cached_features, state_sha256
 from .preprocess import CVNET, load_network_input
@@ -56,8 +58,15 @@ def multi_settings_extractor(model: torch.nn.Module, settings: Mapping[str, Desc
     def describe(x):
         x = x.to(device)
         maps = {s: feature_map(resize_input(x, s)) for s in scales}
-        return torch.cat([describe_from_maps([maps[s] for s in st.scales], head, st, learned_p)
-                          for st in settings.values()], dim=1)
+        pooled = {}   # settings that differ only in scales / aggregation share their per-scale vectors
+        out = []
+        for st in settings.values():
+            pooling_key = (st.gem_p, st.regional) + ((st.regional_p, st.regional_kernel) if st.regional else ())
+            for s in st.scales:
+                if (s,) + pooling_key not in pooled:
+                    pooled[(s,) + pooling_key] = pooled_vector(maps[s], head, st, learned_p)
+            out.append(combine_scales([pooled[(s,) + pooling_key] for s in st.scales], st))
+        return torch.cat(out, dim=1)
 
     norm = getattr(model, "normalization", CVNET)
     identity = {"model": name or getattr(model, "name", type(model).__name__), "state": state_sha256(model),
@@ -68,6 +77,24 @@ def multi_settings_extractor(model: torch.nn.Module, settings: Mapping[str, Desc
         return load_network_input(path, bbx, norm=norm, max_side=max_side)
 
     return Extractor(describe, load, identity)
+
+
+def folder_fingerprint(folder) -> str:
+    """sha256 of a dataset folder's description files (``build_info.json``, ``gnd_*.pkl``, ``*.csv``).
+
+    The feature cache keys on image paths; a generated benchmark rebuilt with other parameters keeps
+    its paths, so its description files go into the key too.
+    """
+    folder = Path(folder)
+    digest = hashlib.sha256()
+    for f in sorted([*folder.glob("build_info.json"), *folder.glob("gnd_*.pkl"), *folder.glob("*.csv")]):
+        digest.update(f.name.encode() + b"\0" + f.read_bytes())
+    return digest.hexdigest()
+
+
+def with_data_identity(extractor: Extractor, folder) -> Extractor:
+    """``extractor`` whose cache key also covers :func:`folder_fingerprint` of ``folder``."""
+    return dataclasses.replace(extractor, identity={**extractor.identity, "data": folder_fingerprint(folder)})
 
 
 def split_settings(features: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
@@ -81,6 +108,7 @@ def dataset_features(dataset, extractor: Extractor, cache_root, progress: bool =
 
     Queries are cropped to their bounding boxes, as the reference does.
     """
+    extractor = with_data_identity(extractor, dataset.root)
     db = cached_features(cache_root, dataset.db_paths(), extractor, progress=progress)
     boxes = [dataset.query_bbx(i) for i in range(dataset.n_queries)]
     q = cached_features(cache_root, dataset.query_paths(), extractor, bboxes=boxes, progress=progress)

@@ -94,7 +94,8 @@ class ImageNetBackbone(nn.Module):
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) normalised input -> (B, out_dim, ~H/32, ~W/32) non-negative map."""
-        return self.body(x)
+        # channels-last runs the depthwise convolutions of these networks ~1.5x faster on CPU (oneDNN)
+        return self.body(x.contiguous(memory_format=torch.channels_last))
 
     @torch.no_grad()
     def classify(self, x: torch.Tensor) -> torch.Tensor:
@@ -292,7 +293,7 @@ def load_backbone(name: str = DEFAULT_BACKBONE, weights=None, device="cpu",
         model = _resnet(key, weights)
     if head is not None:
         model.head = head
-    return model.eval().to(device)
+    return model.eval().to(device, memory_format=torch.channels_last)
 
 
 def package_versions() -> dict:

@@ -1,0 +1,184 @@
+"""sglib.search: exact blocked top-k against a naive full arg-sort, faiss indexes on synthetic data."""
+import numpy as np
+import pytest
+import torch
+
+from sglib import search
+
+
+def naive_topk(q, x, k):
+    full = q.astype(np.float64) @ x.astype(np.float64).T
+    ids = np.argsort(-full, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(full, ids, 1), ids
+
+
+def synthetic_clustered(n, d, n_clusters, seed, noise=0.3):
+    """Synthetic unit vectors: Gaussian clusters around random centres."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((n_clusters, d)).astype(np.float32)
+    x = centres[rng.integers(0, n_clusters, n)] + noise * rng.standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("block_size", [None, 7, 64])
+def test_knn_equals_full_argsort(block_size):
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((9, 16)).astype(np.float32)
+    x = rng.standard_normal((300, 16)).astype(np.float32)
+    scores, ids = search.knn(q, x, 25, block_size=block_size, query_block=4)
+    want_s, want_i = naive_topk(q, x, 25)
+    assert isinstance(ids, np.ndarray) and ids.shape == (9, 25) and ids.dtype == np.int64
+    np.testing.assert_array_equal(ids, want_i)
+    np.testing.assert_allclose(scores, want_s, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("block_size", [5, 11, 1000])
+def test_knn_ties_lower_index_first(block_size):
+    # small integer vectors: scores are exact in float32 and tie a lot, at the cut-off too
+    rng = np.random.default_rng(1)
+    q = rng.integers(-2, 3, (12, 4)).astype(np.float32)
+    x = rng.integers(-2, 3, (200, 4)).astype(np.float32)
+    for k in (1, 10, 37, 200):
+        scores, ids = search.knn(q, x, k, block_size=block_size)
+        want_s, want_i = naive_topk(q, x, k)
+        np.testing.assert_array_equal(ids, want_i)
+        np.testing.assert_array_equal(scores, want_s)
+
+
+def test_knn_torch_and_float16_storage():
+    rng = np.random.default_rng(2)
+    q = rng.integers(-3, 4, (5, 8)).astype(np.float32)
+    x = rng.integers(-3, 4, (120, 8)).astype(np.float32)  # exact in float16 too
+    want_s, want_i = naive_topk(q, x, 30)
+    s, i = search.knn(torch.from_numpy(q), torch.from_numpy(x).half(), 30, block_size=16)
+    assert isinstance(s, torch.Tensor) and s.dtype == torch.float32 and i.dtype == torch.int64
+    np.testing.assert_array_equal(i.numpy(), want_i)
+    np.testing.assert_array_equal(s.numpy(), want_s)
+    s16, i16 = search.knn(q, x.astype(np.float16), 30, block_size=16)  # numpy float16 -> float32 blocks
+    np.testing.assert_array_equal(i16, want_i)
+    assert s16.dtype == np.float32
+    s64, _ = search.knn(q.astype(np.float64), x.astype(np.float64), 3)
+    assert s64.dtype == np.float64
+
+
+def test_knn_memmap_database(tmp_path):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((500, 12)).astype(np.float32)
+    mm = np.lib.format.open_memmap(tmp_path / "x.npy", mode="w+", dtype=np.float32, shape=x.shape)
+    mm[:] = x
+    mm.flush()
+    q = rng.standard_normal((4, 12)).astype(np.float32)
+    _, ids = search.knn(q, np.load(tmp_path / "x.npy", mmap_mode="r"), 10, block_size=64)
+    np.testing.assert_array_equal(ids, naive_topk(q, x, 10)[1])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (runs on GPU machines)")
+def test_knn_cuda_follows_device():
+    rng = np.random.default_rng(4)
+    q = rng.integers(-2, 3, (6, 8)).astype(np.float32)
+    x = rng.integers(-2, 3, (400, 8)).astype(np.float32)
+    s, i = search.knn(torch.from_numpy(q).cuda(), torch.from_numpy(x).cuda(), 50, block_size=64)
+    assert s.device.type == "cuda" and i.device.type == "cuda"
+    np.testing.assert_array_equal(i.cpu().numpy(), naive_topk(q, x, 50)[1])
+    _, i2 = search.knn(torch.from_numpy(q).cuda(), x, 50, block_size=64)  # CPU database, GPU blocks
+    np.testing.assert_array_equal(i2.cpu().numpy(), naive_topk(q, x, 50)[1])
+
+
+def test_knn_errors():
+    q, x = np.zeros((2, 4), np.float32), np.zeros((10, 4), np.float32)
+    with pytest.raises(ValueError, match="dimension"):
+        search.knn(q, np.zeros((10, 5), np.float32), 3)
+    with pytest.raises(ValueError, match="2 dimensions"):
+        search.knn(q[0], x, 3)
+    with pytest.raises(ValueError, match="k must be"):
+        search.knn(q, x, 11)
+    with pytest.raises(ValueError, match="k must be"):
+        search.knn(q, x, 0)
+    bad = x.copy()
+    bad[7, 1] = np.nan
+    with pytest.raises(ValueError, match="row 7 contains NaN"):
+        search.knn(q, bad, 3, block_size=4)
+    with pytest.raises(ValueError, match="q: row 1"):
+        search.knn(np.array([[0, 0, 0, 0], [np.nan, 0, 0, 0]], np.float32), x, 3)
+    with pytest.raises(ValueError, match="floating"):
+        search.knn(q, np.zeros((10, 4), np.int32), 3)
+    with pytest.raises(ValueError, match="torch.Tensor or numpy"):
+        search.knn([[0.0] * 4], x, 3)
+
+
+def test_ivfpq_recall_on_synthetic_clusters():
+    x = synthetic_clustered(20000, 32, 50, seed=5)
+    q = synthetic_clustered(40, 32, 50, seed=6)
+    _, exact = search.knn(q, x, 100)
+    index = search.build_index(x, "ivfpq", nlist=64, m=8, seed=0)
+    _, approx = search.search_index(index, q, 100, nprobe=16, k_factor=8)
+    assert search.recall_at_k(approx, exact, 100) >= 0.95
+    # without the exact refine stage the PQ codes alone are clearly worse: the test can tell
+    _, coarse = search.search_index(index.base_index, q, 100, nprobe=16)
+    assert search.recall_at_k(coarse, exact, 100) < search.recall_at_k(approx, exact, 100)
+
+
+def test_build_is_seeded():
+    x = synthetic_clustered(3000, 16, 10, seed=7)
+    a = search.build_index(x, "ivfpq", nlist=16, m=4, refine=None, seed=3)
+    b = search.build_index(x, "ivfpq", nlist=16, m=4, refine=None, seed=3)
+    q = x[:20]
+    np.testing.assert_array_equal(search.search_index(a, q, 10, nprobe=4)[1], search.search_index(b, q, 10, nprobe=4)[1])
+
+
+@pytest.mark.parametrize("kind", ["flat", "flat_fp16", "hnsw", "ivfpq"])
+def test_save_load_round_trip(kind, tmp_path):
+    x = synthetic_clustered(3000, 16, 10, seed=8)
+    q = synthetic_clustered(10, 16, 10, seed=9)
+    params = {"nlist": 16, "m": 4} if kind == "ivfpq" else {}
+    index = search.build_index(x, kind, **params)
+    before = search.search_index(index, q, 20, **({"nprobe": 4} if kind == "ivfpq" else {}))
+    search.save_index(index, tmp_path / "sub" / "index.faiss")
+    loaded = search.load_index(tmp_path / "sub" / "index.faiss")
+    after = search.search_index(loaded, q, 20)  # nprobe / k_factor are saved with the index
+    np.testing.assert_array_equal(before[1], after[1])
+    np.testing.assert_array_equal(before[0], after[0])
+    assert search.index_bytes(index) > 0
+
+
+def test_exact_indexes_match_knn_and_fp16_halves_memory():
+    x = synthetic_clustered(2000, 32, 10, seed=10)
+    q = synthetic_clustered(8, 32, 10, seed=11)
+    _, exact = search.knn(q, x, 10)
+    flat, fp16 = search.build_index(x, "flat"), search.build_index(x, "flat_fp16")
+    assert search.recall_at_k(search.search_index(flat, q, 10)[1], exact, 10) == 1.0
+    assert search.recall_at_k(search.search_index(fp16, q, 10)[1], exact, 10) >= 0.9
+    assert search.index_bytes(fp16) < 0.6 * search.index_bytes(flat)
+
+
+def test_load_index_errors(tmp_path):
+    with pytest.raises(search.IndexFileError, match="not found"):
+        search.load_index(tmp_path / "missing.faiss")
+    bad = tmp_path / "bad.faiss"
+    bad.write_bytes(b"this is not a faiss index")
+    with pytest.raises(ValueError, match="corrupt"):
+        search.load_index(bad)
+
+
+def test_index_argument_errors():
+    x = synthetic_clustered(500, 16, 5, seed=12)
+    with pytest.raises(ValueError, match="kind"):
+        search.build_index(x, "lsh")
+    with pytest.raises(ValueError, match="divide"):
+        search.build_index(x, "ivfpq", nlist=8, m=5)
+    with pytest.raises(ValueError, match="nlist"):
+        search.build_index(x, "ivfpq", nlist=1024)
+    index = search.build_index(x, "flat")
+    with pytest.raises(ValueError, match="dimension"):
+        search.search_index(index, np.zeros((2, 8), np.float32), 3)
+    with pytest.raises(ValueError, match="NaN"):
+        search.search_index(index, np.full((2, 16), np.nan, np.float32), 3)
+
+
+def test_recall_at_k_counts_overlap():
+    exact = np.array([[0, 1, 2, 3], [4, 5, 6, 7]])
+    approx = np.array([[3, 1, 9, -1], [7, 6, 5, 4]])
+    assert search.recall_at_k(approx, exact, 4) == pytest.approx((2 + 4) / 8)
+    assert search.recall_at_k(approx, exact, 2) == pytest.approx((1 + 0) / 4)
+    with pytest.raises(ValueError):
+        search.recall_at_k(approx, exact[:1], 2)
