@@ -81,4 +81,4 @@ def test_evaluate_reports_bad_input_clearly(tiny_dataset, golden_checkpoint, tmp
     r = run_cli("evaluate", "--data-root", tmp_path, "--dataset", "tiny_synthetic", "--checkpoint", golden_checkpoint)
     assert r.returncode == 2 and "error:" in r.stderr and "Traceback" not in r.stderr
     r = run_cli("evaluate", "--data-root", tiny_dataset, "--dataset", "tiny_synthetic", "--checkpoint", tmp_path / "x.pyth")
-    assert r.returncode == 2 and "checkpoint file not found" in r.stderr
+    assert r.returncode == 2 and "weights file not found" in r.stderr

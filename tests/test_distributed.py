@@ -32,7 +32,7 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def synthetic_checkpoint(tmp_path_factory):
     torch.manual_seed(0)
-    state = {k.removeprefix("body."): v for k, v in SuperGlobalNet(depth=50).state_dict().items()}
+    state = SuperGlobalNet(depth=50).state_dict()
     path = tmp_path_factory.mktemp("ckpt") / "synthetic_random_R50.pyth"
     torch.save({"model_state": state}, path)
     return path

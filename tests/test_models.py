@@ -51,13 +51,13 @@ def test_relu_plus_placement_follows_spec_table():
                     m.running_mean.fill_(0.5)  # push many pre-activations below the floor
         outs = {}
         for name in ["s1.b2", "s2.b2", "s3.b2", "s4.b2"]:
-            block = net.body.get_submodule(name)
+            block = net.get_submodule(name)
             block.register_forward_hook(lambda _m, _i, o, n=name: outs.__setitem__(n, o.min().item()))
             block.f.a_bn.register_forward_hook(
                 lambda m, _i, o, n=name: outs.__setitem__(n + ".inner", m))
         inner = {}
         for name in ["s1.b2", "s2.b2"]:
-            f = net.body.get_submodule(name).f
+            f = net.get_submodule(name).f
             f.b.register_forward_hook(lambda _m, i, _o, n=name: inner.__setitem__(n, i[0].min().item()))
         net.feature_map(torch.randn(1, 3, 64, 64))
         floor = RELU_PLUS_FLOOR
@@ -98,6 +98,16 @@ def test_broken_checkpoints_name_the_tensor(golden_checkpoint, tmp_path):
         load_cvnet(tmp_path / "nan.pyth")
     with pytest.raises(CheckpointError, match="missing .* for a ResNet-101"):
         load_cvnet(golden_checkpoint, depth=101)
+    deeper = dict(state)
+    deeper["encoder_q.s3.b7.f.a.weight"] = torch.zeros(256, 1024, 1, 1)
+    torch.save({"model_state": deeper}, tmp_path / "r101ish.pyth")
+    with pytest.raises(CheckpointError, match="pass depth=101"):
+        load_cvnet(tmp_path / "r101ish.pyth", depth=50)
+    extra = dict(state)
+    extra["encoder_q.s4.b1.f.z.weight"] = torch.zeros(1)
+    torch.save({"model_state": extra}, tmp_path / "extra.pyth")
+    with pytest.raises(CheckpointError, match=r"does not have: s4\.b1\.f\.z\.weight"):
+        load_cvnet(tmp_path / "extra.pyth")
     with pytest.raises(CheckpointError, match="not found"):
         load_cvnet(tmp_path / "nope.pyth")
     (tmp_path / "junk.pyth").write_bytes(b"not a checkpoint")

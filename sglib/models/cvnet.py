@@ -5,7 +5,6 @@
 """
 from __future__ import annotations
 
-import os
 from typing import Sequence
 
 import torch
@@ -13,14 +12,11 @@ import torch.nn as nn
 
 from ..describe import GEM_PLUS_P, SCALES, DescriptorSettings, multiscale_descriptor
 from ..pooling import GeM
+from .checkpoint import CheckpointError, load_state_strict, read_state_dict
 from .resnet import ResNetBody
 
-PREFIXES = ("encoder_q.", "globalmodel.", "module.encoder_q.", "module.")
+PREFIXES = ("encoder_q.", "globalmodel.")
 IGNORED_PREFIXES = ("conv2ds.", "cv_learner.", "encoder_k.")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file is unreadable or does not hold the tensors a model needs."""
 
 
 class Head(nn.Module):
@@ -30,7 +26,7 @@ class Head(nn.Module):
         self.fc = nn.Linear(dim, dim, bias=True)
 
 
-class SuperGlobalNet(nn.Module):
+class SuperGlobalNet(ResNetBody):
     """CVNet global model with SuperGlobal's test-time modules.
 
     Example:
@@ -40,14 +36,13 @@ class SuperGlobalNet(nn.Module):
     """
 
     def __init__(self, depth: int = 50, relu_plus: bool | None = True):
-        super().__init__()
+        super().__init__(depth, relu_plus)      # stem, s1..s4 at the top level: the checkpoint's own names
         self.depth, self.relu_plus = depth, relu_plus
-        self.body = ResNetBody(depth, relu_plus)
         self.head = Head()
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, 2048, ~H/32, ~W/32), the last stage's map."""
-        return self.body(x)
+        return super().forward(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.describe(x)
@@ -79,30 +74,12 @@ class SuperGlobalNet(nn.Module):
                                      learned_p=self.head.pool.p, normalize=normalize)
 
 
-def _read_state(path) -> dict:
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint file not found: {path}")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a corrupt file
-        raise CheckpointError(f"could not read checkpoint {path}: {type(exc).__name__}: {exc}") from exc
-    state = blob.get("model_state", blob.get("state_dict", blob)) if isinstance(blob, dict) else None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path}: expected a state dict (or a dict with 'model_state') of tensors")
-    return state
-
-
 def _strip_prefix(state: dict) -> dict:
     kept = {k: v for k, v in state.items() if not k.startswith(IGNORED_PREFIXES)}
     for prefix in PREFIXES:
         if any(k.startswith(prefix) for k in kept):
             return {k[len(prefix):]: v for k, v in kept.items() if k.startswith(prefix)}
     return kept
-
-
-def _model_key(name: str) -> str:
-    # our module tree nests the backbone under `body`; checkpoints name it flat
-    return name if name.startswith("head.") else "body." + name
 
 
 def load_cvnet(path, depth: int = 50, relu_plus: bool | None = True, device="cpu") -> SuperGlobalNet:
@@ -116,31 +93,9 @@ def load_cvnet(path, depth: int = 50, relu_plus: bool | None = True, device="cpu
     Returns:
         the model in eval mode on ``device``.
     """
-    state = _strip_prefix(_read_state(path))
+    state = _strip_prefix(read_state_dict(path))
     model = SuperGlobalNet(depth, relu_plus)
-    expected = model.state_dict()
-    loaded = {}
-    for name, value in state.items():
-        key = _model_key(name)
-        if key not in expected:
-            continue
-        if value.shape != expected[key].shape:
-            raise CheckpointError(f"{path}: tensor '{name}' has shape {tuple(value.shape)}, "
-                                  f"expected {tuple(expected[key].shape)} for a ResNet-{depth}")
-        if value.is_floating_point() and not torch.isfinite(value).all():
-            raise CheckpointError(f"{path}: tensor '{name}' contains NaN or infinite values")
-        loaded[key] = value
-    missing = [k for k in expected if k not in loaded and not k.endswith("num_batches_tracked")]
-    if missing:
-        names = ", ".join(k.removeprefix("body.") for k in missing[:5])
-        more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
-        hint = ""
-        if depth == 50 and any(k.startswith("s3.b7.") for k in state):
-            hint = " The file looks like a ResNet-101: pass depth=101."
-        raise CheckpointError(f"{path}: missing {len(missing)} tensor(s) for a ResNet-{depth}: {names}{more}.{hint}")
-    unexpected = [k for k in state if k.startswith(("s", "stem", "head")) and _model_key(k) not in expected]
-    if unexpected:
-        raise CheckpointError(f"{path}: unexpected backbone tensor(s) {unexpected[:5]} for a ResNet-{depth}"
-                              + (": pass depth=101" if depth == 50 else ""))
-    model.load_state_dict(loaded, strict=False)
+    if depth == 50 and "s3.b7.f.a.weight" in state:
+        raise CheckpointError(f"{path}: holds a ResNet-101 (stage 3 has more than 6 blocks): pass depth=101")
+    load_state_strict(model, state, path, f"ResNet-{depth}")
     return model.eval().to(device)

@@ -45,6 +45,7 @@ import torch.nn as nn
 
 from ..describe import DescriptorSettings, describe_from_maps, multiscale_descriptor, resize_input
 from ..preprocess import IMAGENET, Normalization
+from .checkpoint import CheckpointError, load_state_strict, read_state_dict
 
 EFFICIENTNET_LITE = Normalization(bgr=False, mean=(127.0 / 255,) * 3, std=(128.0 / 255,) * 3)
 
@@ -53,8 +54,8 @@ BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "
 DEFAULT_BACKBONE = "efficientnet_lite0"
 
 
-class WeightsError(ValueError):
-    """A weights file or package is missing, unreadable, or does not fit the network."""
+# one error type for every bad weights file, CVNet checkpoint or ImageNet weights
+WeightsError = CheckpointError
 
 
 class ImageNetBackbone(nn.Module):
@@ -157,53 +158,6 @@ def file_sha256(path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return "sha256:" + digest.hexdigest()
-
-
-def read_state_dict(path) -> dict:
-    """A state dict of tensors from a ``torch.save`` file (bare, or under 'state_dict'/'model').
-
-    A ``module.`` prefix (DataParallel) is stripped. Raises :class:`WeightsError` for a missing,
-    unreadable or non-state-dict file.
-    """
-    if not os.path.isfile(path):
-        raise WeightsError(f"weights file not found: {path}")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a corrupt file
-        raise WeightsError(f"could not read weights file {path}: {type(exc).__name__}: {exc}") from exc
-    if isinstance(blob, dict):
-        blob = blob.get("state_dict", blob.get("model", blob))
-    if not isinstance(blob, dict) or not blob or not all(isinstance(v, torch.Tensor) for v in blob.values()):
-        raise WeightsError(f"{path}: expected a state dict of tensors")
-    if all(k.startswith("module.") for k in blob):
-        blob = {k[len("module."):]: v for k, v in blob.items()}
-    return blob
-
-
-def load_state_strict(model: nn.Module, state: dict, path, label: str, optional_prefixes: tuple = ()) -> set:
-    """Load ``state`` into ``model``: every tensor present with its shape and finite, no extra tensors.
-
-    Tensors under ``optional_prefixes`` may be absent from the file. Returns the names of the
-    optional tensors that were absent. Raises :class:`WeightsError` naming the faulty tensors.
-    """
-    expected = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
-    unexpected = sorted(k for k in state if k not in expected and not k.endswith("num_batches_tracked"))
-    if unexpected:
-        raise WeightsError(f"{path}: {len(unexpected)} tensor(s) that a {label} does not have: "
-                           f"{', '.join(unexpected[:5])}{' ...' if len(unexpected) > 5 else ''}")
-    absent = [k for k in expected if k not in state]
-    missing = [k for k in absent if not k.startswith(optional_prefixes)]
-    if missing:
-        raise WeightsError(f"{path}: missing {len(missing)} tensor(s) for a {label}: "
-                           f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
-    for k, v in state.items():
-        if k in expected and v.shape != expected[k].shape:
-            raise WeightsError(f"{path}: tensor '{k}' has shape {tuple(v.shape)}, expected "
-                               f"{tuple(expected[k].shape)} for a {label}")
-        if v.is_floating_point() and not torch.isfinite(v).all():
-            raise WeightsError(f"{path}: tensor '{k}' contains NaN or infinite values")
-    model.load_state_dict(state, strict=False)
-    return set(absent)
 
 
 def _package_file(package: str, module: str, pattern: str) -> str:

@@ -1,0 +1,62 @@
+"""Reading weight files: one place for the errors a user can hit with a bad or foreign file."""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn as nn
+
+WRAPPER_KEYS = ("model_state", "state_dict", "model")   # CVNet / pycls, Lightning-style, others
+
+
+class CheckpointError(ValueError):
+    """A checkpoint or weights file is missing, unreadable, or does not hold the tensors a model needs."""
+
+
+def read_state_dict(path) -> dict:
+    """A state dict of tensors from a ``torch.save`` file: bare or under one of :data:`WRAPPER_KEYS`.
+
+    A ``module.`` prefix on every key (DataParallel) is stripped.
+
+    Raises:
+        CheckpointError: missing file, unreadable file, or not a dict of tensors.
+    """
+    if not os.path.isfile(path):
+        raise CheckpointError(f"weights file not found: {path}")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a corrupt file
+        raise CheckpointError(f"could not read weights file {path}: {type(exc).__name__}: {exc}") from exc
+    if isinstance(blob, dict):
+        blob = next((blob[k] for k in WRAPPER_KEYS if isinstance(blob.get(k), dict)), blob)
+    if not isinstance(blob, dict) or not blob or not all(isinstance(v, torch.Tensor) for v in blob.values()):
+        raise CheckpointError(f"{path}: expected a state dict of tensors (bare or under one of {WRAPPER_KEYS})")
+    if all(k.startswith("module.") for k in blob):
+        blob = {k[len("module."):]: v for k, v in blob.items()}
+    return blob
+
+
+def load_state_strict(model: nn.Module, state: dict, path, label: str, optional_prefixes: tuple = ()) -> set:
+    """Load ``state`` into ``model``: every tensor present with its shape and finite, no extra tensors.
+
+    Tensors under ``optional_prefixes`` may be absent from the file. Returns the names of the
+    optional tensors that were absent. Raises :class:`CheckpointError` naming the faulty tensors.
+    """
+    expected = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    unexpected = sorted(k for k in state if k not in expected and not k.endswith("num_batches_tracked"))
+    if unexpected:
+        raise CheckpointError(f"{path}: {len(unexpected)} tensor(s) that a {label} does not have: "
+                              f"{', '.join(unexpected[:5])}{' ...' if len(unexpected) > 5 else ''}")
+    absent = [k for k in expected if k not in state]
+    missing = [k for k in absent if not k.startswith(optional_prefixes)]
+    if missing:
+        raise CheckpointError(f"{path}: missing {len(missing)} tensor(s) for a {label}: "
+                              f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+    for k, v in state.items():
+        if k in expected and v.shape != expected[k].shape:
+            raise CheckpointError(f"{path}: tensor '{k}' has shape {tuple(v.shape)}, expected "
+                                  f"{tuple(expected[k].shape)} for a {label}")
+        if v.is_floating_point() and not torch.isfinite(v).all():
+            raise CheckpointError(f"{path}: tensor '{k}' contains NaN or infinite values")
+    model.load_state_dict(state, strict=False)
+    return set(absent)
