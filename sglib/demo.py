@@ -40,6 +40,9 @@ def with_rows(grid: dict, rows: dict) -> dict:
     return {**grid, **{name: ({"family": "module"}, st) for name, st in rows.items()}}
 BENCHMARKS = ("synthetic_views", "multiview_real")
 WHITENING_SETTINGS = DescriptorSettings(scales=(1.0,), gem_p=3.0, regional=False)
+# the training split's pair differences span at most (images - classes) directions, fewer than the
+# descriptor size: shrinking their covariance towards the identity keeps the whitening well posed
+WHITENING_SHRINKAGE = 0.3
 
 
 def module_table(model, dataset, cache_root, settings: dict = MODULE_SETTINGS, rerank: RerankSettings = RerankSettings(),
@@ -84,7 +87,9 @@ def fit_training_whitening(model, data_root, cache_root, progress: bool = True):
     """Supervised (Lw) whitening of ``model`` fitted on the training split's GeM (p = 3) descriptors.
 
     Views of the same training photo are the matching pairs. Plays the part of CVNet's trained
-    2048 x 2048 layer for a backbone that has none.
+    2048 x 2048 layer for a backbone that has none. The shrinkage (:data:`WHITENING_SHRINKAGE`) makes the
+    rank-deficient intra-pair covariance invertible; without it, directions the few training pairs never
+    vary along are amplified without bound.
     """
     from .whitening import fit_learned_whitening
     paths, labels = training_images(data_root)
@@ -92,7 +97,7 @@ def fit_training_whitening(model, data_root, cache_root, progress: bool = True):
                                    Path(data_root) / "datasets" / "synthetic_views_train")
     feats = cached_features(cache_root, paths, extractor, progress=progress)
     pairs = np.array([(i, j) for i in range(len(labels)) for j in range(i + 1, len(labels)) if labels[i] == labels[j]])
-    return fit_learned_whitening(feats, pairs)
+    return fit_learned_whitening(feats, pairs, shrinkage=WHITENING_SHRINKAGE)
 
 
 def run_demo(data_root="data", results_dir="results", backbone: str = "efficientnet_lite0", whiten: bool = True,

@@ -103,7 +103,11 @@ def scale_gem(descs: torch.Tensor, p: float = float("inf")) -> torch.Tensor:
     if math.isinf(p):
         return F.normalize(descs, dim=-1).amax(dim=0)
     gamma = descs.min()
-    return (descs - gamma).pow(p).mean(dim=0).pow(1.0 / p) + gamma
+    shifted = descs - gamma
+    # factor out the largest term so that x^p cannot overflow (whitened descriptors reach 1e2-1e4)
+    top = shifted.amax(dim=0)
+    ratio = torch.where(top > 0, shifted / top.clamp(min=torch.finfo(descs.dtype).tiny), torch.zeros_like(shifted))
+    return top * ratio.pow(p).mean(dim=0).pow(1.0 / p) + gamma
 
 
 def scale_mean(descs: torch.Tensor) -> torch.Tensor:

@@ -48,6 +48,13 @@ def test_scale_gem_p10_matches_reference():
     assert np.abs(y.numpy() - d["y"]).max() <= 1e-5
 
 
+def test_scale_gem_finite_p_does_not_overflow():
+    x = torch.tensor([[[1e4, -2.0]], [[3e4, 5.0]], [[2e4, 1.0]]])          # (S=3, B=1, D=2)
+    y = pooling.scale_gem(x, p=10.0)
+    naive = ((x.double() + 2.0).pow(10).mean(0).pow(0.1) - 2.0).float()
+    assert torch.isfinite(y).all() and torch.allclose(y, naive, rtol=1e-5)
+
+
 def test_gem_limits_naive():
     x = torch.rand(2, 3, 4, 5, dtype=torch.float64) + 0.1
     assert torch.allclose(pooling.gem(x, p=1.0), x.mean((-2, -1)))
