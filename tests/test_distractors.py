@@ -38,8 +38,10 @@ def test_fit_gaussian_matches_naive_mean_and_covariance():
 
 
 def test_fit_gaussian_drops_null_directions_when_n_below_dim():
-    model = fit_gaussian(np.random.default_rng(0).standard_normal((5, 20)))
+    x = np.random.default_rng(0).standard_normal((5, 20))
+    model = fit_gaussian(x)
     assert model.basis.shape == (20, 4)  # 5 centred rows span 4 directions
+    assert np.allclose(model.covariance(), np.cov(x.T), atol=1e-10) and np.allclose(model.mean, x.mean(0))
     assert fit_gaussian(np.random.default_rng(0).standard_normal((5, 20)), shrinkage=0.1).basis.shape == (20, 20)
 
 
@@ -168,12 +170,10 @@ def test_photo_pool_excludes_landmarks_backgrounds_and_their_scenes(tmp_path):
         distractor_photo_pool(photos[1:], bench)
 
 
-def test_real_benchmark_pool_has_no_landmark():
+def test_real_benchmark_pool_has_no_landmark(photos):
     meta = ROOT / "data" / "datasets" / "synthetic_views" / "meta_synthetic_views.json"
     if not meta.is_file():
         pytest.skip(f"{meta} not built (make demo builds it)")
-    from sglib.photos import fetch_all
-    photos = fetch_all(ROOT / "data" / "photo_cache")
     pool, excluded = distractor_photo_pool(photos, meta.parent)
     roles = json.loads(meta.read_text())["roles"]
     keys = {p.key for p in pool}
