@@ -10,7 +10,7 @@ __version__ = "0.1.0"
 _SUBMODULES = {
     "pooling", "describe", "preprocess", "models", "rerank", "rerank_reference", "evaluate",
     "evaluate_large", "search", "datasets", "download", "extract", "distributed", "whitening",
-    "photos", "benchmarks", "pipeline", "cli",
+    "photos", "benchmarks", "pipeline", "cli", "demo", "ablations", "distractors", "viz",
 }
 
 
