@@ -8,7 +8,7 @@ STAMP := $(VENV)/.sglib-installed
 DATA_ROOT ?= data
 export MPLBACKEND := Agg
 
-.PHONY: setup test test-fast demo bench data clean-cache
+.PHONY: setup test demo bench data clean-cache
 
 setup: $(STAMP)
 

@@ -17,7 +17,7 @@ import pandas as pd
 
 from .ablations import grid_features, pooling_grid
 from .describe import SCALES, DescriptorSettings
-from .evaluate import PROTOCOLS, summary
+from .evaluate import summary
 from .extract import cached_features
 from .pipeline import RerankSettings, evaluate_retrieval, multi_settings_extractor, retrieve, with_data_identity
 
@@ -96,7 +96,9 @@ def fit_training_whitening(model, data_root, cache_root, progress: bool = True):
     extractor = with_data_identity(multi_settings_extractor(model, {"gem3": WHITENING_SETTINGS}),
                                    Path(data_root) / "datasets" / "synthetic_views_train")
     feats = cached_features(cache_root, paths, extractor, progress=progress)
-    pairs = np.array([(i, j) for i in range(len(labels)) for j in range(i + 1, len(labels)) if labels[i] == labels[j]])
+    i, j = np.triu_indices(len(labels), k=1)
+    same = labels[i] == labels[j]
+    pairs = np.stack([i[same], j[same]], axis=1)
     return fit_learned_whitening(feats, pairs, shrinkage=WHITENING_SHRINKAGE)
 
 

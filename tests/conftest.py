@@ -45,5 +45,34 @@ def photos():
     return fetch_all(PHOTO_CACHE)
 
 
+TINY_N_DB, TINY_N_Q = 10, 3
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    """A revisitop-format dataset of SYNTHETIC images: 10 database images, 3 queries with boxes."""
+    from PIL import Image
+    from sglib.datasets import write_revisitop_gnd
+    root = tmp_path_factory.mktemp("data")
+    folder = root / "datasets" / "tiny_synthetic"
+    (folder / "jpg").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    protos = rng.integers(0, 255, (TINY_N_Q, 6, 8, 3)).astype(np.uint8)
+    imlist, qimlist, gnd = [], [], []
+    for i in range(TINY_N_DB):
+        base = protos[i % TINY_N_Q] if i < 6 else rng.integers(0, 255, (6, 8, 3)).astype(np.uint8)
+        img = np.asarray(Image.fromarray(base).resize((96, 72), Image.BILINEAR)).astype(int)
+        img = np.clip(img + rng.integers(-20, 20, img.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(img).save(folder / "jpg" / f"db_{i}.jpg")
+        imlist.append(f"db_{i}")
+    for k in range(TINY_N_Q):
+        img = np.asarray(Image.fromarray(protos[k]).resize((112, 84), Image.BILINEAR))
+        Image.fromarray(img).save(folder / "jpg" / f"q_{k}.jpg")
+        qimlist.append(f"q_{k}")
+        gnd.append({"bbx": (4.7, 3.2, 108.9, 80.5), "easy": [k], "hard": [k + 3], "junk": [9] if k == 0 else []})
+    write_revisitop_gnd(folder / "gnd_tiny_synthetic.pkl", imlist, qimlist, gnd)
+    return root
+
+
 def load_npz(name):
     return np.load(DATA / name)

@@ -1,6 +1,6 @@
 """`python -m sglib evaluate` end to end on a tiny revisitop-format dataset built here.
 
-The dataset's images are synthetic (random blobs rendered by the test); the network is the golden
+The dataset (conftest's ``tiny_dataset``) has synthetic images (random blobs); the network is the golden
 random ResNet-50 in CVNet's layout. The CLI's mAP must equal the one recomputed directly from
 the library's pieces, and a second run must come from the cache.
 """
@@ -11,38 +11,14 @@ import sys
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from sglib.datasets import load_revisitop, write_revisitop_gnd
+from sglib.datasets import load_revisitop
 from sglib.evaluate import revisited, summary
 from sglib.models import load_cvnet
 from sglib.preprocess import load_network_input
 from sglib.rerank import superglobal
 
-N_DB, N_Q = 10, 3
-
-
-@pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    folder = root / "datasets" / "tiny_synthetic"
-    (folder / "jpg").mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    protos = rng.integers(0, 255, (N_Q, 6, 8, 3)).astype(np.uint8)
-    imlist, qimlist, gnd = [], [], []
-    for i in range(N_DB):
-        base = protos[i % N_Q] if i < 6 else rng.integers(0, 255, (6, 8, 3)).astype(np.uint8)
-        img = np.asarray(Image.fromarray(base).resize((96, 72), Image.BILINEAR)).astype(int)
-        img = np.clip(img + rng.integers(-20, 20, img.shape), 0, 255).astype(np.uint8)
-        Image.fromarray(img).save(folder / "jpg" / f"db_{i}.jpg")
-        imlist.append(f"db_{i}")
-    for k in range(N_Q):
-        img = np.asarray(Image.fromarray(protos[k]).resize((112, 84), Image.BILINEAR))
-        Image.fromarray(img).save(folder / "jpg" / f"q_{k}.jpg")
-        qimlist.append(f"q_{k}")
-        gnd.append({"bbx": (4.7, 3.2, 108.9, 80.5), "easy": [k], "hard": [k + 3], "junk": [9] if k == 0 else []})
-    write_revisitop_gnd(folder / "gnd_tiny_synthetic.pkl", imlist, qimlist, gnd)
-    return root
+from conftest import TINY_N_DB as N_DB, TINY_N_Q as N_Q
 
 
 def run_cli(*args):

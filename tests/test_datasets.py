@@ -7,7 +7,6 @@ import io
 import os
 import pickle
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest

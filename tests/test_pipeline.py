@@ -12,7 +12,6 @@ from sglib.models import SuperGlobalNet, load_cvnet
 from sglib.pipeline import (RerankSettings, evaluate_retrieval, folder_fingerprint, multi_settings_extractor,
                             rank_database, retrieve, split_settings, with_data_identity)
 from sglib.rerank import superglobal
-from test_cli import tiny_dataset  # noqa: F401  (fixture: a tiny synthetic revisitop dataset)
 
 
 def test_multi_settings_equal_single_describe():
@@ -69,7 +68,7 @@ def test_grid_holds_module_rows_once_per_key():
     assert all(isinstance(st, DescriptorSettings) for _, st in grid.values())
 
 
-def test_paper_table_with_cvnet_checkpoint(tiny_dataset, golden_checkpoint, tmp_path):  # noqa: F811
+def test_paper_table_with_cvnet_checkpoint(tiny_dataset, golden_checkpoint, tmp_path):
     ds = load_revisitop(tiny_dataset, "tiny_synthetic")
     table = paper_table(ds, tmp_path / "cache", checkpoint=golden_checkpoint, depth=50,
                         rerank=RerankSettings(M=6, K=2), progress=False)

@@ -51,7 +51,6 @@ import csv
 import io
 import json
 import math
-import os
 import shutil
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path

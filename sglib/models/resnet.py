@@ -18,7 +18,6 @@ checkpoint. It differs from the reference's "off", which still floors inside sta
 """
 from __future__ import annotations
 
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
