@@ -4,7 +4,7 @@ Setting of the issue: 70 queries, 4,993 database vectors of 2,048 dims (ROxford'
 M = 400, K = 9, 2 threads. The vectors are a simulation (clustered random unit vectors; the
 cost does not depend on their values). Prints, measured side by side in one run (median of
 interleaved repeats): sglib's batched rerank / the batched M x M product, and the straightforward
-per-query implementation (sglib.rerank_reference) / the same product. CUDA rows when a GPU is present.
+per-query implementation (sglib.method.rerank_reference) / the same product. CUDA rows when a GPU is present.
 
 usage: python benchmarks/rerank.py [--repeats 5] [--threads 2] [--device cpu|cuda]
 """
@@ -15,8 +15,8 @@ import time
 import numpy as np
 import torch
 
-from sglib.rerank import superglobal
-from sglib.rerank_reference import superglobal_per_query
+from sglib.method.rerank import superglobal
+from sglib.method.rerank_reference import superglobal_per_query
 
 
 def simulated_descriptors(n_db=4993, n_q=70, dim=2048, n_clusters=50, seed=0):

@@ -6,7 +6,7 @@ Prints:
   1. the machine's float32 matrix-multiply peak (torch.mm, same threads) and exact ``sglib.search.knn``
      throughput as a fraction of it (2 * nq * N * D flops / time), float32 and float16 storage;
   2. IVF-PQ (+ fp16 refine) speed-up over exact search at the first nprobe reaching recall@100 >= 0.95;
-  3. memory-light ``sglib.evaluate_large.revisited_from_scores`` vs full arg-sort + ``sglib.evaluate.revisited``
+  3. memory-light ``sglib.evaluation.streaming.revisited_from_scores`` vs full arg-sort + ``sglib.evaluate.revisited``
      at N database items and the 70 revisited-Oxford queries, asserting identical numbers;
   with the peak resident-memory increase of each step (RSS sampled every 5 ms).
 

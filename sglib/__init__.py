@@ -1,26 +1,62 @@
 """sglib: SuperGlobal (Shao et al., ICCV 2023) global-feature retrieval and reranking.
 
-Submodules load on first use (``sglib.pooling``, ``sglib.models``, ``sglib.rerank``,
-``sglib.evaluate``, ``sglib.search``, ...), so ``import sglib`` stays cheap.
+Packages by role (each loads on first use, so ``import sglib`` stays cheap):
+
+* ``sglib.method``: pooling, descriptors from feature maps, SuperGlobal reranking;
+* ``sglib.models``: CVNet ResNet and ImageNet backbones (one interface), checkpoints, whitening;
+* ``sglib.data``: revisitop datasets, downloads, image preprocessing;
+* ``sglib.evaluation``: the revisited protocol, its streaming form, shortlists, the retrieval path;
+* ``sglib.scale``: blocked and faiss search, sharded extraction and the feature cache, torchrun, distractors;
+* ``sglib.embedded``: the real photos and the benchmarks built from them;
+* ``sglib.experiments``: module tables, ablation grid, plots shared by the notebooks and ``make demo``.
+
+The entry points of ``../shared/spec/api.md`` keep their names: ``sglib.pooling``, ``sglib.rerank``,
+``sglib.evaluate`` and ``sglib.search`` are the modules ``sglib.method.pooling``,
+``sglib.method.rerank``, ``sglib.evaluation`` and ``sglib.scale.search`` (also importable by those names).
 """
 import importlib
+import importlib.abc
+import importlib.util
+import os
+import sys
+
+# Before torch loads its OpenMP runtime: waiting threads sleep instead of spinning, so a run that shares
+# the CPU with another busy process slows down in proportion instead of crawling (see sglib.runtime).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"
 
-_SUBMODULES = {
-    "pooling", "describe", "preprocess", "models", "rerank", "rerank_reference", "evaluate",
-    "evaluate_large", "search", "datasets", "download", "extract", "distributed", "whitening",
-    "photos", "benchmarks", "pipeline", "cli", "demo", "ablations", "distractors", "viz",
-}
+_PACKAGES = {"method", "models", "data", "evaluation", "scale", "embedded", "experiments", "cli", "demo", "runtime"}
+ALIASES = {"pooling": "sglib.method.pooling", "rerank": "sglib.method.rerank", "evaluate": "sglib.evaluation",
+           "search": "sglib.scale.search"}
+
+
+class _AliasFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Lets ``import sglib.pooling`` (and the other :data:`ALIASES`) give the module it names."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname.startswith("sglib.") and fullname[len("sglib."):] in ALIASES:
+            return importlib.util.spec_from_loader(fullname, self)
+        return None
+
+    def create_module(self, spec):
+        return importlib.import_module(ALIASES[spec.name[len("sglib."):]])
+
+    def exec_module(self, module):
+        pass
+
+
+if not any(isinstance(f, _AliasFinder) for f in sys.meta_path):
+    sys.meta_path.append(_AliasFinder())
 
 
 def __getattr__(name):
-    if name in _SUBMODULES:
-        module = importlib.import_module(f".{name}", __name__)
+    if name in _PACKAGES or name in ALIASES:
+        module = importlib.import_module(ALIASES.get(name, f"{__name__}.{name}"))
         globals()[name] = module
         return module
     raise AttributeError(f"module 'sglib' has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted(set(globals()) | _SUBMODULES)
+    return sorted(set(globals()) | _PACKAGES | set(ALIASES))

@@ -1,5 +1,9 @@
 """Command line: ``python -m sglib {evaluate,download,build-data,demo}``.
 
+Every flag's value is checked when the command line is parsed, before any data or model is read;
+an expected failure (bad file, missing data, failed download) ends in one line on stderr and exit
+code 2 (``--debug`` shows the traceback instead).
+
 Example (the paper's setting, with CVNet's released ResNet-101):
 
     python -m sglib evaluate --data-root data --dataset roxford5k \\
@@ -9,110 +13,233 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
 
 import torch
 
-from .describe import SCALES, DescriptorSettings
+from .method.descriptors import SCALES, DescriptorSettings
+from .method.rerank import DEFAULT_BETA, DEFAULT_K, DEFAULT_M
+from .runtime import configure_threads
+
+RELU_PLUS = {"on": True, "off": False, "none": None}
+
+
+# ------------------------------------------------------------------------------------- flag values
+
+def positive_int(flag: str, minimum: int = 1):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
+        return value
+    parse.__name__ = flag
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return value
+
+
+def _beta(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
 
 
 def _scales(text: str) -> tuple:
     if text in ("1", "3", "5"):
         return SCALES[int(text)]
     try:
-        return tuple(float(s) for s in text.split(","))
+        values = tuple(float(s) for s in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--scales: expected 1, 3, 5 or a comma list like 0.7071,1,1.4142, got {text!r}")
+        values = ()
+    if not values or not all(math.isfinite(v) and 0.05 <= v <= 4 for v in values):
+        raise argparse.ArgumentTypeError(f"expected 1, 3, 5 or a comma list of factors in [0.05, 4] like "
+                                         f"0.7071,1,1.4142, got {text!r}")
+    return values
 
 
 def _scale_agg(text: str):
     if text in ("max", "mean"):
         return text
     try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--scale-agg: expected max, mean or a number, got {text!r}")
+        return _positive_float(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected max, mean or a finite number > 0, got {text!r}") from None
 
 
 def _relu_plus(text: str):
-    return {"on": True, "off": False, "none": None}[text]
+    if text not in RELU_PLUS:
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(RELU_PLUS)}, got {text!r}")
+    return RELU_PLUS[text]
 
+
+def _device(text: str) -> str:
+    if text == "cpu":
+        return text
+    if text == "cuda" or (text.startswith("cuda:") and text[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError(f"{text!r} asked for, but no CUDA device is visible: use cpu")
+        if ":" in text and int(text[5:]) >= torch.cuda.device_count():
+            raise argparse.ArgumentTypeError(f"{text!r}: only {torch.cuda.device_count()} CUDA device(s)")
+        return text
+    raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}")
+
+
+def _backbone(text: str) -> str:
+    from .models.imagenet import BACKBONES
+    key = text.lower().replace("-", "_")
+    if key not in BACKBONES:
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(BACKBONES)}, got {text!r}")
+    return key
+
+
+# ------------------------------------------------------------------------------------- shared flags
+
+def add_model_flags(p: argparse.ArgumentParser, required: bool = True) -> None:
+    """--checkpoint / --backbone and what goes with them (also used by ``sglib.scale.distributed``)."""
+    model = p.add_mutually_exclusive_group(required=required)
+    model.add_argument("--checkpoint", help="CVNet checkpoint (CVPR2022_CVNet_R50.pyth / _R101.pyth)")
+    model.add_argument("--backbone", type=_backbone,
+                       help="ImageNet backbone: efficientnet_lite0, mobilenet_v2, resnet50, resnet101")
+    p.add_argument("--weights", help="weights file for --backbone resnet50/101")
+    p.add_argument("--whitening", help="whitening .npz (sglib.models.whitening) applied as the head of --backbone")
+    p.add_argument("--depth", type=int, default=50, choices=(50, 101))
+    p.add_argument("--relu-plus", type=_relu_plus, default="on", metavar="{on,off,none}",
+                   help="ReLU+ for CVNet checkpoints: on, off (the reference's off), none (no floor anywhere)")
+
+
+def add_descriptor_flags(p: argparse.ArgumentParser) -> None:
+    """The SuperGlobal pooling switches and the extraction knobs."""
+    p.add_argument("--scales", type=_scales, default=SCALES[3], help="1, 3, 5 or a comma list (default 3)")
+    p.add_argument("--gem-p", type=_positive_float, default=4.6, help="fixed GeM p (4.6 = GeM+; 3 = plain GeM)")
+    p.add_argument("--learned-p", action="store_true", help="use the checkpoint's learned GeM p instead of --gem-p")
+    p.add_argument("--no-regional", action="store_true", help="switch Regional-GeM off")
+    p.add_argument("--scale-agg", type=_scale_agg, default="max", help="max (Scale-GeM), mean, or a finite p")
+    p.add_argument("--max-side", type=positive_int("--max-side", 16), default=None,
+                   help="downscale images larger than this (default: full size)")
+    p.add_argument("--batch-size", type=positive_int("--batch-size"), default=1,
+                   help="images of equal size described together (part of the cache key)")
+    p.add_argument("--num-workers", type=positive_int("--num-workers", 0), default=2, help="image-decoding threads")
+
+
+def descriptor_settings(args) -> DescriptorSettings:
+    if args.learned_p and not args.checkpoint:
+        raise ValueError("--learned-p needs a CVNet --checkpoint (ImageNet backbones have no learned p)")
+    return DescriptorSettings(scales=args.scales, gem_p=None if args.learned_p else args.gem_p,
+                              regional=not args.no_regional, scale_agg=args.scale_agg)
+
+
+def load_model(args, device="cpu"):
+    """The network the model flags name, on ``device``."""
+    from .models import load_backbone, load_cvnet
+    if args.checkpoint:
+        return load_cvnet(args.checkpoint, depth=args.depth, relu_plus=args.relu_plus, device=device)
+    head = None
+    if args.whitening:
+        from .models.whitening import Whitening
+        head = Whitening.load(args.whitening)
+    return load_backbone(args.backbone, weights=args.weights, device=device, head=head)
+
+
+def _writable(flag: str, folder: bool):
+    """A path the command will write: a folder (``folder``) or a file, whose nearest existing parent is writable."""
+    def parse(text: str) -> Path:
+        path = Path(text)
+        probe = path
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        wrong_kind = path.exists() and (path.is_dir() != folder)
+        if wrong_kind or not os.access(probe if probe.is_dir() else probe.parent, os.W_OK):
+            raise argparse.ArgumentTypeError(f"cannot write {text!r}: "
+                                             + ("not a folder" if folder and wrong_kind else
+                                                "a folder" if wrong_kind else "no write permission"))
+        return path
+    parse.__name__ = flag
+    return parse
+
+
+# ------------------------------------------------------------------------------------- commands
 
 def _add_evaluate(sub):
     p = sub.add_parser("evaluate", help="extract (cached), retrieve, rerank and evaluate on a revisitop-format dataset")
     p.add_argument("--data-root", required=True, help="folder holding datasets/NAME/{gnd_NAME.pkl,jpg/}")
     p.add_argument("--dataset", required=True, help="roxford5k, rparis6k, or any revisitop-format dataset name")
-    model = p.add_mutually_exclusive_group(required=True)
-    model.add_argument("--checkpoint", help="CVNet checkpoint (CVPR2022_CVNet_R50.pyth / _R101.pyth)")
-    model.add_argument("--backbone", help="ImageNet backbone: efficientnet_lite0, mobilenet_v2, resnet50, resnet101")
-    p.add_argument("--weights", help="weights file for --backbone resnet50/101")
-    p.add_argument("--whitening", help="whitening .npz (sglib.whitening) applied as the head of --backbone")
-    p.add_argument("--depth", type=int, default=50, choices=(50, 101))
-    p.add_argument("--scales", type=_scales, default=SCALES[3], help="1, 3, 5 or a comma list (default 3)")
-    p.add_argument("--gem-p", type=float, default=4.6, help="fixed GeM p (4.6 = GeM+; 3 = plain GeM)")
-    p.add_argument("--learned-p", action="store_true", help="use the checkpoint's learned GeM p instead of --gem-p")
-    p.add_argument("--no-regional", action="store_true", help="switch Regional-GeM off")
-    p.add_argument("--scale-agg", type=_scale_agg, default="max", help="max (Scale-GeM), mean, or a finite p")
-    p.add_argument("--relu-plus", type=_relu_plus, default="on", choices=(True, False, None), metavar="{on,off,none}",
-                   help="ReLU+ for CVNet checkpoints: on, off (the reference's off), none (no floor anywhere)")
+    add_model_flags(p)
+    add_descriptor_flags(p)
     p.add_argument("--no-rerank", action="store_true", help="switch SuperGlobal reranking off")
-    p.add_argument("--M", type=int, default=400)
-    p.add_argument("--K", type=int, default=9)
-    p.add_argument("--beta", type=float, default=0.15)
+    p.add_argument("--M", type=positive_int("--M", 2), default=DEFAULT_M)
+    p.add_argument("--K", type=positive_int("--K", 0), default=DEFAULT_K)
+    p.add_argument("--beta", type=_beta, default=DEFAULT_BETA)
     p.add_argument("--per-protocol-shortlist", action="store_true",
                    help="drop each protocol's junk before the top-M (DELG/CVNet practice); default: one shared shortlist")
-    p.add_argument("--max-side", type=int, default=None, help="downscale images larger than this (default: full size)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--cache", default=None, help="feature cache folder (default DATA_ROOT/cache)")
-    p.add_argument("--json", default=None, help="write the results here (default results/NAME_evaluate.json)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-
-
-def _build_model(args):
-    from .models import load_cvnet
-    from .models.imagenet import load_backbone
-    if args.checkpoint:
-        return load_cvnet(args.checkpoint, depth=args.depth, relu_plus=args.relu_plus, device=args.device)
-    head = None
-    if args.whitening:
-        from .whitening import Whitening
-        head = Whitening.load(args.whitening)
-    return load_backbone(args.backbone, weights=args.weights, device=args.device, head=head)
+    p.add_argument("--device", type=_device, default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--cache", type=_writable("--cache", folder=True), default=None,
+                   help="feature cache folder (default DATA_ROOT/cache)")
+    p.add_argument("--json", type=_writable("--json", folder=False), default=None,
+                   help="write the results here (default results/NAME_evaluate.json)")
+    p.add_argument("--retry-failed", action="store_true", help="extract again the images that failed before")
 
 
 def cmd_evaluate(args) -> dict:
-    from .datasets import load_revisitop
-    from .evaluate import results_table, summary
-    from .pipeline import RerankSettings, dataset_features, evaluate_retrieval, multi_settings_extractor
+    from .data.revisitop import load_revisitop
+    from .evaluation.retrieval import RerankSettings, evaluate_retrieval
+    from .scale.extract import build_extractor, cached_features
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    settings = descriptor_settings(args)
+    if not args.no_rerank and args.K >= args.M:
+        raise ValueError(f"--K ({args.K}) must be smaller than --M ({args.M})")
     dataset = load_revisitop(args.data_root, args.dataset, require_images=True)
-    if args.learned_p and not args.checkpoint:
-        raise SystemExit("--learned-p needs a CVNet --checkpoint (ImageNet backbones have no learned p)")
-    settings = DescriptorSettings(scales=args.scales, gem_p=None if args.learned_p else args.gem_p,
-                                  regional=not args.no_regional, scale_agg=args.scale_agg)
-    model = _build_model(args)
-    extractor = multi_settings_extractor(model, {"run": settings}, max_side=args.max_side)
-    cache = args.cache or os.path.join(args.data_root, "cache")
-    q, x = dataset_features(dataset, extractor, cache)
-    rerank = None if args.no_rerank else RerankSettings(args.M, args.K, args.beta, args.per_protocol_shortlist)
-    res = evaluate_retrieval(q, x, dataset.gnd, rerank)
-    table = results_table(res)
-    used = "off" if rerank is None else f"M={res['M']} K={args.K} beta={args.beta}"
-    print(f"{args.dataset}: {len(dataset.qimlist)} queries, {len(dataset.imlist)} database images; "
+    model = load_model(args, args.device)
+    extractor = build_extractor(model, settings, max_side=args.max_side, batch_size=args.batch_size,
+                                num_workers=args.num_workers)
+    cache = args.cache or Path(args.data_root) / "cache"
+    x = cached_features(cache, dataset.db_paths(), extractor, retry_failed=args.retry_failed)
+    q = cached_features(cache, dataset.query_paths(), extractor, [dataset.query_bbx(i) for i in
+                                                                  range(dataset.n_queries)], retry_failed=args.retry_failed)
+    rerank = None if args.no_rerank else RerankSettings(args.M, args.K, args.beta)
+    shortlist = "per_protocol" if args.per_protocol_shortlist else "shared"
+    res = evaluate_retrieval(q, x, dataset.gnd, rerank, shortlist=shortlist)
+    table = res.table()
+    used = "off" if rerank is None else f"M={res.M} K={args.K} beta={args.beta} ({shortlist} shortlist)"
+    print(f"{args.dataset}: {dataset.n_queries} queries, {dataset.n_db} database images; "
           f"{settings}; rerank {used}")
     print(table.to_string())
     record = {"dataset": args.dataset, "model": args.checkpoint or args.backbone, "settings": settings.as_dict(),
-              "rerank": None if rerank is None else {**rerank.__dict__, "M": res["M"]},
-              "map": summary(res), "table": table.to_dict(orient="index")}
+              "rerank": None if rerank is None else {"M": res.M, "K": args.K, "beta": args.beta, "shortlist": shortlist},
+              "map": res.summary(), "table": table.to_dict(orient="index")}
     out = Path(args.json or f"results/{args.dataset}_evaluate.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2))
+    # a protocol without positives has no mAP: JSON null, never the non-standard NaN
+    out.write_text(json.dumps(_nan_to_none(record), indent=2, allow_nan=False))
     print(f"wrote {out}")
     return record
+
+
+def _nan_to_none(obj):
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_nan_to_none(v) for v in obj]
+    return obj
 
 
 def _add_download(sub):
@@ -122,7 +249,7 @@ def _add_download(sub):
 
 
 def cmd_download(args):
-    from .download import download_revisitop, download_revisitop1m
+    from .data.download import download_revisitop, download_revisitop1m
     if args.dataset == "revisitop1m":
         download_revisitop1m(args.data_root)
     else:
@@ -132,40 +259,58 @@ def cmd_download(args):
 def _add_data_and_demo(sub):
     p = sub.add_parser("build-data", help="fetch the real photos and build the embedded benchmarks")
     p.add_argument("--data-root", default="data")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=positive_int("--seed", 0), default=0)
     p = sub.add_parser("demo", help="the embedded default end to end: build, extract, rerank, evaluate, table")
     p.add_argument("--data-root", default="data")
     p.add_argument("--results", default="results")
-    p.add_argument("--backbone", default="efficientnet_lite0")
+    p.add_argument("--backbone", type=_backbone, default="efficientnet_lite0")
     p.add_argument("--no-whitening", action="store_true", help="skip the whitening learned on the training split")
-    p.add_argument("--threads", type=int, default=None)
 
 
 def cmd_build_data(args):
-    from .benchmarks import build_all
+    from .embedded import build_all
     for name, path in build_all(args.data_root, seed=args.seed).items():
         print(f"{name}: {path}")
 
 
 def cmd_demo(args):
     from .demo import run_demo
-    if args.threads:
-        torch.set_num_threads(args.threads)
     run_demo(args.data_root, args.results, args.backbone, whiten=not args.no_whitening)
 
 
-def main(argv=None) -> int:
+class _Commands:
+    """Subparsers that all take --threads and --debug."""
+
+    def __init__(self, sub):
+        self.sub = sub
+        self.common = argparse.ArgumentParser(add_help=False)
+        self.common.add_argument("--threads", type=positive_int("--threads"), default=None,
+                                 help="CPU threads for torch and BLAS (default: the free CPUs, see sglib.runtime)")
+        self.common.add_argument("--debug", action="store_true", help="show the traceback of an error")
+
+    def add_parser(self, name, **kwargs):
+        return self.sub.add_parser(name, parents=[self.common], **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m sglib", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = _Commands(parser.add_subparsers(dest="command", required=True))
     _add_evaluate(sub)
     _add_download(sub)
     _add_data_and_demo(sub)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    commands = {"evaluate": cmd_evaluate, "download": cmd_download, "build-data": cmd_build_data, "demo": cmd_demo}
     try:
-        commands = {"evaluate": cmd_evaluate, "download": cmd_download, "build-data": cmd_build_data,
-                    "demo": cmd_demo}
+        configure_threads(args.threads)
         commands[args.command](args)
-    except ValueError as exc:   # bad input: one clear line, no traceback
-        print(f"error: {exc}", file=sys.stderr)
+    except (ValueError, OSError) as exc:   # bad input, missing or unreadable files, failed downloads
+        if args.debug:
+            raise
+        print(f"error: {type(exc).__name__}: {exc}" if isinstance(exc, OSError) and not str(exc).strip()
+              else f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -13,9 +13,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from sglib.extract import Extractor, extract_features, read_image_list
-from sglib.pooling import gem
-from sglib.preprocess import load_network_input
+from sglib.scale.extract import Extractor, extract_features, read_image_list
+from sglib.method.pooling import gem
+from sglib.data.preprocess import load_network_input
 
 
 def tiny_extractor() -> Extractor:

@@ -41,7 +41,7 @@ def gnd_roxford():
 @pytest.fixture(scope="session")
 def photos():
     """All manifest photos, fetched once into data/photo_cache (shared with `make demo` and the notebooks)."""
-    from sglib.photos import fetch_all
+    from sglib.embedded.photos import fetch_all
     return fetch_all(PHOTO_CACHE)
 
 
@@ -52,7 +52,7 @@ TINY_N_DB, TINY_N_Q = 10, 3
 def tiny_dataset(tmp_path_factory):
     """A revisitop-format dataset of SYNTHETIC images: 10 database images, 3 queries with boxes."""
     from PIL import Image
-    from sglib.datasets import write_revisitop_gnd
+    from sglib.data.revisitop import write_revisitop_gnd
     root = tmp_path_factory.mktemp("data")
     folder = root / "datasets" / "tiny_synthetic"
     (folder / "jpg").mkdir(parents=True)

@@ -7,9 +7,9 @@ import pytest
 from PIL import Image
 from scipy.ndimage import binary_dilation
 
-from sglib.benchmarks import build_multiview_real, build_synthetic_views
-from sglib.benchmarks import synthetic_views as sv
-from sglib.datasets import read_revisitop_gnd
+from sglib.embedded import build_multiview_real, build_synthetic_views
+from sglib.embedded import synthetic_views as sv
+from sglib.data.revisitop import read_revisitop_gnd
 
 TINY = dict(n_landmarks=6, views_per_landmark=8, n_distractor_views=12, n_distractor_photos=3, n_backgrounds=4,
             train_views_per_class=2, n_train_photos=3, max_side=160, progress=False)

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from sglib.datasets import load_revisitop
-from sglib.evaluate import revisited, summary
+from sglib.data.revisitop import load_revisitop
+from sglib.evaluation.revisited import revisited, summary
 from sglib.models import load_cvnet
-from sglib.preprocess import load_network_input
-from sglib.rerank import superglobal
+from sglib.data.preprocess import load_network_input
+from sglib.method.rerank import superglobal
 
 from conftest import TINY_N_DB as N_DB, TINY_N_Q as N_Q
 

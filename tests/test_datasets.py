@@ -1,4 +1,4 @@
-"""sglib.datasets against the real revisited Oxford/Paris ground truth (../shared/revisitop beside the repository).
+"""sglib.data.revisitop against the real revisited Oxford/Paris ground truth (../shared/revisitop beside the repository).
 
 The images themselves are not available here: tests build a folder of *synthetic* tiny JPEGs named
 after the real image list, which is all the loader looks at (file presence, not content).
@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from conftest import REVISITOP
-from sglib.datasets import (REVISITOP1M_SIZE, DatasetError, MissingImagesError, RevisitopDataset,
+from sglib.data.revisitop import (REVISITOP1M_SIZE, DatasetError, MissingImagesError, RevisitopDataset,
                             load_revisitop, load_revisitop1m_list, read_revisitop_gnd,
                             revisitop1m_image_paths, validate_gnd, write_revisitop_gnd)
 

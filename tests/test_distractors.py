@@ -4,11 +4,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sglib.distractors import (SIM_BLOCK, crop_boxes, distractor_photo_pool, evaluate_with_distractors, fit_gaussian,
-                               knn_over, simulated_distractors, write_distractor_crops)
-from sglib.photos import Photo
-from sglib.pipeline import RerankSettings, evaluate_retrieval
-from sglib.search import knn
+from sglib.embedded.crops import crop_boxes, distractor_photo_pool, write_distractor_crops
+from sglib.embedded.photos import Photo
+from sglib.evaluation.retrieval import RerankSettings, evaluate_retrieval
+from sglib.evaluation.streaming import evaluate_with_distractors
+from sglib.scale.distractors import SIM_BLOCK, fit_gaussian, simulated_distractors
+from sglib.scale.search import Database, knn
 
 from conftest import ROOT
 
@@ -231,16 +232,18 @@ def _bench(seed=0, nq=6, n=80, d=16):
     return q, x, gnd, rng
 
 
-def test_knn_over_equals_knn_on_concatenation():
+def test_knn_over_parts_equals_knn_on_concatenation():
     rng = np.random.default_rng(0)
     a = rng.integers(-2, 3, (30, 4)).astype(np.float32)   # many ties
     b = rng.integers(-2, 3, (50, 4)).astype(np.float32)
     q = rng.integers(-2, 3, (5, 4)).astype(np.float32)
-    s, i = knn_over(q, [a, b], 20)
     s2, i2 = knn(q, np.concatenate([a, b]), 20)
-    assert np.array_equal(i, i2) and np.array_equal(s, s2)
+    for block_size in (None, 7, 30):                       # blocks inside one part and across both
+        s, i = knn(q, [a, b], 20, block_size=block_size)
+        assert np.array_equal(i, i2) and np.array_equal(s, s2)
+    np.testing.assert_array_equal(Database([a, b]).take(np.array([79, 0, 30])), np.stack([b[49], a[0], b[0]]))
     with pytest.raises(ValueError, match="k must be"):
-        knn_over(q, [a, b], 81)
+        knn(q, [a, b], 81)
 
 
 @pytest.mark.parametrize("rerank", [None, RerankSettings(M=40, K=4, beta=0.15)])
@@ -253,7 +256,7 @@ def test_evaluate_with_distractors_equals_full_evaluation(rerank):
     dis = unit(rng.standard_normal((300, 16)) + 0.5 * q.mean(0))
     got = evaluate_with_distractors(q, x, [dis[:100], dis[100:]], gnd, rerank=rerank)
     ref = evaluate_retrieval(q, np.concatenate([x, dis]), gnd, rerank)
-    assert got["N"] == 380
+    assert got.N == 380
     for p in ("easy", "medium", "hard"):
         assert got[p]["map"] == pytest.approx(ref[p]["map"], abs=1e-12)
         assert np.allclose(got[p]["aps"], ref[p]["aps"])

@@ -1,4 +1,4 @@
-"""sglib.download against a local HTTP server (127.0.0.1, random port) serving *synthetic* archives.
+"""sglib.data.download against a local HTTP server (127.0.0.1, random port) serving *synthetic* archives.
 
 Nothing here reaches the internet: every base URL points at the in-test server, which supports
 Range requests and can inject 5xx answers or cut a response short.
@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sglib.datasets import DatasetError, load_revisitop, load_revisitop1m_list, write_revisitop_gnd
-from sglib.download import (REVISITOP1M_PARTS, ArchiveError, DownloadError, download_revisitop,
+from sglib.data.revisitop import DatasetError, load_revisitop, load_revisitop1m_list, write_revisitop_gnd
+from sglib.data.download import (REVISITOP1M_PARTS, ArchiveError, DownloadError, download_revisitop,
                             download_revisitop1m, fetch)
 
 FAST = dict(backoff=0.01, timeout=5, progress=False)

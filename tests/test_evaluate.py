@@ -4,7 +4,8 @@ import pickle
 import numpy as np
 import pytest
 
-from sglib.evaluate import PROTOCOLS, protocol_sets, results_table, revisited, summary
+from sglib.evaluation.revisited import PROTOCOLS, protocol_sets, results_table, revisited, summary
+from sglib.evaluation.shortlist import junk_to_end
 from conftest import DATA, REVISITOP
 
 
@@ -99,3 +100,14 @@ def test_bad_inputs():
         revisited(np.zeros((1, 3), int), [{"easy": [0]}])
     with pytest.raises(ValueError, match="protocol"):
         protocol_sets(gnd[0], "medium-rare")
+
+
+def test_junk_to_end_keeps_scores_and_removes_junk_from_shortlist(gnd_roxford):
+    rng = np.random.default_rng(0)
+    gnd = gnd_roxford["gnd"][:5]
+    ranks = np.stack([rng.permutation(len(gnd_roxford["imlist"])) for _ in gnd])
+    moved = junk_to_end(ranks, gnd, "hard")
+    assert revisited(moved, gnd)["hard"]["map"] == pytest.approx(revisited(ranks, gnd)["hard"]["map"], abs=1e-12)
+    for i, g in enumerate(gnd):
+        n_junk = len(set(g["junk"]) | set(g["easy"]))
+        assert not np.isin(moved[i, : len(ranks[i]) - n_junk], np.r_[g["junk"], g["easy"]]).any()

@@ -1,4 +1,4 @@
-"""sglib.evaluate_large against sglib.evaluate.revisited on the full stable arg-sort ranking."""
+"""sglib.evaluation.streaming against sglib.evaluate.revisited on the full stable arg-sort ranking."""
 import pickle
 from pathlib import Path
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from sglib import evaluate_large as el
-from sglib.evaluate import PROTOCOLS, revisited
+from sglib.evaluation import streaming as el
+from sglib.evaluation.revisited import PROTOCOLS, revisited
 
 GND_OXFORD = Path("/work/shared/revisitop/gnd_roxford5k.pkl")
 

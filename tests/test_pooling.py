@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from sglib import pooling
+from sglib.method import pooling
 from conftest import load_npz
 
 

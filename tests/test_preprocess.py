@@ -4,7 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
-from sglib.preprocess import CVNET, IMAGENET, ImageReadError, crop_to_box, load_image, load_network_input, to_network_input
+from sglib.data.preprocess import CVNET, IMAGENET, ImageReadError, crop_to_box, load_image, load_network_input, to_network_input
 
 
 def test_bgr_and_statistics_naive():

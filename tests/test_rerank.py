@@ -3,9 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from sglib import rerank
-from sglib.evaluate import revisited
-from sglib.rerank_reference import superglobal_one_query, superglobal_per_query
+from sglib.method import rerank
+from sglib.method.rerank_reference import superglobal_one_query, superglobal_per_query
 from conftest import load_npz
 
 
@@ -53,17 +52,6 @@ def test_query_chunking_gives_same_result(monkeypatch):
     full = rerank.superglobal(q, x, ranks, M=40, K=4)
     monkeypatch.setattr(rerank, "_query_chunk", lambda m, d: 2)
     assert np.array_equal(rerank.superglobal(q, x, ranks, M=40, K=4), full)
-
-
-def test_junk_to_end_keeps_scores_and_removes_junk_from_shortlist(gnd_roxford):
-    rng = np.random.default_rng(0)
-    gnd = gnd_roxford["gnd"][:5]
-    ranks = np.stack([rng.permutation(len(gnd_roxford["imlist"])) for _ in gnd])
-    moved = rerank.junk_to_end(ranks, gnd, "hard")
-    assert revisited(moved, gnd)["hard"]["map"] == pytest.approx(revisited(ranks, gnd)["hard"]["map"], abs=1e-12)
-    for i, g in enumerate(gnd):
-        n_junk = len(set(g["junk"]) | set(g["easy"]))
-        assert not np.isin(moved[i, : len(ranks[i]) - n_junk], np.r_[g["junk"], g["easy"]]).any()
 
 
 def test_bad_inputs():

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from sglib import search
+from sglib.scale import search
 
 
 def naive_topk(q, x, k):

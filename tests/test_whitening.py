@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sglib.describe import DescriptorSettings
-from sglib.whitening import (Whitening, fit_learned_whitening, fit_pca_whitening, fit_whitening_for,
+from sglib.method.descriptors import DescriptorSettings
+from sglib.models.whitening import (Whitening, fit_learned_whitening, fit_pca_whitening, fit_whitening_for,
                              pooled_descriptors)
 
 
@@ -157,7 +157,7 @@ class SyntheticReluBackbone(torch.nn.Module):
         self.conv = torch.nn.Conv2d(3, 16, 3, stride=4)
 
     def feature_maps(self, x, scales):
-        from sglib.describe import resize_input
+        from sglib.method.descriptors import resize_input
         return [torch.relu(self.conv(resize_input(x, s))) for s in scales]
 
 

@@ -1,7 +1,14 @@
-"""Backbones: the CVNet ResNet in pycls layout (``load_cvnet``) and ImageNet networks."""
-from .cvnet import CheckpointError, SuperGlobalNet, load_cvnet
-from .imagenet import BACKBONES, EFFICIENTNET_LITE, ImageNetBackbone, WeightsError, load_backbone
-from .resnet import ResNetBody
+"""Networks and their heads: the CVNet ResNet (``load_cvnet``), ImageNet backbones, learned whitening.
 
-__all__ = ["CheckpointError", "SuperGlobalNet", "load_cvnet", "ResNetBody", "BACKBONES", "EFFICIENTNET_LITE",
-           "ImageNetBackbone", "WeightsError", "load_backbone"]
+Every network is a :class:`~sglib.models.backbone.Backbone`: the descriptor and extraction code
+treat them alike.
+"""
+from .backbone import Backbone
+from .checkpoint import CheckpointError
+from .cvnet import SuperGlobalNet, load_cvnet
+from .imagenet import BACKBONES, EFFICIENTNET_LITE, ImageNetBackbone, load_backbone
+from .resnet import ResNetBody
+from .whitening import Whitening
+
+__all__ = ["Backbone", "CheckpointError", "SuperGlobalNet", "load_cvnet", "ResNetBody", "BACKBONES",
+           "EFFICIENTNET_LITE", "ImageNetBackbone", "load_backbone", "Whitening"]

@@ -10,8 +10,10 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from ..describe import GEM_PLUS_P, SCALES, DescriptorSettings, multiscale_descriptor
-from ..pooling import GeM
+from ..data.preprocess import CVNET
+from ..method.descriptors import GEM_PLUS_P, SCALES, DescriptorSettings
+from ..method.pooling import GeM
+from .backbone import Backbone
 from .checkpoint import CheckpointError, load_state_strict, read_state_dict
 from .resnet import ResNetBody
 
@@ -26,8 +28,8 @@ class Head(nn.Module):
         self.fc = nn.Linear(dim, dim, bias=True)
 
 
-class SuperGlobalNet(ResNetBody):
-    """CVNet global model with SuperGlobal's test-time modules.
+class SuperGlobalNet(ResNetBody, Backbone):
+    """CVNet global model with SuperGlobal's test-time modules (a :class:`~sglib.models.backbone.Backbone`).
 
     Example:
         >>> net = SuperGlobalNet(depth=50).eval()
@@ -38,7 +40,19 @@ class SuperGlobalNet(ResNetBody):
     def __init__(self, depth: int = 50, relu_plus: bool | None = True):
         super().__init__(depth, relu_plus)      # stem, s1..s4 at the top level: the checkpoint's own names
         self.depth, self.relu_plus = depth, relu_plus
+        self.name = f"cvnet-R{depth}"
+        self.normalization = CVNET
         self.head = Head()
+
+    @property
+    def descriptor_head(self) -> nn.Module:
+        """CVNet's trained 2048 x 2048 ``head.fc``."""
+        return self.head.fc
+
+    @property
+    def learned_p(self) -> torch.Tensor:
+        """The checkpoint's GeM exponent ``head.pool.p``."""
+        return self.head.pool.p
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, 2048, ~H/32, ~W/32), the last stage's map."""
@@ -53,7 +67,7 @@ class SuperGlobalNet(ResNetBody):
         """SuperGlobal descriptor of network-ready images.
 
         Args:
-            x: (B, 3, H, W) normalised input (see :func:`sglib.preprocess.to_network_input`).
+            x: (B, 3, H, W) normalised input (see :func:`sglib.data.preprocess.to_network_input`).
             scales: input resize factors; ``(0.7071, 1.0, 1.4142)`` is the paper's 3 scales.
             gem_p: fixed GeM exponent (4.6 = GeM+, eps 1e-8); None -> checkpoint's learned p (eps 1e-6).
             regional: apply Regional-GeM (p 2.5, 5x5) to the map before GeM.
@@ -65,13 +79,6 @@ class SuperGlobalNet(ResNetBody):
         """
         settings = DescriptorSettings(scales=tuple(scales), gem_p=gem_p, regional=regional, scale_agg=scale_agg)
         return self.describe_with(x, settings, normalize)
-
-    @torch.no_grad()
-    def describe_with(self, x: torch.Tensor, settings: DescriptorSettings, normalize: bool = True) -> torch.Tensor:
-        """:meth:`describe` with a :class:`DescriptorSettings`."""
-        x = x.to(next(self.parameters()).device)
-        return multiscale_descriptor(self.feature_map, self.head.fc, x, settings,
-                                     learned_p=self.head.pool.p, normalize=normalize)
 
 
 def _strip_prefix(state: dict) -> dict:

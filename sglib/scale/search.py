@@ -1,8 +1,8 @@
 """Nearest-neighbour search by inner product: exact blocked top-k and faiss approximate indexes.
 
-``knn`` is exact and never holds the full (nq, N) score matrix: it walks over database blocks with a
-running top-k (torch.mm + topk per block, merged). On the 2-core development machine this was ~5x
-faster than ``faiss.IndexFlatIP`` (measured: 200k x 256 database, 256 queries, k=100: 1.8 s vs 10.4 s).
+``knn`` is exact and never holds the full (nq, N) score matrix: it walks over the blocks of a
+:class:`Database` (one array, or several parts never concatenated) with a running top-k
+(torch.mm + topk per block, merged). ``benchmarks/search.py`` times it against faiss.
 
 Tie rule (deterministic): on equal scores the lower database index comes first, i.e. the order of
 ``np.argsort(-scores, kind="stable")`` on the full score row.
@@ -12,6 +12,7 @@ Approximate search (faiss, inner-product metric): ``build_index`` (flat, flat_fp
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import faiss
@@ -91,12 +92,82 @@ def _block_topk(s: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     return vals, idx
 
 
+class Database:
+    """Database rows held in one or more parts, addressed as their row-wise concatenation (never built).
+
+    Every exact search and streaming evaluation reads the database through this one class: contiguous
+    row ranges (:meth:`rows`, :meth:`blocks`) for scans, scattered rows (:meth:`take`) for reranking.
+    A part is a 2-D floating numpy array (``np.memmap`` welcome: only the rows asked for are read) or a
+    torch tensor; float16 storage is read as float32.
+
+    Example:
+        >>> db = Database([np.zeros((2, 4), np.float32), np.ones((3, 4), np.float16)])
+        >>> db.shape, db.take(np.array([4, 0]))[:, 0].tolist()
+        ((5, 4), [1.0, 0.0])
+    """
+
+    def __init__(self, parts):
+        parts = list(parts.parts if isinstance(parts, Database) else
+                     parts if isinstance(parts, (list, tuple)) else [parts])
+        if not parts:
+            raise ValueError("database: no parts given")
+        dim = None
+        for i, p in enumerate(parts):
+            _torch_dtype(p, f"database part {i}")
+            if dim is not None and p.shape[1] != dim:
+                raise ValueError(f"database part {i} has dimension {p.shape[1]}, the first part has {dim}")
+            dim = p.shape[1]
+        self.parts = [p for p in parts if p.shape[0]] or parts[:1]
+        self.bounds = np.cumsum([0] + [p.shape[0] for p in self.parts])
+        self.shape = (int(self.bounds[-1]), int(dim))
+        self.dtype = functools.reduce(torch.promote_types, (_torch_dtype(p, "x") for p in self.parts))
+        tensors = [p for p in self.parts if isinstance(p, torch.Tensor)]
+        self.device = tensors[0].device if tensors else torch.device("cpu")
+        self.is_torch = bool(tensors)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def rows(self, start: int, stop: int, device=None, dtype=torch.float32) -> torch.Tensor:
+        """Rows ``[start, stop)`` as one ``dtype`` tensor on ``device`` (default: the parts' device)."""
+        device = self.device if device is None else device
+        pieces = []
+        for p, lo, hi in zip(self.parts, self.bounds[:-1], self.bounds[1:]):
+            a, b = max(start, lo), min(stop, hi)
+            if a < b:
+                pieces.append(_block(p, int(a - lo), int(b - lo), device, dtype))
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+
+    def blocks(self, block_size: int, device=None, dtype=torch.float32):
+        """``(start, rows)`` for consecutive blocks of ``block_size`` rows; the last one may be shorter."""
+        if block_size < 1:
+            raise ValueError(f"block_size must be >= 1, got {block_size}")
+        for start in range(0, self.shape[0], block_size):
+            yield start, self.rows(start, min(start + block_size, self.shape[0]), device, dtype)
+
+    def take(self, ids) -> np.ndarray:
+        """(len(ids), D) float32 rows at database indices ``ids`` (any order, repeats allowed)."""
+        ids = np.asarray(ids, dtype=np.int64).ravel()
+        if ids.size and (ids.min() < 0 or ids.max() >= self.shape[0]):
+            raise ValueError(f"database indices must lie in [0, {self.shape[0]}), got [{ids.min()}, {ids.max()}]")
+        out = np.empty((ids.size, self.shape[1]), np.float32)
+        part = np.searchsorted(self.bounds, ids, side="right") - 1
+        for j in np.unique(part):
+            at = np.flatnonzero(part == j)
+            local = ids[at] - self.bounds[j]
+            p = self.parts[j]
+            rows = p[torch.from_numpy(local).to(p.device)] if isinstance(p, torch.Tensor) else p[local]
+            out[at] = rows.detach().float().cpu().numpy() if isinstance(rows, torch.Tensor) else rows
+        return out
+
+
 def knn(q, x, k: int, block_size: int | None = None, query_block: int = 4096):
     """Exact inner-product k nearest neighbours, best first.
 
     Args:
         q: (nq, D) queries; numpy array or torch tensor (CPU or CUDA).
-        x: (N, D) database; numpy array (np.memmap welcome: read block by block), or torch tensor.
+        x: (N, D) database: a numpy array (np.memmap welcome: read block by block), a torch tensor, a
+            list of such parts (searched as their concatenation, never built) or a :class:`Database`.
             float16/bfloat16 storage is computed in float32 blocks; float64 stays float64.
         k: neighbours per query, 1 <= k <= N.
         block_size: database rows per block (default: about 64 MiB of scores per block).
@@ -112,18 +183,19 @@ def knn(q, x, k: int, block_size: int | None = None, query_block: int = 4096):
         >>> i.tolist()
         [[0, 2], [1, 0]]
     """
-    dtype = torch.promote_types(_torch_dtype(q, "q"), _torch_dtype(x, "x"))
+    db = Database(x)
+    dtype = torch.promote_types(_torch_dtype(q, "q"), db.dtype)
     if dtype != torch.float64:
         dtype = torch.float32  # half-precision storage is computed in float32
     nq, d = q.shape
-    n, dx = x.shape
+    n, dx = db.shape
     if d != dx:
         raise ValueError(f"q has dimension {d} but x has dimension {dx}; expected q (nq, D) and x (N, D)")
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= n:
         raise ValueError(f"k must be an integer in [1, N={n}], got {k!r}")
     k = int(k)
-    use_torch = isinstance(q, torch.Tensor) or isinstance(x, torch.Tensor)
-    device = q.device if isinstance(q, torch.Tensor) else x.device if isinstance(x, torch.Tensor) else "cpu"
+    use_torch = isinstance(q, torch.Tensor) or db.is_torch
+    device = q.device if isinstance(q, torch.Tensor) else db.device
     if block_size is None:
         block_size = max(k + 1, min(n, (64 << 20) // (4 * max(1, min(nq, query_block)))))  # ~64 MiB of scores
     if block_size < 1 or query_block < 1:
@@ -137,8 +209,7 @@ def knn(q, x, k: int, block_size: int | None = None, query_block: int = 4096):
     for q0 in range(0, nq, query_block):
         qb = qq[q0:q0 + query_block]
         best_s = best_i = None
-        for x0 in range(0, n, block_size):
-            xb = _block(x, x0, x0 + block_size, device, dtype)
+        for x0, xb in db.blocks(block_size, device, dtype):
             if not x_checked:
                 _check_finite(xb, "x", x0)
             s = torch.mm(qb, xb.T)

@@ -40,7 +40,30 @@ def _check_inputs(ranks, gnd):
         missing = [k for k in ("easy", "hard", "junk") if k not in g]
         if missing:
             raise ValueError(f"gnd[{i}] lacks key(s) {missing}")
+        for k in ("easy", "hard", "junk"):
+            ids = np.asarray(g[k])
+            if ids.size and (not np.issubdtype(ids.dtype, np.integer) or ids.min() < 0):
+                raise ValueError(f"gnd[{i}]['{k}']: expected non-negative integer database indices, got {g[k]!r}")
+    if ranks.size and ranks.min() < 0:
+        q = int(np.argwhere(ranks < 0)[0, 0])
+        raise ValueError(f"ranks: row {q} holds a negative database index ({int(ranks[q].min())}); a faiss "
+                         "search pads missing results with -1: search with k <= N or drop those entries")
+    srt = np.sort(ranks, axis=1)
+    dup = np.flatnonzero((srt[:, 1:] == srt[:, :-1]).any(axis=1))
+    if dup.size:
+        raise ValueError(f"ranks: row {int(dup[0])} repeats a database index; a ranking lists each image once")
     return ranks
+
+
+def check_ks(ks) -> tuple:
+    """``ks`` as a tuple of integers >= 1 (the cut-offs of precision at k); ValueError otherwise."""
+    try:
+        out = tuple(ks)
+    except TypeError:
+        raise ValueError(f"ks: expected a sequence of integers >= 1, got {ks!r}") from None
+    if not out or not all(isinstance(k, (int, np.integer)) and not isinstance(k, bool) and k >= 1 for k in out):
+        raise ValueError(f"ks: expected a non-empty sequence of integers >= 1, got {ks!r}")
+    return tuple(int(k) for k in out)
 
 
 def _positions(ranks: np.ndarray, items: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -143,7 +166,7 @@ def revisited(ranks, gnd, ks=(1, 5, 10)) -> dict:
         1.0
     """
     ranks = _check_inputs(ranks, gnd)
-    ks = tuple(int(k) for k in ks)
+    ks = check_ks(ks)
     return {p: protocol_summary(*_protocol_scores(ranks, gnd, p, ks), len(ks)) for p in PROTOCOLS}
 
 

@@ -1,29 +1,31 @@
 """Descriptor extraction split over processes and machines with ``torchrun``.
 
 Every process (rank) computes the shards ``k`` with ``k % world_size == rank`` into the same
-output folder (:mod:`sglib.extract` layout); rank 0 creates the job before and checks and
+output folder (:mod:`sglib.scale.extract` layout); rank 0 creates the job before and checks and
 finalises it after the others are done. Backend: NCCL when the processes use GPUs, gloo on CPU.
 A killed run resumes from the finished shards, with any number of processes.
 
 One machine, two processes (CPU or two GPUs)::
 
-    torchrun --nproc_per_node=2 -m sglib.distributed --images list.txt --out feats/ \\
+    torchrun --nproc_per_node=2 -m sglib.scale.distributed --images list.txt --out feats/ \\
         --model cvnet --weights CVPR2022_CVNet_R50.pyth
 
 Two machines sharing a file system (``--out`` and the images on it; run on each, node_rank 0 and 1)::
 
     torchrun --nnodes=2 --node_rank=0 --nproc_per_node=4 --master_addr=HOST0 --master_port=29500 \\
-        -m sglib.distributed --images list.txt --out /shared/feats --model cvnet --weights R50.pyth
+        -m sglib.scale.distributed --images list.txt --out /shared/feats --model cvnet --weights R50.pyth
 
 Without a shared file system, run the same command on each machine into a local folder, copy
 all ``shard_*`` files into one folder holding the same ``manifest.json`` (it is identical
-everywhere) and call :func:`sglib.extract.finalize_job` on it.
+everywhere) and call :func:`sglib.scale.extract.finalize_job` on it.
 
 ``--cache-root DIR`` instead of ``--out`` writes to the folder that
-:func:`sglib.extract.cached_features` (same images, same settings) then reads without recomputing.
+:func:`sglib.scale.extract.cached_features` reads for the same images, model and settings: the
+extractor is :func:`sglib.scale.extract.build_extractor`'s, as in the CLI and the notebooks, so
+``python -m sglib evaluate --cache DIR`` and the notebooks then extract nothing.
 
-The image list is a :func:`sglib.extract.write_image_list` file (``PATH`` or ``PATH<TAB>x1 y1 x2 y2``
-per line). Read the result with :func:`sglib.extract.load_features`.
+The image list is a :func:`sglib.scale.extract.write_image_list` file (``PATH`` or ``PATH<TAB>x1 y1 x2 y2``
+per line). Read the result with :func:`sglib.scale.extract.load_features`.
 """
 from __future__ import annotations
 
@@ -35,8 +37,7 @@ from typing import Callable, Sequence
 import torch
 import torch.distributed as dist
 
-from .describe import SCALES, DescriptorSettings
-from .extract import (DEFAULT_SHARD_SIZE, Extractor, cache_key, finalize_job, model_extractor, prepare_job,
+from .extract import (DEFAULT_SHARD_SIZE, Extractor, build_extractor, cache_key, finalize_job, prepare_job,
                       read_image_list, run_shards)
 
 
@@ -55,7 +56,7 @@ def extract_distributed(out_dir, images: Sequence, make_extractor: Callable[[tor
 
     Without those variables it runs as a single process. ``make_extractor(device)`` builds the
     describer on this rank's device (``cuda:LOCAL_RANK`` or ``cpu``). With ``cache_root`` (and
-    ``out_dir=None``) the job goes to the folder :func:`sglib.extract.cached_features` reads,
+    ``out_dir=None``) the job goes to the folder :func:`sglib.scale.extract.cached_features` reads,
     ``cache_root/<cache_key>``. ``timeout_hours`` bounds how long a rank waits for the slowest one.
     Returns the completed manifest (with ``"out_dir"`` added) on rank 0, None on the others.
     """
@@ -103,23 +104,16 @@ def extract_distributed(out_dir, images: Sequence, make_extractor: Callable[[tor
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="torchrun --nproc_per_node=N -m sglib.distributed",
+    from ..cli import add_descriptor_flags, add_model_flags, positive_int
+    p = argparse.ArgumentParser(prog="torchrun --nproc_per_node=N -m sglib.scale.distributed",
                                 description="Extract SuperGlobal descriptors of an image list, split over processes.")
     p.add_argument("--images", required=True, help="image list file: PATH or PATH<TAB>x1 y1 x2 y2 per line")
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--out", help="output folder (shared by all ranks)")
     where.add_argument("--cache-root", help="feature cache folder: write to the subfolder cached_features() reads")
-    p.add_argument("--model", default="cvnet", help="'cvnet' or an ImageNet backbone of sglib.models.imagenet")
-    p.add_argument("--weights", help="checkpoint file (required for cvnet and resnet50/101)")
-    p.add_argument("--depth", type=int, default=50, choices=(50, 101), help="CVNet ResNet depth")
-    p.add_argument("--scales", type=float, nargs="+", default=list(SCALES[3]))
-    p.add_argument("--gem-p", default="4.6", help="GeM exponent, or 'learned' for the checkpoint's p")
-    p.add_argument("--no-regional", action="store_true", help="switch Regional-GeM off")
-    p.add_argument("--scale-agg", default="max", help="'max' (Scale-GeM), 'mean', or a number")
-    p.add_argument("--max-side", type=int, help="downscale images with a longer side (default: full resolution)")
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--num-workers", type=int, default=2, help="image-decoding threads per rank")
-    p.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE)
+    add_model_flags(p, required=True)
+    add_descriptor_flags(p)
+    p.add_argument("--shard-size", type=positive_int("--shard-size"), default=DEFAULT_SHARD_SIZE)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--overwrite", action="store_true", help="delete the job files already in --out")
     p.add_argument("--retry-failed", action="store_true", help="recompute shards that had failed images")
@@ -128,40 +122,15 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _settings(args) -> DescriptorSettings:
-    gem_p = None if args.gem_p == "learned" else float(args.gem_p)
-    scale_agg = args.scale_agg if args.scale_agg in ("max", "mean") else float(args.scale_agg)
-    return DescriptorSettings(scales=tuple(args.scales), gem_p=gem_p, regional=not args.no_regional,
-                              scale_agg=scale_agg)
-
-
-def load_model_extractor(model: str, weights=None, depth: int = 50, settings: DescriptorSettings = DescriptorSettings(),
-                         *, max_side: int | None = None, batch_size: int = 1, num_workers: int = 0,
-                         device="cpu") -> Extractor:
-    """:func:`sglib.extract.model_extractor` for a backbone named as on the command line.
-
-    ``model="cvnet"`` loads a CVNet checkpoint (``weights``, ``depth``); any other name goes to
-    :func:`sglib.models.imagenet.load_backbone`.
-    """
-    if model == "cvnet":
-        from .models import load_cvnet
-        if weights is None:
-            raise ValueError("model 'cvnet' needs a checkpoint file: pass weights (--weights)")
-        net = load_cvnet(weights, depth=depth, device=device)
-    else:
-        from .models.imagenet import load_backbone
-        net = load_backbone(model, weights, device=device)
-    return model_extractor(net, settings, max_side=max_side, batch_size=batch_size, num_workers=num_workers)
-
-
 def main(argv: Sequence[str] | None = None) -> None:
+    from ..cli import descriptor_settings, load_model
     args = _parser().parse_args(argv)
     paths, boxes = read_image_list(args.images)
-    settings = _settings(args)
+    settings = descriptor_settings(args)
 
     def make_extractor(dev: torch.device) -> Extractor:
-        return load_model_extractor(args.model, args.weights, args.depth, settings, max_side=args.max_side,
-                                    batch_size=args.batch_size, num_workers=args.num_workers, device=dev)
+        return build_extractor(load_model(args, dev), settings, max_side=args.max_side,
+                               batch_size=args.batch_size, num_workers=args.num_workers)
 
     manifest = extract_distributed(args.out, paths, make_extractor, boxes, cache_root=args.cache_root,
                                    device=args.device,

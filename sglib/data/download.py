@@ -39,7 +39,7 @@ from pathlib import Path, PurePosixPath
 
 from tqdm.auto import tqdm
 
-from .datasets import (IMAGE_DIR, REVISITOP1M, DatasetError, RevisitopDataset, load_revisitop,
+from .revisitop import (IMAGE_DIR, REVISITOP1M, DatasetError, RevisitopDataset, load_revisitop,
                        missing_files_message, read_revisitop_gnd, revisitop1m_image_paths)
 
 VGG_URL = "https://www.robots.ox.ac.uk/~vgg/data"

@@ -11,14 +11,19 @@ Two fits, both giving ``y = P (x - m)`` (a :class:`Whitening` module, (B, D) -> 
   that matching-pair differences have identity covariance and the descriptors' covariance is
   diagonal (largest first).
 
-Where the head sits (:func:`sglib.describe.describe_from_maps`): per scale
+Where the head sits (:func:`sglib.method.descriptors.describe_from_maps`): per scale
 ``head(l2normalise(gem(map)))``, then scale aggregation and a final L2 normalisation. So a
 whitening is fitted on L2-normalised GeM vectors; :func:`pooled_descriptors` computes exactly
 those (one per image and scale) for a backbone, and :func:`fit_whitening_for` fits on them.
 Fit on images other than the evaluation set (e.g. a disjoint landmark collection), or the
 evaluation becomes optimistic.
 
-Covariances and eigen-decompositions are computed in float64 (numpy); the module holds float32.
+Covariances and eigen-decompositions are computed in float64 (numpy) on one BLAS thread, and every
+eigenbasis is made canonical (:func:`canonical_eigh`): LAPACK returns an arbitrary basis of a
+repeated eigenvalue's eigenspace, and which one depends on the number of threads. A training split
+smaller than the descriptor size has such a space (hundreds of zero variances), and Scale-GeM's
+element-wise max is not rotation-invariant, so without this the numbers and the cache key would change
+with the thread count. The module holds float32.
 """
 from __future__ import annotations
 
@@ -30,10 +35,11 @@ from typing import Iterable
 import numpy as np
 import torch
 import torch.nn as nn
+from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
-from ._checks import check_tensor
-from .describe import DescriptorSettings, describe_from_maps
+from .._checks import check_tensor
+from ..method.descriptors import DescriptorSettings, describe_from_maps
 
 
 class Whitening(nn.Module):
@@ -45,7 +51,7 @@ class Whitening(nn.Module):
         torch.Size([3, 4])
     """
 
-    def __init__(self, mean, projection, kind: str = "pca"):
+    def __init__(self, mean, projection, kind: str = "pca", source: str | None = None):
         super().__init__()
         mean = torch.as_tensor(np.asarray(mean), dtype=torch.float32)
         projection = torch.as_tensor(np.asarray(projection), dtype=torch.float32)
@@ -57,6 +63,9 @@ class Whitening(nn.Module):
         self.register_buffer("mean", mean)
         self.register_buffer("projection", projection)
         self.kind = kind
+        # how it was fitted (inputs and parameters), when known: the feature cache keys on this instead
+        # of the values, whose last bits depend on the BLAS threading of the features it was fitted on
+        self.source = source
 
     @property
     def in_dim(self) -> int:
@@ -81,9 +90,9 @@ class Whitening(nn.Module):
         return (x - self.mean.to(x.dtype)) @ self.projection.to(x.dtype).T
 
     def save(self, path) -> None:
-        """Write ``mean``, ``projection`` and ``kind`` to an ``.npz`` file."""
+        """Write ``mean``, ``projection``, ``kind`` and ``source`` to an ``.npz`` file."""
         np.savez(path, mean=self.mean.cpu().numpy(), projection=self.projection.cpu().numpy(),
-                 kind=np.array(self.kind))
+                 kind=np.array(self.kind), source=np.array(self.source or ""))
 
     @classmethod
     def load(cls, path) -> "Whitening":
@@ -98,7 +107,7 @@ class Whitening(nn.Module):
         missing = {"mean", "projection", "kind"} - set(arrays)
         if missing:
             raise ValueError(f"whitening file {path}: missing array(s) {sorted(missing)}")
-        return cls(arrays["mean"], arrays["projection"], str(arrays["kind"]))
+        return cls(arrays["mean"], arrays["projection"], str(arrays["kind"]), str(arrays.get("source", "")) or None)
 
     def extra_repr(self) -> str:
         return f"kind={self.kind!r}, in_dim={self.in_dim}, out_dim={self.out_dim}"
@@ -131,8 +140,43 @@ def _shrunk(cov: np.ndarray, shrinkage: float) -> np.ndarray:
     return (1.0 - shrinkage) * cov + shrinkage * (np.trace(cov) / D) * np.eye(D)
 
 
+def canonical_eigh(sym: np.ndarray, rtol: float = 1e-9) -> tuple[np.ndarray, np.ndarray]:
+    """Eigen-decomposition of a symmetric matrix with a basis that does not depend on LAPACK's threading.
+
+    Eigenvalues come in descending order. Eigenvalues within ``rtol * max|eigenvalue|`` of their
+    neighbour form a cluster; inside a cluster of more than one, the vectors are rotated to the basis
+    that diagonalises ``diag(1, 2, ..., D)`` restricted to the cluster's space (unique for that space).
+    Each vector's largest-magnitude entry is made positive.
+
+    Args:
+        sym: (D, D) symmetric matrix.
+
+    Returns:
+        ``(values (D,), vectors (D, D))``, column i the eigenvector of ``values[i]``.
+
+    Example:
+        >>> vals, vecs = canonical_eigh(np.eye(3))
+        >>> vecs.round(6).tolist()
+        [[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]]
+    """
+    vals, vecs = np.linalg.eigh(sym)
+    vals, vecs = vals[::-1], vecs[:, ::-1]
+    d = vals.size
+    scale = max(float(np.abs(vals).max()), np.finfo(np.float64).tiny) if d else 1.0
+    bounds = [0, *(np.flatnonzero(vals[:-1] - vals[1:] > rtol * scale) + 1), d]
+    ramp = np.arange(1, d + 1, dtype=np.float64)
+    for start, stop in zip(bounds[:-1], bounds[1:]):
+        if stop - start > 1:
+            basis = vecs[:, start:stop]
+            _, rotation = np.linalg.eigh((basis.T * ramp) @ basis)
+            vecs[:, start:stop] = basis @ rotation[:, ::-1]
+    vecs = np.ascontiguousarray(vecs)
+    signs = np.sign(vecs[np.abs(vecs).argmax(axis=0), np.arange(d)])
+    return vals, vecs * np.where(signs == 0, 1.0, signs)
+
+
 def _inverse_sqrt(cov: np.ndarray, eps: float) -> np.ndarray:
-    vals, vecs = np.linalg.eigh(cov)
+    vals, vecs = canonical_eigh(cov)
     return (vecs / np.sqrt(np.maximum(vals, eps))) @ vecs.T
 
 
@@ -152,11 +196,11 @@ def fit_pca_whitening(X, dim: int | None = None, shrinkage: float = 0.0, eps: fl
     X = _as_matrix(X)
     N, D = X.shape
     dim = _check_dim(dim, D, N - 1, shrinkage, f"{N} training descriptors")
-    mean = X.mean(axis=0)
-    cov = _shrunk(np.cov(X - mean, rowvar=False, bias=False).reshape(D, D), shrinkage)
-    vals, vecs = np.linalg.eigh(cov)
-    order = np.argsort(vals)[::-1][:dim]
-    projection = (vecs[:, order] / np.sqrt(np.maximum(vals[order], eps))).T
+    with threadpool_limits(1):                # bit-identical whatever the caller's thread settings
+        mean = X.mean(axis=0)
+        cov = _shrunk(np.cov(X - mean, rowvar=False, bias=False).reshape(D, D), shrinkage)
+        vals, vecs = canonical_eigh(cov)
+        projection = (vecs[:, :dim] / np.sqrt(np.maximum(vals[:dim], eps))).T
     return Whitening(mean, projection, kind="pca")
 
 
@@ -185,16 +229,16 @@ def fit_learned_whitening(X, pairs, dim: int | None = None, shrinkage: float = 0
     if pairs.min() < 0 or pairs.max() >= N:
         raise ValueError(f"pairs: indices must be in [0, {N - 1}], got range [{pairs.min()}, {pairs.max()}]")
     dim = _check_dim(dim, D, pairs.shape[0], shrinkage, f"{pairs.shape[0]} pair differences")
-    members = X[pairs.reshape(-1)]
-    mean = members.mean(axis=0)
-    diffs = X[pairs[:, 0]] - X[pairs[:, 1]]
-    # pairs are unordered, so the differences are symmetric around 0: second moment, no centring
-    intra = _shrunk(diffs.T @ diffs / diffs.shape[0], shrinkage)
-    to_intra_white = _inverse_sqrt(intra, eps)
-    whitened = (members - mean) @ to_intra_white.T
-    vals, vecs = np.linalg.eigh(np.cov(whitened, rowvar=False).reshape(D, D))
-    order = np.argsort(vals)[::-1][:dim]
-    projection = vecs[:, order].T @ to_intra_white
+    with threadpool_limits(1):                # bit-identical whatever the caller's thread settings
+        members = X[pairs.reshape(-1)]
+        mean = members.mean(axis=0)
+        diffs = X[pairs[:, 0]] - X[pairs[:, 1]]
+        # pairs are unordered, so the differences are symmetric around 0: second moment, no centring
+        intra = _shrunk(diffs.T @ diffs / diffs.shape[0], shrinkage)
+        to_intra_white = _inverse_sqrt(intra, eps)
+        whitened = (members - mean) @ to_intra_white.T
+        _, vecs = canonical_eigh(np.cov(whitened, rowvar=False).reshape(D, D))
+        projection = vecs[:, :dim].T @ to_intra_white
     return Whitening(mean, projection, kind="lw")
 
 
@@ -204,7 +248,7 @@ def pooled_descriptors(backbone, images: Iterable[torch.Tensor], settings: Descr
     """The vectors a head receives: ``l2normalise(gem(regional(map)))`` per image and scale.
 
     Args:
-        backbone: anything with ``feature_maps(x, scales)`` (an :class:`~sglib.models.imagenet.ImageNetBackbone`).
+        backbone: a :class:`~sglib.models.backbone.Backbone` (``feature_maps(x, scales)``).
         images: iterable of (1, 3, H, W) tensors normalised with ``backbone.normalization``.
         settings: pooling settings (``gem_p``, ``regional``, ``scales``); each scale gives one row.
         total: number of images, for the progress bar.
@@ -235,4 +279,4 @@ def fit_whitening_for(backbone, images: Iterable[torch.Tensor], settings: Descri
     return fit_pca_whitening(pooled_descriptors(backbone, images, settings, total), dim=dim, shrinkage=shrinkage)
 
 
-__all__ = ["Whitening", "fit_pca_whitening", "fit_learned_whitening", "pooled_descriptors", "fit_whitening_for"]
+__all__ = ["Whitening", "canonical_eigh", "fit_pca_whitening", "fit_learned_whitening", "pooled_descriptors", "fit_whitening_for"]

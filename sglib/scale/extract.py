@@ -11,7 +11,9 @@ stopped and several processes (or machines sharing a file system) can split the 
 ``images.txt``              the image list (:func:`write_image_list` format), for people and tools
 ``shard_00000.npy``         rows ``[k * shard_size, (k + 1) * shard_size)``; written to a temporary
 ``shard_00000.json``        name then ``os.replace``-d, so a shard on disk is whole. Its ``.json``
-                            (written first) lists the images that failed, with the reason
+                            (written first) lists the images that failed, with the reason, the
+                            size and modification time of every image as read, and the sha256 of
+                            the ``.npy``: a shard whose bytes or images changed is never served
 ``failed.json``             all failures, collected by :func:`finalize_job`
 ==========================  ==========================================================================
 
@@ -21,13 +23,15 @@ return NaN rows unless asked to (``on_failed="warn"``).
 
 The describer is an :class:`Extractor`: ``load_fn(path, bbx) -> (1, 3, H, W)`` network input,
 ``describe_fn((B, 3, H, W)) -> (B, D)``, and an ``identity`` dict (backbone, weights hash, settings)
-that, with the image list, keys the cache (:func:`cached_features`). :func:`model_extractor` builds
-one for the CVNet / ImageNet backbones of :mod:`sglib.models`.
+that, with the image list, keys the cache (:func:`cached_features`). :func:`build_extractor` builds
+the one extractor of every :class:`~sglib.models.backbone.Backbone` (the CLI, ``make demo``, the
+notebooks and ``torchrun -m sglib.scale.distributed`` all use it, so one image list with one model
+and settings has exactly one cache folder, whoever wrote it).
 
 Example (synthetic images, a tiny describer):
     >>> import tempfile, numpy as np, torch
     >>> from PIL import Image
-    >>> from sglib.preprocess import load_image
+    >>> from sglib.data.preprocess import load_image
     >>> tmp = tempfile.mkdtemp()
     >>> paths = []
     >>> for i in range(3):
@@ -46,23 +50,25 @@ import collections
 import dataclasses
 import functools
 import hashlib
+import io
 import json
 import math
 import os
+import socket
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .describe import DescriptorSettings
-from .preprocess import CVNET, Normalization, load_network_input
+from ..data.preprocess import load_network_input
+from ..method.descriptors import DescriptorSettings, combine_scales, pooled_vector, resize_input
 
-FORMAT = "sglib-features/1"
+FORMAT = "sglib-features/2"   # 2: per-image sizes and times, shard checksums
 DTYPE = "float32"
 DEFAULT_SHARD_SIZE = 500
 _MANIFEST, _IMAGES, _FAILED = "manifest.json", "images.txt", "failed.json"
@@ -77,7 +83,7 @@ class Extractor:
     Attributes:
         describe_fn: (B, 3, H, W) tensor -> (B, D) tensor or array (any float dtype, any device).
         load_fn: ``(path, bbx or None) -> (1, 3, H, W)`` tensor; raises ``ValueError``/``OSError``
-            for a bad file (:class:`sglib.preprocess.ImageReadError` is a ``ValueError``).
+            for a bad file (:class:`sglib.data.preprocess.ImageReadError` is a ``ValueError``).
         identity: JSON-serialisable dict naming everything that changes the output (backbone,
             weights hash, descriptor settings, preprocessing). Part of the cache key.
         batch_size: consecutive images of equal input size are described together, up to this many.
@@ -190,8 +196,12 @@ def read_image_list(path) -> tuple[list[str], list]:
 
 # ----------------------------------------------------------------------------- files
 
+_HOST = socket.gethostname().replace(".", "_")
+
+
 def _atomic_write_bytes(path: Path, write: Callable) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # host and pid in the name: concurrent writers never touch each other's file (see _dead_writer)
+    tmp = path.with_name(f".{path.name}.{_HOST}.{os.getpid()}.tmp")
     with open(tmp, "wb") as f:
         write(f)
         f.flush()
@@ -201,6 +211,20 @@ def _atomic_write_bytes(path: Path, write: Callable) -> None:
 
 def _atomic_write_text(path: Path, text: str) -> None:
     _atomic_write_bytes(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def _dead_writer(tmp: Path) -> bool:
+    """True when ``tmp`` was written by a process of this host that no longer runs."""
+    parts = tmp.name.rsplit(".", 3)   # .NAME.HOST.PID.tmp
+    if len(parts) != 4 or parts[1] != _HOST or not parts[2].isdigit():
+        return False
+    try:
+        os.kill(int(parts[2]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def _write_json(path: Path, obj) -> None:
@@ -296,22 +320,52 @@ def _short(value) -> str:
     return text if len(text) <= 200 else text[:200] + "..."
 
 
-def _check_shard(out: Path, manifest: dict, k: int, dim: int | None = None) -> tuple[np.ndarray | None, str]:
-    """Load shard k and check it against the manifest; -> (rows, "") or (None, why it is unusable)."""
+def _image_stat(path) -> list | None:
+    """``[size, mtime_ns]`` of an image file as extraction reads it; None when it cannot be stat-ed."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _job_paths(out: Path) -> list[str]:
+    """The job's image paths, from its ``images.txt``."""
+    with open(out / _IMAGES, encoding="utf-8") as f:
+        return [line.rstrip("\n").split("\t")[0] for line in f if line.strip()]
+
+
+def _check_shard(out: Path, manifest: dict, k: int, dim: int | None = None,
+                 paths: Sequence[str] | None = None) -> tuple[np.ndarray | None, str]:
+    """Load shard k and check it against the manifest; -> (rows, "") or (None, why it is unusable).
+
+    Checks the file's sha256 against its record and, with ``paths``, that every image still has the
+    size and modification time it had when it was read.
+    """
     npy, meta_path = shard_path(out, k), _shard_meta_path(out, k)
     if not npy.exists():
         return None, "missing"
     start, stop = _shard_range(manifest, k)
     try:
         meta = _read_json(meta_path)
-        rows = np.load(npy, allow_pickle=False)
+        blob = npy.read_bytes()
+        rows = np.load(io.BytesIO(blob), allow_pickle=False)
     except (OSError, ValueError) as exc:  # truncated / unreadable file
         return None, f"unreadable ({type(exc).__name__}: {exc})"
     if (meta.get("start"), meta.get("stop")) != (start, stop) or meta.get("image_list_sha256") != \
             manifest["image_list_sha256"]:
         return None, "its record does not match the manifest"
+    if meta.get("sha256") != hashlib.sha256(blob).hexdigest():
+        return None, "its bytes changed after it was written (sha256 differs from its record)"
     if rows.dtype != np.float32 or rows.ndim != 2 or rows.shape[0] != stop - start:
         return None, f"shape {rows.shape} {rows.dtype}, expected ({stop - start}, D) float32"
+    if paths is not None:
+        stats = meta.get("stats")
+        if not isinstance(stats, list) or len(stats) != stop - start:
+            return None, "its record has no image sizes and times"
+        changed = [paths[start + i] for i, st in enumerate(stats) if _image_stat(paths[start + i]) != st]
+        if changed:
+            return None, f"{len(changed)} image(s) changed since extraction, e.g. {changed[0]}"
     failed = np.zeros(stop - start, bool)
     try:
         failed[[f["index"] - start for f in meta["failed"]]] = True
@@ -332,9 +386,10 @@ def job_status(out_dir) -> dict:
     """``{"n_shards", "done": [k...], "missing": [k...], "invalid": {k: why}}`` from the files (reads every shard)."""
     out = Path(out_dir)
     manifest = read_manifest(out)
+    paths = _job_paths(out)
     done, missing, invalid = [], [], {}
     for k in range(manifest["n_shards"]):
-        rows, why = _check_shard(out, manifest, k)
+        rows, why = _check_shard(out, manifest, k, paths=paths)
         if rows is not None:
             done.append(k)
         elif why == "missing":
@@ -452,7 +507,7 @@ def run_shards(out_dir, images: Sequence, extractor: Extractor, bboxes: Sequence
     mine = range(rank, manifest["n_shards"], world_size)
     todo, dim = [], None
     for k in mine:
-        rows, why = _check_shard(out, manifest, k)
+        rows, why = _check_shard(out, manifest, k, paths=paths)
         if rows is not None and not (retry_failed and _read_json(_shard_meta_path(out, k))["failed"]):
             dim = dim or (rows.shape[1] or None)
             continue
@@ -467,16 +522,20 @@ def run_shards(out_dir, images: Sequence, extractor: Extractor, bboxes: Sequence
         for k in todo:
             start, stop = _shard_range(manifest, k)
             t0 = time.perf_counter()
+            stats = [_image_stat(p) for p in paths[start:stop]]   # before reading: a later edit is detected
             rows, failed = _extract_shard(extractor, paths, boxes, start, stop, bar)
             if rows.shape[1]:
                 if dim is not None and rows.shape[1] != dim:
                     raise ValueError(f"describe_fn returned {rows.shape[1]}-d descriptors, earlier shards are {dim}-d")
                 dim = rows.shape[1]
+            buf = io.BytesIO()
+            np.save(buf, rows, allow_pickle=False)
             # record first, rows second: a shard whose .npy exists always has its record
             _write_json(_shard_meta_path(out, k), {
                 "shard": k, "start": start, "stop": stop, "dim": rows.shape[1] or None, "failed": failed,
+                "stats": stats, "sha256": hashlib.sha256(buf.getvalue()).hexdigest(),
                 "image_list_sha256": manifest["image_list_sha256"], "seconds": round(time.perf_counter() - t0, 3)})
-            _atomic_write_bytes(shard_path(out, k), lambda f: np.save(f, rows, allow_pickle=False))
+            _atomic_write_bytes(shard_path(out, k), lambda f: f.write(buf.getvalue()))
             if failed:
                 bar.write(f"shard {k}: {len(failed)} image(s) failed, e.g. {failed[0]['path']}: {failed[0]['reason']}")
     return todo
@@ -491,9 +550,10 @@ def finalize_job(out_dir) -> dict:
     """
     out = Path(out_dir)
     manifest = read_manifest(out)
+    paths = _job_paths(out)
     dim, bad = None, {}
     for k in range(manifest["n_shards"]):
-        rows, why = _check_shard(out, manifest, k, dim)
+        rows, why = _check_shard(out, manifest, k, dim, paths)
         if rows is None:
             bad[k] = why
         elif rows.shape[1]:
@@ -504,8 +564,9 @@ def finalize_job(out_dir) -> dict:
     _write_json(out / _FAILED, failed)
     manifest.update(dim=dim, status="complete", n_failed=len(failed))
     _write_json(out / _MANIFEST, manifest)
-    for tmp in out.glob(".*.tmp"):  # leftovers of killed writers; nobody writes once every shard is done
-        tmp.unlink(missing_ok=True)
+    for tmp in out.glob(".*.tmp"):  # leftovers of killed writers; a live writer's file is left alone
+        if _dead_writer(tmp):
+            tmp.unlink(missing_ok=True)
     return manifest
 
 
@@ -519,7 +580,8 @@ def _incomplete_message(out: Path, manifest: dict, bad: dict) -> str:
         parts.append(f"{len(invalid)} unusable shard(s): " +
                      "; ".join(f"{shard_path(out, k).name} ({why})" for k, why in list(invalid.items())[:5]))
     return (f"{out}: extraction is incomplete ({manifest['n_shards']} shards of {manifest['shard_size']} images), "
-            + ", ".join(parts) + ". Rerun the extraction with the same images and settings: it resumes.")
+            + ", ".join(parts) + ". Rerun the same extraction (cached_features or extract_features with the same "
+            "images and extractor, or the same sglib command): it recomputes exactly these shards.")
 
 
 def _list_names(ks: list[int], most: int = 10) -> str:
@@ -556,38 +618,40 @@ def failed_images(out_dir) -> list[dict]:
 def load_features(out_dir, on_failed: str = "raise") -> np.ndarray:
     """The ``(N, D)`` float32 descriptors of a complete job, row i for image i.
 
+    Every shard is checked before it is used: its sha256 against its record, and each image's size and
+    modification time against those it had when it was read.
+
     Args:
         on_failed: ``"raise"``: ``ValueError`` listing the failed images, if any; ``"warn"``: return
             them as NaN rows, with a warning that names them (the caller must handle NaN).
 
     Raises:
-        ValueError: the job is incomplete (lists the missing shards), a shard is unusable, or
-            images failed and ``on_failed="raise"``.
+        ValueError: the job is incomplete, a shard changed or its images did (the message lists them;
+            :func:`extract_features` or :func:`cached_features` with the same images and extractor
+            recomputes exactly those shards), or images failed and ``on_failed="raise"``.
     """
     if on_failed not in ("raise", "warn"):
         raise ValueError(f"on_failed must be 'raise' or 'warn', got {on_failed!r}")
     out = Path(out_dir)
     manifest = read_manifest(out)
-    if manifest.get("status") != "complete":
-        status = job_status(out)
-        bad = {k: "missing" for k in status["missing"]} | status["invalid"]
-        if bad:
-            raise ValueError(_incomplete_message(out, manifest, bad))
-        manifest = finalize_job(out)  # every shard is there: a worker stopped before finalising
-    dim = manifest["dim"] or 0
-    feats = np.full((manifest["n_images"], dim), np.nan, np.float32)
+    paths = _job_paths(out)
+    dim = manifest.get("dim") if manifest.get("status") == "complete" else None
+    shards, bad = [], {}
     for k in range(manifest["n_shards"]):
-        start, stop = _shard_range(manifest, k)
-        try:
-            rows = np.load(shard_path(out, k), allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"{shard_path(out, k)} is unreadable ({exc}): the folder changed after extraction; "
-                             "rerun the extraction, it recomputes that shard") from exc
-        if rows.shape not in ((stop - start, dim), (stop - start, 0)) or rows.dtype != np.float32:
-            raise ValueError(f"{shard_path(out, k)} has shape {rows.shape} {rows.dtype}, expected "
-                             f"({stop - start}, {dim}) float32: the folder changed after extraction; "
-                             "rerun with overwrite=True")
+        rows, why = _check_shard(out, manifest, k, dim, paths)
+        if rows is None:
+            bad[k] = why
+        elif rows.shape[1]:
+            dim = rows.shape[1]
+        shards.append(rows)
+    if bad:
+        raise ValueError(_incomplete_message(out, manifest, bad))
+    if manifest.get("status") != "complete":
+        manifest = finalize_job(out)  # every shard is there: a worker stopped before finalising
+    feats = np.full((manifest["n_images"], dim or 0), np.nan, np.float32)
+    for k, rows in enumerate(shards):
         if rows.shape[1]:
+            start, stop = _shard_range(manifest, k)
             feats[start:stop] = rows
     failed = failed_images(out)
     if failed:
@@ -596,8 +660,8 @@ def load_features(out_dir, on_failed: str = "raise") -> np.ndarray:
         msg = (f"{len(failed)} of {manifest['n_images']} images failed to extract: {listing}{more} "
                f"(all listed in {out / _FAILED}).")
         if on_failed == "raise":
-            raise ValueError(msg + " Fix or remove them and rerun with retry_failed=True, or pass "
-                             "on_failed='warn' to get their rows as NaN.")
+            raise ValueError(msg + " Fix or remove them and extract again with retry_failed=True "
+                             "(the CLI: --retry-failed), or pass on_failed='warn' to get their rows as NaN.")
         warnings.warn(msg + " Their rows are NaN.", stacklevel=2)
     return feats
 
@@ -617,14 +681,19 @@ def cached_features(cache_root, images: Sequence, extractor: Extractor, bboxes: 
     """Descriptors of ``images`` from ``cache_root/<cache_key>/``, extracting (or resuming) only what is missing.
 
     Any change of the extractor's identity (backbone, weights, settings, batch size) or of the image
-    list (paths, order, boxes) gives another folder. Files are identified by path: after editing an
-    image in place, delete its cache folder (or the whole cache). Returns :func:`load_features`'s array.
+    list (paths, order, boxes) gives another folder. Shards whose images changed on disk (size or
+    modification time) or whose bytes changed are recomputed, with a warning. Returns
+    :func:`load_features`'s array.
     """
     out = Path(cache_root) / cache_key(images, extractor, bboxes)
     if (out / _MANIFEST).exists():
         manifest = read_manifest(out)
         if manifest.get("status") == "complete" and not retry_failed:
-            return load_features(out, on_failed)
+            try:
+                return load_features(out, on_failed)
+            except ValueError:
+                if not job_status(out)["invalid"]:   # only failed images: nothing to recompute
+                    raise
         shard_size = manifest["shard_size"]  # values do not depend on it: keep the started layout
     extract_features(out, images, extractor, bboxes, shard_size=shard_size, retry_failed=retry_failed,
                      progress=progress)
@@ -633,53 +702,101 @@ def cached_features(cache_root, images: Sequence, extractor: Extractor, bboxes: 
 
 # ----------------------------------------------------------------------------- the project's networks
 
-def state_sha256(model: torch.nn.Module) -> str:
-    """``"sha256:<hex>"`` of a module's state (names, dtypes, shapes, values): weights + heads + whitening."""
+def model_key(model: torch.nn.Module) -> str:
+    """``"sha256:<hex>"`` identifying a network's state: its tensors (names, dtypes, shapes, values).
+
+    A submodule with a ``source`` string (a head fitted by this library, e.g. the training-split
+    whitening) is identified by that recipe instead of its values: refitting it from the same inputs
+    gives the same key even when BLAS threading changed the last bits of its numbers.
+    """
     digest = hashlib.sha256()
+    sourced = {name: m.source for name, m in model.named_modules() if name and getattr(m, "source", None)}
     for name, t in sorted(model.state_dict().items()):
+        if any(name.startswith(prefix + ".") for prefix in sourced):
+            continue
         shape = tuple(t.shape)
         t = t.detach().cpu().contiguous().reshape(-1)
         digest.update(f"{name}|{t.dtype}|{shape}|".encode())
         digest.update(t.view(torch.uint8).numpy().tobytes())
+    for name, source in sorted(sourced.items()):
+        digest.update(f"{name}|source|{source}".encode())
     return "sha256:" + digest.hexdigest()
 
 
-def model_extractor(model: torch.nn.Module, settings: DescriptorSettings = DescriptorSettings(), *,
-                    norm: Normalization | None = None, max_side: int | None = None, batch_size: int = 1,
-                    num_workers: int = 0, name: str | None = None) -> Extractor:
-    """An :class:`Extractor` for :class:`sglib.models.SuperGlobalNet` or an ImageNet backbone.
+def build_extractor(model: torch.nn.Module, settings: DescriptorSettings | Mapping[str, DescriptorSettings] =
+                    DescriptorSettings(), *, max_side: int | None = None, batch_size: int = 1,
+                    num_workers: int = 2) -> Extractor:
+    """The :class:`Extractor` of a :class:`~sglib.models.backbone.Backbone` for one or several settings.
+
+    With several settings, a row is the concatenation of every setting's descriptor in order (split it
+    with :func:`split_settings`): the backbone runs once per distinct scale and each setting re-pools
+    those maps, which is exact since the maps depend on the input scale only.
 
     Args:
-        model: has ``describe_with(x, settings)`` (CVNet) or ``describe(x, settings)`` (ImageNet).
-        settings: the SuperGlobal modules to use.
-        norm: input convention; default ``model.normalization`` if it has one, else CVNet's.
+        model: CVNet (:func:`sglib.models.load_cvnet`) or an ImageNet backbone, on its device.
+        settings: one :class:`DescriptorSettings` or ``{name: DescriptorSettings}`` (names are labels:
+            they are not part of the cache key, the settings and their order are).
         max_side: downscale images whose long side is larger (None: full resolution, as the paper).
-        name: backbone name in the identity; default from the model.
-
-    The identity holds the sha256 of the model's whole state, so other weights or another head
-    (e.g. a learned whitening) give another cache folder.
+        batch_size: images of equal size described together (part of the cache key).
+        num_workers: image-decoding threads (not part of the key).
 
     Example:
         >>> from sglib.models import SuperGlobalNet
-        >>> ex = model_extractor(SuperGlobalNet(50).eval(), DescriptorSettings(scales=(1.0,)))
+        >>> ex = build_extractor(SuperGlobalNet(50).eval(), DescriptorSettings(scales=(1.0,)))
         >>> ex.identity["model"]
-        'SuperGlobalNet-R50'
+        'cvnet-R50'
     """
-    norm = norm or getattr(model, "normalization", CVNET)
-    if hasattr(model, "describe_with"):
-        describe = functools.partial(model.describe_with, settings=settings)
-        default_name = f"{type(model).__name__}-R{getattr(model, 'depth', '?')}"
-    else:
-        describe = functools.partial(model.describe, settings=settings)
-        default_name = getattr(model, "name", type(model).__name__)
-    identity = {"model": name or default_name, "state": state_sha256(model), "settings": settings.as_dict(),
-                "norm": dataclasses.asdict(norm), "max_side": max_side,
-                "relu_plus": getattr(model, "relu_plus", None)}
+    group = list(settings.values()) if isinstance(settings, Mapping) else [settings]
+    if not group or not all(isinstance(st, DescriptorSettings) for st in group):
+        raise ValueError("settings: give a DescriptorSettings or a non-empty {name: DescriptorSettings} mapping")
+    for st in group:
+        model._check_settings(st)
+    if max_side is not None and (isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < 16):
+        raise ValueError(f"max_side: expected an integer >= 16 or None, got {max_side!r}")
+    scales = sorted({s for st in group for s in st.scales})
+    device = next(model.parameters()).device
+    head, learned_p = model.descriptor_head, model.learned_p
+
+    @torch.no_grad()
+    def describe(x):
+        x = x.to(device)
+        maps = {s: model.feature_map(resize_input(x, s)) for s in scales}
+        pooled = {}   # settings that differ only in scales / aggregation share their per-scale vectors
+        out = []
+        for st in group:
+            pooling_key = (st.gem_p, st.regional) + ((st.regional_p, st.regional_kernel) if st.regional else ())
+            for s in st.scales:
+                if (s,) + pooling_key not in pooled:
+                    pooled[(s,) + pooling_key] = pooled_vector(maps[s], head, st, learned_p)
+            out.append(combine_scales([pooled[(s,) + pooling_key] for s in st.scales], st))
+        return torch.cat(out, dim=1)
+
+    norm = model.normalization
+    identity = {"model": model.name, "state": model_key(model), "settings": [st.as_dict() for st in group],
+                "norm": dataclasses.asdict(norm), "max_side": max_side, "relu_plus": getattr(model, "relu_plus", None)}
     load = functools.partial(load_network_input, norm=norm, max_side=max_side)
     return Extractor(describe, load, identity, batch_size=batch_size, num_workers=num_workers)
 
 
-__all__ = ["Extractor", "model_extractor", "state_sha256", "prepare_job", "run_shards", "finalize_job",
+def split_settings(features: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
+    """Undo :func:`build_extractor`'s concatenation: (N, S*D) -> {name: (N, D)}, in the settings' order."""
+    if features.shape[1] % len(names):
+        raise ValueError(f"features have {features.shape[1]} columns, not a multiple of {len(names)} settings")
+    return dict(zip(names, np.split(features, len(names), axis=1)))
+
+
+def dataset_features(dataset, extractor: Extractor, cache_root, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(queries (nq, D), database (N, D)) descriptors of a :class:`~sglib.data.revisitop.RevisitopDataset`, cached.
+
+    Queries are cropped to their bounding boxes, as the reference does.
+    """
+    db = cached_features(cache_root, dataset.db_paths(), extractor, progress=progress)
+    boxes = [dataset.query_bbx(i) for i in range(dataset.n_queries)]
+    q = cached_features(cache_root, dataset.query_paths(), extractor, bboxes=boxes, progress=progress)
+    return q, db
+
+
+__all__ = ["Extractor", "build_extractor", "model_key", "split_settings", "dataset_features", "prepare_job", "run_shards", "finalize_job",
            "extract_features", "load_features", "failed_images", "job_status", "read_manifest", "cached_features",
            "cache_key", "image_list_sha256", "read_image_list", "write_image_list", "shard_path",
            "FORMAT", "DEFAULT_SHARD_SIZE"]

@@ -1,4 +1,6 @@
-"""Benchmarks built from real photos of pinned packages (see :mod:`sglib.photos`), in the revisitop layout.
+"""The embedded benchmarks: real photos of pinned packages (:mod:`~sglib.embedded.photos`, checked
+against ``manifest.json``), the benchmarks built from them in the revisitop layout, and distractor
+crops (:mod:`~sglib.embedded.crops`).
 
 * :func:`build_multiview_real` -- real photos of the same scenes (``multiview_real``);
 * :func:`build_synthetic_views` -- SYNTHETIC views of real photos (``synthetic_views`` + ``synthetic_views_train``);
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..photos import fetch_all, manifest_digest
+from .photos import fetch_all, manifest_digest
 from .multiview import build_multiview_real
 from .synthetic_views import ViewSettings, build_synthetic_views
 

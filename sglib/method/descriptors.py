@@ -13,11 +13,13 @@ import torch
 import torch.nn.functional as F
 
 from . import pooling
-from ._checks import check_tensor
+from .._checks import check_tensor
 
 SCALES = {1: (1.0,), 3: (0.7071, 1.0, 1.4142), 5: (0.5, 0.7071, 1.0, 1.4142, 2.0)}
 GEM_PLUS_P = 4.6
-GEM_PLUS_EPS = 1e-8
+# The reference floors the map at 1e-8 with its fixed p (GeM+) and at 1e-6 with the learned p. Every
+# fixed p here (plain GeM p=3, the p sweeps) uses the GeM+ floor, so that rows of a sweep differ in p alone.
+FIXED_P_EPS = 1e-8
 LEARNED_P_EPS = 1e-6
 
 
@@ -37,14 +39,28 @@ class DescriptorSettings:
     scale_agg: str | float = "max"
 
     def __post_init__(self):
-        object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
-        if not self.scales or any(s <= 0 for s in self.scales):
-            raise ValueError(f"scales must be positive numbers, got {self.scales}")
-        if not (self.scale_agg in ("max", "mean") or isinstance(self.scale_agg, (int, float))):
-            raise ValueError(f"scale_agg must be 'max', 'mean' or a number, got {self.scale_agg!r}")
+        try:
+            object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
+        except (TypeError, ValueError):
+            raise ValueError(f"scales: expected a sequence of numbers, got {self.scales!r}") from None
+        if not self.scales or not all(math.isfinite(s) and s > 0 for s in self.scales):
+            raise ValueError(f"scales must be finite positive numbers, got {self.scales}")
+        if self.gem_p is not None and not _positive(self.gem_p):
+            raise ValueError(f"gem_p must be a finite number > 0 (or None for a learned p), got {self.gem_p!r}")
+        if not _positive(self.regional_p):
+            raise ValueError(f"regional_p must be a finite number > 0, got {self.regional_p!r}")
+        if isinstance(self.regional_kernel, bool) or not isinstance(self.regional_kernel, int) or \
+                self.regional_kernel < 1 or self.regional_kernel % 2 == 0:
+            raise ValueError(f"regional_kernel must be a positive odd integer, got {self.regional_kernel!r}")
+        if not (self.scale_agg in ("max", "mean") or _positive(self.scale_agg)):
+            raise ValueError(f"scale_agg must be 'max', 'mean' or a finite number > 0, got {self.scale_agg!r}")
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def _positive(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
 
 
 def resize_input(x: torch.Tensor, scale: float) -> torch.Tensor:
@@ -122,7 +138,7 @@ def pooled_vector(fmap: torch.Tensor, head: Callable[[torch.Tensor], torch.Tenso
             raise ValueError("gem_p=None asks for the model's learned p, but this model has none")
         p, eps = learned_p, LEARNED_P_EPS
     else:
-        p, eps = settings.gem_p, GEM_PLUS_EPS
+        p, eps = settings.gem_p, FIXED_P_EPS
     if settings.regional:
         fmap = pooling.regional_gem(fmap, settings.regional_p, settings.regional_kernel)
     return head(F.normalize(pooling.gem(fmap, p, eps), dim=-1))

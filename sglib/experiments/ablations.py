@@ -2,7 +2,7 @@
 
 The grid covers the GeM exponent (p sweep), Regional-GeM (kernel x exponent) and Scale-GeM (which
 scales, max / mean / finite-p aggregation). The backbone runs once per scale; every setting
-re-pools the same maps (:func:`sglib.pipeline.multi_settings_extractor`), so a grid of 30
+re-pools the same maps (:func:`sglib.scale.extract.build_extractor`), so a grid of 30
 settings costs about what the 3-scale extraction costs, and the result is cached for sliders.
 """
 from __future__ import annotations
@@ -11,9 +11,9 @@ import itertools
 
 import pandas as pd
 
-from .describe import GEM_PLUS_P, SCALES, DescriptorSettings
-from .evaluate import summary
-from .pipeline import dataset_features, evaluate_retrieval, multi_settings_extractor, split_settings
+from ..evaluation.retrieval import evaluate_retrieval
+from ..method.descriptors import GEM_PLUS_P, SCALES, DescriptorSettings
+from ..scale.extract import build_extractor, dataset_features, split_settings
 
 GEM_PS = (1.0, 2.0, 3.0, 4.0, 4.6, 6.0, 8.0, 12.0)
 REGIONAL_KERNELS = (3, 5, 7)
@@ -50,7 +50,7 @@ def pooling_grid(gem_ps=GEM_PS, kernels=REGIONAL_KERNELS, regional_ps=REGIONAL_P
 def grid_features(model, dataset, cache_root, grid: dict, max_side: int | None = None, progress: bool = True) -> dict:
     """``{key: (q (nq, D), x (N, D))}`` for every grid setting, from one cached extraction."""
     settings = {key: st for key, (_, st) in grid.items()}
-    q, x = dataset_features(dataset, multi_settings_extractor(model, settings, max_side=max_side), cache_root,
+    q, x = dataset_features(dataset, build_extractor(model, settings, max_side=max_side), cache_root,
                             progress=progress)
     qs, xs = split_settings(q, list(settings)), split_settings(x, list(settings))
     return {key: (qs[key], xs[key]) for key in settings}
@@ -60,6 +60,6 @@ def score_grid(features: dict, grid: dict, gnd: list, rerank=None) -> pd.DataFra
     """One row per grid setting: its description and E/M/H mAP in percent."""
     rows = []
     for key, (q, x) in features.items():
-        res = summary(evaluate_retrieval(q, x, gnd, rerank))
+        res = evaluate_retrieval(q, x, gnd, rerank).summary()
         rows.append({"key": key, **grid[key][0], "easy": res["easy"], "medium": res["medium"], "hard": res["hard"]})
     return pd.DataFrame(rows).set_index("key")

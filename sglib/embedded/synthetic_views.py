@@ -1,6 +1,6 @@
 """``synthetic_views``: a SYNTHETIC retrieval benchmark rendered from REAL photos, in the revisitop layout.
 
-The photos are real (:mod:`sglib.photos`); the views are simulated. Each of ``n_landmarks`` photos is a
+The photos are real (:mod:`sglib.embedded.photos`); the views are simulated. Each of ``n_landmarks`` photos is a
 "landmark". Every database image is rendered: a window of a photo (partial crop) is warped by a random
 homography (scale, rotation, viewpoint) and pasted so that it fills only a PART of the image, into real context
 cut from a background photo; 0-2 occluders cut from other background photos are pasted over it (each at most
@@ -42,7 +42,7 @@ Layout (``datasets.py`` reads it)::
 
 Example::
 
-    photos = sglib.photos.fetch_all("data/photo_cache")
+    photos = sglib.embedded.photos.fetch_all("data/photo_cache")
     build_synthetic_views("data/datasets", photos, seed=0)   # -> Path('data/datasets/synthetic_views')
 """
 from __future__ import annotations
@@ -59,7 +59,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from tqdm import tqdm
 
-from ..datasets import write_revisitop_gnd
+from ..data.revisitop import write_revisitop_gnd
 
 NAME = "synthetic_views"
 TRAIN_NAME = "synthetic_views_train"
@@ -423,7 +423,7 @@ def build_synthetic_views(out_dir, photos, seed: int = 0, n_landmarks: int = 60,
 
     Args:
         out_dir: parent folder (conventionally ``DATA_ROOT/datasets``).
-        photos: :class:`sglib.photos.Photo` list (real photos, checked).
+        photos: :class:`sglib.embedded.photos.Photo` list (real photos, checked).
         seed: everything is drawn from ``numpy.random.default_rng(seed)``.
         n_train_photos: use at most this many of the remaining photos as training classes (None: all).
         settings: difficulty dials for database views (queries use ``settings.mild()``).

@@ -1,14 +1,15 @@
-"""Pictures of retrieval results: queries with their top results, correct and wrong marked."""
+"""Pictures of retrieval results: queries with their top results, correct and wrong marked.
+
+The matplotlib backend is left to the caller (Jupyter's inline backend in a notebook, ``MPLBACKEND=Agg``
+under ``make``): choosing one here would hide every figure in a notebook.
+"""
 from __future__ import annotations
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.patches import Rectangle
 
-matplotlib.use("Agg", force=False)
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
-
-from .preprocess import load_image  # noqa: E402
+from ..data.preprocess import load_image
 
 COLOURS = {"easy": "#1a9850", "hard": "#fdae61", "junk": "#999999", "wrong": "#d73027"}
 
@@ -27,7 +28,7 @@ def plot_retrievals(dataset, ranks: np.ndarray, queries, k: int = 5, title: str 
     Frames: green = easy positive, orange = hard positive, grey = junk, red = wrong.
 
     Args:
-        dataset: a :class:`sglib.datasets.RevisitopDataset` (images must be present).
+        dataset: a :class:`sglib.data.revisitop.RevisitopDataset` (images must be present).
         ranks: (n_queries, >= k) database indices, best first.
         queries: query indices to show.
         path: save the figure there (PNG) when given.

@@ -1,6 +1,6 @@
 """Revisited E/M/H evaluation straight from scores, for databases of a million images or more.
 
-:func:`sglib.evaluate.revisited` needs the full ranking: an (nq, N) arg-sort plus (nq * N) sort keys.
+:func:`sglib.evaluation.revisited.revisited` needs the full ranking: an (nq, N) arg-sort plus (nq * N) sort keys.
 Only the rank positions of each query's positives and junk enter the metrics, and each one is a count:
 
     position(t) = #{l : s_l > s_t} + #{l < t : s_l == s_t}
@@ -12,10 +12,14 @@ above the lowest target score is located among them by ``np.searchsorted``; a hi
 locations, cumulated, gives all positions. Memory: O(nq * block + total targets); no (nq, N) array
 beyond the scores themselves, which may be a memmap or be produced block by block by a callable.
 
+:func:`evaluate_with_distractors` evaluates a benchmark whose database is extended by distractors
+(any number of parts, never concatenated): exact top-M by :func:`sglib.scale.search.knn`, SuperGlobal
+reranking of it, then the streaming count over the whole database.
+
 With ``head_ranks`` (nq, L) the evaluated ranking is the given head (e.g. a reranked shortlist)
 followed by the other database items in the order above, exactly ``np.concatenate([head, rest])``.
 
-The numbers equal ``sglib.evaluate.revisited`` on that full ranking (tested to 1e-12; in practice
+The numbers equal ``sglib.evaluation.revisited.revisited`` on that full ranking (tested to 1e-12; in practice
 bit for bit, as the metric arithmetic below is the same sequence of numpy operations).
 """
 from __future__ import annotations
@@ -26,7 +30,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .evaluate import PROTOCOLS, protocol_sets, protocol_summary, scores_from_positions
+from ..method.rerank import superglobal
+from ..scale.search import Database, knn
+from .retrieval import RetrievalResult
+from .revisited import PROTOCOLS, check_ks, protocol_sets, protocol_summary, scores_from_positions
 
 ScoreBlocks = Callable[[int, int], "np.ndarray | torch.Tensor"]
 
@@ -199,7 +206,7 @@ def _check_head(head_ranks, nq: int, n: int):
 
 
 def _protocol_scores(positions: list[dict], gnd, protocol: str, ks, n: int):
-    """APs and precisions from positions, with :func:`sglib.evaluate.scores_from_positions`."""
+    """APs and precisions from positions, with :func:`sglib.evaluation.revisited.scores_from_positions`."""
     sets = [protocol_sets(g, protocol) for g in gnd]
     n_pos = np.array([len(p) for p, _ in sets])  # as the reference: duplicates would count
 
@@ -231,7 +238,7 @@ def revisited_from_scores(scores, gnd, ks=(1, 5, 10), head_ranks=None, n_db: int
         block_size: database items per block (memory ~ nq * block_size scores).
 
     Returns:
-        the dict of :func:`sglib.evaluate.revisited` for the ranking
+        the dict of :func:`sglib.evaluation.revisited.revisited` for the ranking
         ``np.argsort(-scores, axis=1, kind="stable")`` (equal scores: lower index first), or
         ``np.concatenate([head_ranks, rest of that ranking], 1)``.
 
@@ -246,7 +253,7 @@ def revisited_from_scores(scores, gnd, ks=(1, 5, 10), head_ranks=None, n_db: int
         missing = [k for k in ("easy", "hard", "junk") if k not in g]
         if missing:
             raise ValueError(f"gnd[{i}] lacks key(s) {missing}")
-    ks = tuple(int(k) for k in ks)
+    ks = check_ks(ks)
     n = n_db if callable(scores) else getattr(scores, "shape", (0, None))[1]
     if n is None:
         raise ValueError("n_db (database size N) is required when scores is a callable")
@@ -266,30 +273,62 @@ def revisited_from_features(q, x, gnd, ks=(1, 5, 10), head_ranks=None, block_siz
     """:func:`revisited_from_scores` with scores ``q @ x.T`` computed block by block (float32).
 
     Args:
-        q: (nq, D) query descriptors; x: (N, D) database descriptors, numpy (np.memmap welcome,
-            float16 storage is computed in float32) or CPU torch tensors. Only ``block_size`` rows of x
-            are in memory at a time.
+        q: (nq, D) query descriptors (numpy or CPU tensor).
+        x: (N, D) database descriptors: numpy (np.memmap welcome, float16 storage is computed in
+            float32), a CPU tensor, a list of such parts or a :class:`sglib.scale.search.Database`.
+            Only ``block_size`` rows of x are in memory at a time.
 
     Returns:
-        the :func:`sglib.evaluate.revisited` dict for the ranking by these scores (equal scores:
-        lower index first), with ``head_ranks`` first if given.
+        the :func:`sglib.evaluation.revisited.revisited` dict for the ranking by these scores (equal
+        scores: lower index first), with ``head_ranks`` first if given.
     """
-    def as_np(a, name):
-        if isinstance(a, torch.Tensor):
-            a = a.detach().cpu().numpy()
-        if not isinstance(a, np.ndarray) or a.ndim != 2 or a.dtype.kind != "f":
-            raise ValueError(f"{name}: expected a 2-D floating array, got {getattr(a, 'shape', type(a))}")
-        return a
-
-    q32 = np.ascontiguousarray(as_np(q, "q"), dtype=np.float32)
-    x = as_np(x, "x")
-    if q32.shape[1] != x.shape[1]:
-        raise ValueError(f"q has dimension {q32.shape[1]} but x has dimension {x.shape[1]}")
+    if isinstance(q, torch.Tensor):
+        q = q.detach().cpu().numpy()
+    if not isinstance(q, np.ndarray) or q.ndim != 2 or q.dtype.kind != "f":
+        raise ValueError(f"q: expected a 2-D floating array, got {getattr(q, 'shape', type(q))}")
+    q32 = torch.from_numpy(np.ascontiguousarray(q, dtype=np.float32))
+    db = Database(x)
+    if q32.shape[1] != db.shape[1]:
+        raise ValueError(f"q has dimension {q32.shape[1]} but x has dimension {db.shape[1]}")
     if q32.shape[0] != len(gnd):
         raise ValueError(f"q has {q32.shape[0]} queries but gnd has {len(gnd)}")
 
     def block(start, stop):  # same (start, stop) -> same BLAS call -> same values
-        return q32 @ np.asarray(x[start:stop], dtype=np.float32).T
+        return (q32 @ db.rows(start, stop, "cpu").T).numpy()
 
-    return revisited_from_scores(block, gnd, ks, head_ranks, n_db=x.shape[0], block_size=block_size,
+    return revisited_from_scores(block, gnd, ks, head_ranks, n_db=db.shape[0], block_size=block_size,
                                  progress=progress)
+
+
+def evaluate_with_distractors(q, db, distractors, gnd, rerank=None, ks=(1, 5, 10), block_size: int = 65536,
+                              progress: bool | None = False):
+    """Revisited E/M/H of queries against ``db`` followed by ``distractors`` (indices n_db, n_db + 1, ...).
+
+    Args:
+        q: (nq, D) query descriptors; db: (N, D) benchmark database (gnd indexes its rows).
+        distractors: None, an (n, D) array / memmap (float16 fine), or a list of them (appended in order).
+        gnd: the benchmark's ground truth (distractors are negatives of every query).
+        rerank: :class:`sglib.evaluation.retrieval.RerankSettings`: rerank each query's exact top-M over
+            the whole extended database with SuperGlobal (shared shortlist); None: plain ranking.
+
+    Returns:
+        :class:`sglib.evaluation.retrieval.RetrievalResult` for that ranking (top-M reranked, then the
+        rest by score).
+    """
+    extra = [] if distractors is None else list(distractors) if isinstance(distractors, (list, tuple)) \
+        else [distractors]
+    database = Database([db, *extra])
+    q = np.ascontiguousarray(q.detach().cpu().numpy() if isinstance(q, torch.Tensor) else q, np.float32)
+    if q.ndim != 2 or q.shape[1] != database.shape[1]:
+        raise ValueError(f"q: expected (nq, {database.shape[1]}), got {q.shape}")
+    if q.shape[0] != len(gnd):
+        raise ValueError(f"q has {q.shape[0]} queries but gnd has {len(gnd)}")
+    n = database.shape[0]
+    head, m = None, None
+    if rerank is not None:
+        m = min(int(rerank.M), n)
+        _, top = knn(q, database, m)
+        head = superglobal(q, database, top, m, int(rerank.K), float(rerank.beta))
+    protocols = revisited_from_features(q, database, list(gnd), ks, head_ranks=head, block_size=block_size,
+                                        progress=progress)
+    return RetrievalResult(protocols, n, m, None if m is None else "shared")

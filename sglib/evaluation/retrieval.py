@@ -1,0 +1,115 @@
+"""Retrieval evaluated: rank -> shortlist -> rerank -> revisited, on descriptors already extracted.
+
+Shared by the command line (``python -m sglib evaluate``), ``make demo`` and the notebooks, so all
+of them compute the same numbers from the same cached features.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..method.rerank import DEFAULT_BETA, DEFAULT_K, DEFAULT_M, superglobal
+from .revisited import PROTOCOLS, results_table, revisited, summary
+from .shortlist import shortlists
+
+
+@dataclasses.dataclass(frozen=True)
+class RerankSettings:
+    """SuperGlobal reranking parameters: shortlist size M, neighbours K, neighbour weight beta."""
+
+    M: int = DEFAULT_M
+    K: int = DEFAULT_K
+    beta: float = DEFAULT_BETA
+
+    def __post_init__(self):
+        for name in ("M", "K"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise ValueError(f"RerankSettings.{name}: expected an integer, got {v!r}")
+        if not 0 <= self.K < self.M:
+            raise ValueError(f"RerankSettings: need 0 <= K < M, got K={self.K}, M={self.M}")
+        if isinstance(self.beta, bool) or not isinstance(self.beta, (int, float)) or \
+                not (math.isfinite(self.beta) and self.beta >= 0):
+            raise ValueError(f"RerankSettings.beta: expected a finite number >= 0, got {self.beta!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RetrievalResult:
+    """What :func:`evaluate_retrieval` measured.
+
+    Attributes:
+        protocols: ``{"easy"|"medium"|"hard": {"map", "aps", "mp", "prs"}}``
+            (:func:`sglib.evaluation.revisited.revisited`'s dict; also reachable as ``result["easy"]``).
+        N: database size. M: shortlist size used for reranking (capped at N), None without reranking.
+        shortlist: the shortlist policy (:mod:`sglib.evaluation.shortlist`), None without reranking.
+    """
+
+    protocols: dict
+    N: int
+    M: int | None = None
+    shortlist: str | None = None
+
+    def __getitem__(self, protocol: str) -> dict:
+        return self.protocols[protocol]
+
+    def summary(self) -> dict:
+        """``{"easy", "medium", "hard"}`` mAP in percent."""
+        return summary(self.protocols)
+
+    def table(self, ks=(1, 5, 10)) -> pd.DataFrame:
+        """mAP and mP@k in percent, one row per protocol."""
+        return results_table(self.protocols, ks)
+
+
+def rank_database(q: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Full ranking by descending inner product, ties by lower index: (nq, D), (N, D) -> (nq, N)."""
+    scores = torch.from_numpy(np.ascontiguousarray(q, np.float32)) @ torch.from_numpy(
+        np.ascontiguousarray(x, np.float32)).T
+    if not bool(torch.isfinite(scores).all()):
+        rows = torch.nonzero(~torch.isfinite(scores))
+        qi, xi = int(rows[0, 0]), int(rows[0, 1])
+        which = f"query {qi}" if not np.isfinite(q[qi]).all() else f"database row {xi}"
+        raise ValueError(f"descriptors: {which} holds NaN or infinite values; a failed image cannot be ranked "
+                         "(drop it, or fix the image and extract again)")
+    return torch.sort(scores, dim=1, descending=True, stable=True).indices.numpy()
+
+
+def retrieve(q: np.ndarray, x: np.ndarray, rerank: RerankSettings | None = None) -> np.ndarray:
+    """Full rankings (nq, N), the top-M reranked with SuperGlobal when ``rerank`` is given (shared shortlist).
+
+    ``rerank.M`` larger than the database is capped at its size.
+    """
+    ranks = rank_database(q, x)
+    if rerank is None:
+        return ranks
+    return superglobal(q, x, ranks, min(rerank.M, x.shape[0]), rerank.K, rerank.beta)
+
+
+def evaluate_retrieval(q: np.ndarray, x: np.ndarray, gnd: list, rerank: RerankSettings | None = None,
+                       shortlist: str = "shared", ks=(1, 5, 10)) -> RetrievalResult:
+    """Rank the database, take each protocol's shortlist, rerank it with SuperGlobal, evaluate.
+
+    Args:
+        q: (nq, D) query and x: (N, D) database descriptors, unit rows.
+        gnd: the dataset's per-query ground truth.
+        rerank: None evaluates the plain ranking. ``rerank.M`` larger than N is capped at N.
+        shortlist: ``"shared"`` (the reference's) or ``"per_protocol"``: see :mod:`sglib.evaluation.shortlist`.
+
+    Returns:
+        :class:`RetrievalResult`.
+    """
+    ranks = rank_database(q, x)
+    if rerank is None:
+        return RetrievalResult(revisited(ranks, gnd, ks), x.shape[0])
+    m = min(rerank.M, x.shape[0])
+    if rerank.K >= m:
+        raise ValueError(f"K={rerank.K} needs more than K database images, got N={x.shape[0]}")
+    protocols = {}
+    for names, head in shortlists(ranks, gnd, shortlist):
+        res = revisited(superglobal(q, x, head, m, rerank.K, rerank.beta), gnd, ks)
+        protocols.update({p: res[p] for p in names})
+    return RetrievalResult({p: protocols[p] for p in PROTOCOLS}, x.shape[0], m, shortlist)

@@ -1,0 +1,153 @@
+"""The paper's module-by-module tables and the training-split whitening, shared by ``make demo`` and the notebooks.
+
+Rows follow the paper's ablation order, each adding one module to the row before it: GeM (p = 3),
+GeM+, + Regional-GeM, + Scale-GeM, + SuperGlobal reranking. One extraction serves every row and the
+whole ablation grid (:func:`sglib.experiments.ablations.pooling_grid`), so the notebooks and the demo
+share a single cached feature set.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..evaluation.retrieval import RerankSettings, evaluate_retrieval
+from ..evaluation.revisited import summary
+from ..method.descriptors import SCALES, DescriptorSettings
+from ..models.whitening import Whitening, fit_learned_whitening
+from ..scale.extract import build_extractor, cache_key, cached_features
+from .ablations import grid_features, pooling_grid
+
+MODULE_SETTINGS = {
+    "GeM (p=3)": DescriptorSettings(scales=(1.0,), gem_p=3.0, regional=False),
+    "GeM+": DescriptorSettings(scales=(1.0,), gem_p=4.6, regional=False),
+    "+ Regional-GeM": DescriptorSettings(scales=(1.0,), gem_p=4.6, regional=True),
+    "+ Scale-GeM": DescriptorSettings(scales=SCALES[3], gem_p=4.6, regional=True, scale_agg="max"),
+}
+RERANK_ROW = "+ SuperGlobal rerank"
+# CVNet's own global descriptor (learned p, mean over 3 scales, ReLU+ off), then SuperGlobal's modules one by one
+CVNET_ROWS = {
+    "CVNet global (baseline)": DescriptorSettings(scales=SCALES[3], gem_p=None, regional=False, scale_agg="mean"),
+    "+ GeM+": DescriptorSettings(scales=SCALES[3], gem_p=4.6, regional=False, scale_agg="mean"),
+    "+ Regional-GeM": DescriptorSettings(scales=SCALES[3], gem_p=4.6, regional=True, scale_agg="mean"),
+    "+ Scale-GeM": DescriptorSettings(scales=SCALES[3], gem_p=4.6, regional=True, scale_agg="max"),
+}
+RELU_PLUS_ROW = "+ ReLU+"
+# What the paper reports with CVNet's ResNet-101 and reranking (mAP, %); see ../shared/spec/superglobal.md
+PAPER_R101_RERANK_HARD = {"roxford5k": 80.2, "rparis6k": 86.7}
+
+WHITENING_SETTINGS = DescriptorSettings(scales=(1.0,), gem_p=3.0, regional=False)
+# the training split's pair differences span at most (images - classes) directions, fewer than the
+# descriptor size: shrinking their covariance towards the identity keeps the whitening well posed
+WHITENING_SHRINKAGE = 0.3
+TRAIN_SPLIT = "synthetic_views_train"
+
+
+def with_rows(grid: dict, rows: dict) -> dict:
+    """``grid`` (see :func:`sglib.experiments.ablations.pooling_grid`) plus each row's setting, keyed by row name."""
+    return {**grid, **{name: ({"family": "module"}, st) for name, st in rows.items()}}
+
+
+def module_table(model, dataset, cache_root, settings: dict = MODULE_SETTINGS, rerank: RerankSettings = RerankSettings(),
+                 grid: dict | None = None, max_side: int | None = None, progress: bool = True):
+    """Evaluate every setting, then rerank the last one.
+
+    Args:
+        settings: ``{row name: DescriptorSettings}``, in table order.
+        grid: extra settings extracted in the same pass (default: the ablation grid,
+            :func:`sglib.experiments.ablations.pooling_grid`), so later ablations come from the cache.
+
+    Returns:
+        ``(results, features)``: results ``{row: RetrievalResult}`` (rows = settings + :data:`RERANK_ROW`),
+        features ``{key: (q (nq, D), x (N, D))}`` for every extracted setting (rows and grid).
+    """
+    features = grid_features(model, dataset, cache_root, with_rows(pooling_grid() if grid is None else grid, settings),
+                             max_side=max_side, progress=progress)
+    results = {name: evaluate_retrieval(*features[name], dataset.gnd) for name in settings}
+    results[RERANK_ROW] = evaluate_retrieval(*features[list(settings)[-1]], dataset.gnd, rerank)
+    return results, features
+
+
+def map_table(per_benchmark: dict) -> pd.DataFrame:
+    """``{benchmark: {row: RetrievalResult}}`` -> DataFrame of mAP in percent, columns (benchmark, protocol)."""
+    frames = {b: pd.DataFrame({row: summary(res) for row, res in rows.items()}).T.rename(columns=str.capitalize)
+              for b, rows in per_benchmark.items()}
+    return pd.concat(frames, axis=1).round(1)
+
+
+def training_images(data_root) -> tuple[list[str], np.ndarray]:
+    """Paths and integer labels of the synthetic-views training split (disjoint from both benchmarks)."""
+    folder = Path(data_root) / "datasets" / TRAIN_SPLIT
+    with open(folder / "train.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise ValueError(f"{folder / 'train.csv'} lists no training images")
+    names = sorted({r["label"] for r in rows})
+    return [str(folder / "jpg" / f"{r['image']}.jpg") for r in rows], np.array([names.index(r["label"]) for r in rows])
+
+
+def fit_training_whitening(model, data_root, cache_root, progress: bool = True) -> Whitening:
+    """Supervised (Lw) whitening of ``model``'s backbone, fitted on the training split's GeM (p = 3) vectors.
+
+    Views of the same training photo are the matching pairs. Plays the part of CVNet's trained
+    2048 x 2048 layer for a backbone that has none. The vectors are pooled without any head, whatever
+    ``model.head`` holds, so fitting twice gives the same whitening. The shrinkage
+    (:data:`WHITENING_SHRINKAGE`) makes the rank-deficient intra-pair covariance invertible; without it,
+    directions the few training pairs never vary along are amplified without bound.
+
+    Returns:
+        a :class:`~sglib.models.whitening.Whitening` whose ``source`` names its inputs (features'
+        cache key, the training images' sizes and times, the labels) and parameters.
+    """
+    if not hasattr(model, "with_head"):
+        raise ValueError(f"{type(model).__name__} has its own trained head: the training-split whitening is for "
+                         "ImageNet backbones")
+    paths, labels = training_images(data_root)
+    extractor = build_extractor(model.with_head(None), {"gem3": WHITENING_SETTINGS})
+    feats = cached_features(cache_root, paths, extractor, progress=progress)
+    i, j = np.triu_indices(len(labels), k=1)
+    same = labels[i] == labels[j]
+    pairs = np.stack([i[same], j[same]], axis=1)
+    whitening = fit_learned_whitening(feats, pairs, shrinkage=WHITENING_SHRINKAGE)
+    inputs = hashlib.sha256(json.dumps([[Path(p).stat().st_size, Path(p).stat().st_mtime_ns] for p in paths]).encode()
+                            + labels.tobytes()).hexdigest()[:24]
+    whitening.source = (f"lw shrinkage={WHITENING_SHRINKAGE} features={cache_key(paths, extractor)} "
+                        f"images+labels={inputs}")
+    return whitening
+
+
+def paper_table(dataset, cache_root, checkpoint=None, depth: int = 101, backbone: str = "efficientnet_lite0",
+                data_root=None, rerank: RerankSettings = RerankSettings(), max_side: int | None = None,
+                device: str = "cpu", progress: bool = True) -> pd.DataFrame:
+    """The paper's module-by-module table (mAP %, Easy/Medium/Hard) on one revisitop-format dataset.
+
+    With a CVNet ``checkpoint``: :data:`CVNET_ROWS` with ReLU+ off (the reference's "off"), then the
+    same last row with ReLU+ on, then reranking: the paper's setting. Without one: the ImageNet
+    ``backbone`` with the whitening fitted on the embedded training split (needs ``data_root``),
+    rows :data:`MODULE_SETTINGS` then reranking. The network runs on ``device``.
+    """
+    from ..models import load_backbone, load_cvnet
+    if checkpoint is not None:
+        off = load_cvnet(checkpoint, depth=depth, relu_plus=False, device=device)
+        results, _ = module_table(off, dataset, cache_root, CVNET_ROWS, rerank, grid={}, max_side=max_side,
+                                  progress=progress)
+        del results[RERANK_ROW]
+        on = load_cvnet(checkpoint, depth=depth, relu_plus=True, device=device)
+        with_relu, _ = module_table(on, dataset, cache_root, {RELU_PLUS_ROW: CVNET_ROWS["+ Scale-GeM"]}, rerank,
+                                    grid={}, max_side=max_side, progress=progress)
+        results.update(with_relu)
+    else:
+        if data_root is None:
+            raise ValueError("paper_table: an ImageNet backbone needs data_root (its whitening's training split)")
+        model = load_backbone(backbone, device=device)
+        model.head = fit_training_whitening(model, data_root, cache_root, progress)
+        results, _ = module_table(model, dataset, cache_root, rerank=rerank, max_side=max_side, progress=progress)
+    return map_table({dataset.name: results})[dataset.name]
+
+
+__all__ = ["MODULE_SETTINGS", "RERANK_ROW", "CVNET_ROWS", "RELU_PLUS_ROW", "PAPER_R101_RERANK_HARD", "with_rows",
+           "module_table", "map_table", "training_images", "fit_training_whitening", "paper_table"]
