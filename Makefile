@@ -6,7 +6,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.sglib-installed
 DATA_ROOT ?= data
-export MPLBACKEND := Agg
+# OpenMP threads sleep when idle instead of spinning: a run sharing the CPU slows down in proportion
+# instead of crawling (measured in sglib/runtime.py). Thread count: SGLIB_THREADS, else the free CPUs.
+export OMP_WAIT_POLICY := PASSIVE
+export SGLIB_THREADS
 
 .PHONY: setup test demo bench data clean-cache
 

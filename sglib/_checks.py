@@ -25,3 +25,26 @@ def to_tensor(x, name: str) -> torch.Tensor:
     if isinstance(x, np.ndarray):
         return torch.from_numpy(np.ascontiguousarray(x))
     raise ValueError(f"{name}: expected a torch.Tensor or numpy array, got {type(x).__name__}")
+
+
+def check_float_tensor(x, name: str, ndim: int, nonempty: bool = True) -> None:
+    """Raise ``ValueError`` unless ``x`` is a floating torch tensor of ``ndim`` dims with no empty dimension."""
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name}: expected a floating torch.Tensor, got {type(x).__name__} "
+                         "(convert with torch.from_numpy(array).float())")
+    if not x.dtype.is_floating_point:
+        raise ValueError(f"{name}: expected a floating dtype (float32, float64, ...), got {x.dtype}")
+    check_tensor(x, name, ndim=ndim)
+    if nonempty and 0 in x.shape:
+        raise ValueError(f"{name}: has an empty dimension, shape {tuple(x.shape)}")
+
+
+def check_positive(value, name: str, allow_inf: bool = False) -> None:
+    """Raise ``ValueError`` unless ``value`` is a number > 0 (finite unless ``allow_inf``)."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = float(value)
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) and value > 0 and \
+        (np.isfinite(value) or (allow_inf and value == np.inf))
+    if not ok:
+        raise ValueError(f"{name}: expected a {'' if allow_inf else 'finite '}number > 0, got {value!r}")
+

@@ -30,12 +30,12 @@ def golden_checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def gnd_roxford():
-    import pickle
+    """The real revisited-Oxford ground truth from ../shared, read with the library's safe reader."""
+    from sglib.data.revisitop import read_revisitop_gnd
     path = REVISITOP / "gnd_roxford5k.pkl"
     if not path.exists():
-        pytest.skip(f"real ground truth not found at {path}")
-    with open(path, "rb") as f:
-        return pickle.load(f)
+        pytest.skip(f"real ground truth not found at {path} (../shared beside the clone, or set SGLIB_SHARED)")
+    return read_revisitop_gnd(path)
 
 
 @pytest.fixture(scope="session")

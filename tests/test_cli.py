@@ -58,3 +58,38 @@ def test_evaluate_reports_bad_input_clearly(tiny_dataset, golden_checkpoint, tmp
     assert r.returncode == 2 and "error:" in r.stderr and "Traceback" not in r.stderr
     r = run_cli("evaluate", "--data-root", tiny_dataset, "--dataset", "tiny_synthetic", "--checkpoint", tmp_path / "x.pyth")
     assert r.returncode == 2 and "weights file not found" in r.stderr
+
+
+@pytest.mark.parametrize("flag,value,expected", [
+    ("--relu-plus", "bogus", "expected one of on, off, none"),
+    ("--gem-p", "0", "finite number > 0"),
+    ("--gem-p", "nan", "finite number > 0"),
+    ("--scale-agg", "0", "max, mean or a finite number > 0"),
+    ("--scales", "0.001", "factors in [0.05, 4]"),
+    ("--max-side", "0", "integer >= 16"),
+    ("--threads", "-1", "integer >= 1"),
+    ("--beta", "-0.1", "finite number >= 0"),
+    ("--M", "20.0", "integer >= 2"),
+    ("--K", "-1", "integer >= 0"),
+    ("--device", "tpu", "cpu, cuda or cuda:N"),
+    ("--backbone", "vgg16", "expected one of efficientnet_lite0"),
+])
+def test_bad_flag_values_are_refused_when_parsed(flag, value, expected, capsys, tmp_path):
+    from sglib import cli
+    model = [] if flag == "--backbone" else ["--backbone", "efficientnet_lite0"]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["evaluate", "--data-root", str(tmp_path), "--dataset", "nothing_here", *model, flag, value])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert f"argument {flag}" in last and expected in last, last
+
+
+def test_cuda_without_a_gpu_is_refused_when_parsed(capsys, tmp_path):
+    from sglib import cli
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(SystemExit):
+        cli.main(["evaluate", "--data-root", str(tmp_path), "--dataset", "x", "--backbone", "mobilenet_v2",
+                  "--device", "cuda"])
+    assert "no CUDA device is visible" in capsys.readouterr().err

@@ -1,6 +1,4 @@
 """sglib.evaluation.streaming against sglib.evaluate.revisited on the full stable arg-sort ranking."""
-import pickle
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,7 +7,6 @@ import torch
 from sglib.evaluation import streaming as el
 from sglib.evaluation.revisited import PROTOCOLS, revisited
 
-GND_OXFORD = Path("/work/shared/revisitop/gnd_roxford5k.pkl")
 
 
 def assert_same_results(got, want):
@@ -73,10 +70,8 @@ def test_target_positions_match_argsort():
         np.testing.assert_array_equal(pos[i], np.argsort(order[i])[targets[i]])
 
 
-def test_real_oxford_gnd_with_synthetic_scores():
-    if not GND_OXFORD.exists():
-        pytest.fail(f"revisited Oxford ground truth missing: {GND_OXFORD}")
-    gnd = pickle.loads(GND_OXFORD.read_bytes())["gnd"]
+def test_real_oxford_gnd_with_synthetic_scores(gnd_roxford):
+    gnd = gnd_roxford["gnd"]
     rng = np.random.default_rng(0)
     n = 4993 + 3000  # the Oxford database plus synthetic distractors
     synthetic_scores = rng.standard_normal((len(gnd), n)).astype(np.float32)

@@ -113,3 +113,20 @@ def test_paper_table_with_cvnet_checkpoint(tiny_dataset, golden_checkpoint, tmp_
     expected = summary(revisited(rank_database(q, x), ds.gnd))
     assert table.loc["CVNet global (baseline)", "Medium"] == pytest.approx(round(expected["medium"], 1), abs=0.051)
     assert map_table({"t": {"r": revisited(rank_database(q, x), ds.gnd)}}).shape == (1, 3)
+
+
+def test_paper_table_runs_the_network_on_the_device_it_is_given(tiny_dataset, golden_checkpoint, tmp_path,
+                                                                   monkeypatch):
+    import sglib.models
+    seen = []
+    real = sglib.models.load_cvnet
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs.get("device"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sglib.models, "load_cvnet", recording)
+    ds = load_revisitop(tiny_dataset, "tiny_synthetic")
+    paper_table(ds, tmp_path / "cache", checkpoint=golden_checkpoint, depth=50, rerank=RerankSettings(M=6, K=2),
+                device="cpu", progress=False)
+    assert seen == ["cpu", "cpu"]

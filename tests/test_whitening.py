@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from sglib.method.descriptors import DescriptorSettings
-from sglib.models.whitening import (Whitening, fit_learned_whitening, fit_pca_whitening, fit_whitening_for,
+from sglib.models.whitening import (Whitening, canonical_eigh, fit_learned_whitening, fit_pca_whitening, fit_whitening_for,
                              pooled_descriptors)
 
 
@@ -178,3 +178,56 @@ def test_pooled_descriptors_are_the_heads_input():
         pooled_descriptors(net, [], settings)
     with pytest.raises(ValueError, match="gem_p"):
         pooled_descriptors(net, images, DescriptorSettings(gem_p=None))
+
+
+_THREADS_SCRIPT = """
+import hashlib
+import numpy as np
+import torch
+from sglib.models.whitening import fit_learned_whitening
+rng = np.random.default_rng(0)
+labels = np.repeat(np.arange(19), 20)            # the demo's shape: 19 classes, 380 images, 1280-d
+X = rng.standard_normal((19, 1280))[labels] + 0.5 * rng.standard_normal((380, 1280))
+X /= np.linalg.norm(X, axis=1, keepdims=True)
+i, j = np.triu_indices(len(labels), 1)
+same = labels[i] == labels[j]
+w = fit_learned_whitening(X, np.stack([i[same], j[same]], 1), shrinkage=0.3)
+scales = torch.from_numpy(rng.standard_normal((3, 5, 1280)).astype(np.float32))
+rows = torch.nn.functional.normalize(w(scales.reshape(15, 1280)).reshape(3, 5, -1), dim=-1).amax(0)
+print(hashlib.sha256(w.projection.numpy().tobytes()).hexdigest(), hashlib.sha256(rows.numpy().tobytes()).hexdigest())
+"""
+
+
+def test_fit_is_identical_with_one_and_two_threads():
+    # Before the canonical basis, the projections of these two runs differed by as much as their own
+    # size (LAPACK picks any basis of the ~900-dimensional zero-variance space), and so did the
+    # Scale-GeM rows (an element-wise max over whitened scales) computed from them.
+    import os
+    import subprocess
+    import sys
+    out = []
+    for threads in ("1", "2"):
+        env = {**os.environ, "OMP_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+        run = subprocess.run([sys.executable, "-c", _THREADS_SCRIPT], env=env, capture_output=True, text=True,
+                             timeout=300)
+        assert run.returncode == 0, run.stderr[-2000:]
+        out.append(run.stdout.split())
+    assert out[0][0] == out[1][0], "whitening projections differ between 1 and 2 threads"
+    assert out[0][1] == out[1][1], "Scale-GeM rows through the whitening differ between 1 and 2 threads"
+
+
+def test_canonical_eigh_is_a_decomposition_with_a_fixed_basis():
+    rng = np.random.default_rng(3)
+    basis = np.linalg.qr(rng.standard_normal((12, 12)))[0]
+    vals = np.array([5.0, 3.0, 3.0, 3.0, 1.0] + [0.0] * 7)        # two repeated eigenvalues
+    sym = (basis * vals) @ basis.T
+    got_vals, vecs = canonical_eigh(sym)
+    np.testing.assert_allclose(got_vals, vals, atol=1e-12)
+    np.testing.assert_allclose((vecs * got_vals) @ vecs.T, sym, atol=1e-12)
+    np.testing.assert_allclose(vecs.T @ vecs, np.eye(12), atol=1e-12)
+    # another basis of the same repeated eigenspaces gives the same vectors
+    rot = np.linalg.qr(rng.standard_normal((3, 3)))[0]
+    other = basis.copy()
+    other[:, 1:4] = basis[:, 1:4] @ rot
+    _, vecs2 = canonical_eigh((other * vals) @ other.T)
+    np.testing.assert_allclose(vecs2, vecs, atol=1e-9)

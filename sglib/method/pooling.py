@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .._checks import check_tensor
+from .._checks import check_float_tensor, check_positive
 
 __all__ = [
     "gem", "regional_gem", "scale_gem", "scale_mean", "relu_plus",
@@ -26,6 +26,7 @@ def relu_plus(x: torch.Tensor, floor: float = 0.014) -> torch.Tensor:
         >>> relu_plus(torch.tensor([-1.0, 0.0, 0.5]))
         tensor([0.0140, 0.0140, 0.5000])
     """
+    check_float_tensor(x, "x", ndim=x.ndim if isinstance(x, torch.Tensor) else 0, nonempty=False)
     return torch.clamp(x, min=floor)
 
 
@@ -47,7 +48,8 @@ def gem(x: torch.Tensor, p: float | torch.Tensor = 3.0, eps: float = 1e-6) -> to
         >>> gem(torch.ones(2, 8, 5, 7), p=4.6).shape
         torch.Size([2, 8])
     """
-    check_tensor(x, "x", ndim=4)
+    check_float_tensor(x, "x", ndim=4)
+    check_positive(p, "p")
     return x.clamp(min=eps).pow(p).mean(dim=(-2, -1)).pow(1.0 / p)
 
 
@@ -71,8 +73,9 @@ def regional_gem(x: torch.Tensor, p: float = 2.5, kernel: int = 5) -> torch.Tens
         >>> regional_gem(torch.rand(1, 4, 6, 6)).shape
         torch.Size([1, 4, 6, 6])
     """
-    check_tensor(x, "x", ndim=4)
-    if kernel < 1 or kernel % 2 == 0:
+    check_float_tensor(x, "x", ndim=4)
+    check_positive(p, "p")
+    if isinstance(kernel, bool) or not isinstance(kernel, int) or kernel < 1 or kernel % 2 == 0:
         raise ValueError(f"regional_gem: kernel must be a positive odd integer, got {kernel}")
     pad = kernel // 2
     mode = "reflect" if min(x.shape[-2:]) > pad else "replicate"
@@ -99,7 +102,8 @@ def scale_gem(descs: torch.Tensor, p: float = float("inf")) -> torch.Tensor:
         >>> scale_gem(torch.rand(3, 2, 16)).shape
         torch.Size([2, 16])
     """
-    check_tensor(descs, "descs", ndim=3)
+    check_float_tensor(descs, "descs", ndim=3)
+    check_positive(p, "p", allow_inf=True)
     if math.isinf(p):
         return F.normalize(descs, dim=-1).amax(dim=0)
     gamma = descs.min()
@@ -112,7 +116,7 @@ def scale_gem(descs: torch.Tensor, p: float = float("inf")) -> torch.Tensor:
 
 def scale_mean(descs: torch.Tensor) -> torch.Tensor:
     """Arithmetic mean of the raw per-scale descriptors (no Scale-GeM). (S, B, D) -> (B, D)."""
-    check_tensor(descs, "descs", ndim=3)
+    check_float_tensor(descs, "descs", ndim=3)
     return descs.mean(dim=0)
 
 
