@@ -42,24 +42,22 @@ def positive_int(flag: str, minimum: int = 1):
     return parse
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
-    return value
+def _number(minimum: float, strict: bool):
+    """A finite float above ``minimum`` (or at least it, when not ``strict``)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and (value > minimum if strict else value >= minimum)):
+            raise argparse.ArgumentTypeError(f"expected a finite number {'>' if strict else '>='} {minimum:g}, "
+                                             f"got {text!r}")
+        return value
+    return parse
 
 
-def _beta(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
-    return value
+_positive_float = _number(0, strict=True)
+_beta = _number(0, strict=False)
 
 
 def _scales(text: str) -> tuple:
@@ -243,17 +241,29 @@ def _nan_to_none(obj):
 
 
 def _add_download(sub):
+    def file_digest(text: str) -> tuple:
+        """``FILE=HEX`` -> (FILE, lower-case HEX): the expected sha256 of one downloaded file."""
+        name, _, digest = text.partition("=")
+        if not name or "/" in name or len(digest) != 64 or not set(digest) <= set("0123456789abcdefABCDEF"):
+            raise argparse.ArgumentTypeError(f"expected FILE=SHA256 with a file name (no folder) and 64 hexadecimal "
+                                             f"characters, like oxbuild_images-v1.tgz={'0' * 64}, got {text!r}")
+        return name, digest.lower()
+
     p = sub.add_parser("download", help="download roxford5k / rparis6k / revisitop1m (needs internet)")
     p.add_argument("dataset", choices=("roxford5k", "rparis6k", "revisitop1m"))
     p.add_argument("--data-root", required=True)
+    p.add_argument("--sha256", type=file_digest, action="append", default=[], metavar="FILE=SHA256",
+                   help="expected sha256 of one downloaded file, by its name (e.g. gnd_roxford5k.pkl or "
+                        "revisitop1m.7.tar.gz); repeatable; checked before the file is kept")
 
 
 def cmd_download(args):
     from .data.download import download_revisitop, download_revisitop1m
+    sha256 = dict(args.sha256)  # a name the dataset does not download: ValueError before any network access
     if args.dataset == "revisitop1m":
-        download_revisitop1m(args.data_root)
+        download_revisitop1m(args.data_root, sha256=sha256)
     else:
-        print(download_revisitop(args.dataset, args.data_root))
+        print(download_revisitop(args.dataset, args.data_root, sha256=sha256))
 
 
 def _add_data_and_demo(sub):

@@ -1,13 +1,15 @@
 """sglib.data.download against a local HTTP server (127.0.0.1, random port) serving *synthetic* archives.
 
 Nothing here reaches the internet: every base URL points at the in-test server, which supports
-Range requests and can inject 5xx answers or cut a response short.
+Range requests (with If-Range against an ETag or Last-Modified it can announce) and can inject
+5xx answers, cut a response short, omit Content-Length, send slowly or misbehave on purpose.
 """
 import hashlib
 import io
 import re
 import tarfile
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
@@ -15,6 +17,7 @@ import pytest
 from PIL import Image
 
 from sglib.data.revisitop import DatasetError, load_revisitop, load_revisitop1m_list, write_revisitop_gnd
+from sglib.data import download
 from sglib.data.download import (REVISITOP1M_PARTS, ArchiveError, DownloadError, download_revisitop,
                             download_revisitop1m, fetch)
 
@@ -36,6 +39,11 @@ class _Handler(BaseHTTPRequestHandler):
         if data is None:
             self.send_error(404)
             return
+        if_range = self.headers.get("If-Range")
+        state.if_range.append((self.path, if_range))
+        validators = {state.etag.get(self.path), state.modified.get(self.path)} - {None}
+        if if_range is not None and if_range not in validators and self.path not in state.ignore_if_range:
+            rng = None  # RFC 9110: a failed If-Range means the whole file is sent with 200
         start, status = 0, 200
         if rng:
             start = int(re.fullmatch(r"bytes=(\d+)-", rng).group(1))
@@ -46,19 +54,39 @@ class _Handler(BaseHTTPRequestHandler):
                 self.end_headers()
                 return
             status = 206
+        elif self.path in state.partial_without_range:  # misbehaving: 206 from byte 10 to a plain GET
+            start, status = 10, 206
         body = data[start:]
         self.send_response(status)
-        self.send_header("Content-Length", str(len(body)))
+        if self.path not in state.no_length:
+            self.send_header("Content-Length", str(len(body)))
         if status == 206:
             self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        if self.path in state.etag:
+            self.send_header("ETag", state.etag[self.path])
+        if self.path in state.modified:
+            self.send_header("Last-Modified", state.modified[self.path])
         self.end_headers()
         cut = state.cut.pop(self.path, None)
-        self.wfile.write(body if cut is None else body[:cut])  # HTTP/1.0: the connection closes after
+        body = body if cut is None else body[:cut]
+        delay = state.slow.get(self.path)
+        try:
+            if delay is None:
+                self.wfile.write(body)  # HTTP/1.0: the connection closes after
+            else:
+                for i in range(len(body)):  # one byte every `delay` seconds
+                    self.wfile.write(body[i:i + 1])
+                    self.wfile.flush()
+                    time.sleep(delay)
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up, as it should
+            pass
 
 
 class _State:
     def __init__(self):
         self.files, self.fail, self.cut, self.requests = {}, {}, {}, []
+        self.etag, self.modified, self.slow, self.if_range = {}, {}, {}, []
+        self.no_length, self.ignore_if_range, self.partial_without_range = set(), set(), set()
 
     def hits(self, path):
         return [r for p, r in self.requests if p == path]
@@ -306,3 +334,102 @@ def test_revisitop1m_download_resumes_per_part(server, tmp_path):
 def test_revisitop1m_bad_part_number(tmp_path):
     with pytest.raises(ValueError, match="1..100"):
         download_revisitop1m(tmp_path, parts=[0, 5])
+
+
+# ------------------------------------------------------------------ hostile / inconsistent servers
+
+def test_changed_remote_file_is_not_spliced_onto_a_stale_part(server, tmp_path):
+    old, new = b"A" * 50_000, b"B" * 60_000
+    server.files["/v.bin"], server.etag["/v.bin"] = old, '"v1"'
+    server.cut["/v.bin"] = 20_000
+    with pytest.raises(DownloadError, match="after 1 attempts"):
+        fetch(server.url + "/v.bin", tmp_path / "v.bin", retries=0, **FAST)
+    assert (tmp_path / "v.bin.part").stat().st_size == 20_000
+    server.files["/v.bin"], server.etag["/v.bin"] = new, '"v2"'   # the file changes on the server
+    assert fetch(server.url + "/v.bin", tmp_path / "v.bin", **FAST).read_bytes() == new
+    assert server.hits("/v.bin")[-1] == "bytes=20000-"
+    assert [h for p, h in server.if_range if p == "/v.bin"] == [None, '"v1"']
+    assert not (tmp_path / "v.bin.part").exists() and not (tmp_path / "v.bin.part.json").exists()
+
+
+def test_server_ignoring_if_range_is_caught_by_the_validator(server, tmp_path):
+    stamp = "Mon, 01 Jan 2024 00:00:00 GMT"
+    server.files["/w.bin"], server.modified["/w.bin"] = b"old" * 10_000, stamp   # no ETag: Last-Modified
+    server.cut["/w.bin"] = 1_000
+    with pytest.raises(DownloadError):
+        fetch(server.url + "/w.bin", tmp_path / "w.bin", retries=0, **FAST)
+    server.files["/w.bin"], server.modified["/w.bin"] = b"new" * 10_000, "Tue, 02 Jan 2024 00:00:00 GMT"
+    server.ignore_if_range.add("/w.bin")              # answers 206 from the new file anyway
+    assert fetch(server.url + "/w.bin", tmp_path / "w.bin", **FAST).read_bytes() == b"new" * 10_000
+    assert server.hits("/w.bin") == [None, "bytes=1000-", None]
+    assert [h for p, h in server.if_range if p == "/w.bin"] == [None, stamp, None]
+
+
+def test_206_to_a_plain_get_is_an_error(server, tmp_path):
+    server.files["/p.bin"] = bytes(range(100))
+    server.partial_without_range.add("/p.bin")
+    with pytest.raises(DownloadError, match=r"206 Partial Content.*without Range"):
+        fetch(server.url + "/p.bin", tmp_path / "p.bin", **FAST)
+    assert not (tmp_path / "p.bin").exists()
+
+
+def test_short_206_without_content_length_is_resumed_by_the_content_range_total(server, tmp_path):
+    data = bytes(range(256)) * 400
+    server.files["/n.bin"] = data
+    server.no_length.add("/n.bin")
+    (tmp_path / "n.bin.part").write_bytes(data[:1000])
+    server.cut["/n.bin"] = 5000                       # 206 says bytes 1000-102399/102400, sends 5000
+    assert fetch(server.url + "/n.bin", tmp_path / "n.bin", **FAST).read_bytes() == data
+    assert server.hits("/n.bin") == ["bytes=1000-", "bytes=6000-"]
+
+
+def test_known_sha256_is_used_and_checked(server, tmp_path, monkeypatch):
+    serve_synthetic_oxford(server, tmp_path)
+    monkeypatch.setattr(download, "KNOWN_SHA256", {"oxbuild_images-v1.tgz": "0" * 64})
+    with pytest.raises(DownloadError, match="sha256 .* does not match the expected 0000"):
+        download_revisitop("roxford5k", tmp_path / "data", **urls(server), **FAST)
+    good = hashlib.sha256(server.files["/vgg/oxbuildings/oxbuild_images-v1.tgz"]).hexdigest()
+    ds = download_revisitop("roxford5k", tmp_path / "data", sha256={"oxbuild_images-v1.tgz": good},
+                            **urls(server), **FAST)  # an explicit digest takes precedence
+    assert ds.n_db == 6
+    with pytest.raises(ValueError, match="does not download"):
+        download_revisitop("rparis6k", tmp_path / "data", sha256={"oxbuild_images-v1.tgz": good})
+    with pytest.raises(ValueError, match="64 hexadecimal"):
+        fetch(server.url + "/x", tmp_path / "x", sha256="abc", **FAST)
+
+
+def test_slow_server_hits_the_minimum_rate(server, tmp_path):
+    server.files["/slow.bin"] = b"z" * 200
+    server.slow["/slow.bin"] = 0.02                   # about 50 B/s
+    t0 = time.monotonic()
+    with pytest.raises(DownloadError, match=r"transfer rate \d+ B/s .* below the minimum of 1000 B/s"):
+        fetch(server.url + "/slow.bin", tmp_path / "slow.bin", retries=1, min_rate=1000, rate_window=0.3,
+              **FAST)
+    assert time.monotonic() - t0 < 3
+    assert not (tmp_path / "slow.bin").exists()
+
+
+def test_deadline_bounds_the_whole_download(server, tmp_path):
+    server.files["/late.bin"] = b"z" * 200
+    server.slow["/late.bin"] = 0.02                   # the whole body would take about 4 s
+    t0 = time.monotonic()
+    with pytest.raises(DownloadError, match=r"deadline of 0.5 s"):
+        fetch(server.url + "/late.bin", tmp_path / "late.bin", deadline=0.5, min_rate=None, **FAST)
+    assert time.monotonic() - t0 < 2
+
+
+def test_cli_sha256_flag(server, tmp_path, monkeypatch, capsys):
+    from sglib.cli import build_parser, main
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["download", "roxford5k", "--data-root", str(tmp_path), "--sha256", "abc"])
+    assert "64 hexadecimal" in capsys.readouterr().err
+    serve_synthetic_oxford(server, tmp_path)
+    monkeypatch.setenv("SGLIB_VGG_URL", server.url + "/vgg")
+    monkeypatch.setenv("SGLIB_REVISITOP_URL", server.url + "/gnd")
+    root = str(tmp_path / "data")
+    assert main(["download", "roxford5k", "--data-root", root, "--sha256", "paris_1-v1.tgz=" + "0" * 64]) == 2
+    assert "does not download" in capsys.readouterr().err and not server.requests
+    assert main(["download", "roxford5k", "--data-root", root, "--sha256", "oxbuild_images-v1.tgz=" + "A" * 64]) == 2
+    assert "does not match the expected " + "a" * 64 in capsys.readouterr().err
+    good = hashlib.sha256(server.files["/vgg/oxbuildings/oxbuild_images-v1.tgz"]).hexdigest()
+    assert main(["download", "roxford5k", "--data-root", root, "--sha256", f"oxbuild_images-v1.tgz={good}"]) == 0

@@ -1,4 +1,6 @@
 """sglib.search: exact blocked top-k against a naive full arg-sort, faiss indexes on synthetic data."""
+import hashlib
+
 import numpy as np
 import pytest
 import torch
@@ -182,3 +184,36 @@ def test_recall_at_k_counts_overlap():
     assert search.recall_at_k(approx, exact, 2) == pytest.approx((1 + 0) / 4)
     with pytest.raises(ValueError):
         search.recall_at_k(approx, exact[:1], 2)
+
+
+def test_altered_index_file_is_refused(tmp_path):
+    x = synthetic_clustered(500, 16, 5, seed=13)
+    q = synthetic_clustered(5, 16, 5, seed=14)
+    path = tmp_path / "index.faiss"
+    index = search.build_index(x, "flat")
+    search.save_index(index, path)
+    before = search.search_index(index, q, 10)
+    untouched = search.search_index(search.load_index(path), q, 10)
+    np.testing.assert_array_equal(before[1], untouched[1])
+    np.testing.assert_array_equal(before[0], untouched[0])
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF                                   # one byte of vector data changes
+    path.write_bytes(bytes(data))
+    with pytest.raises(search.IndexFileError, match="checksum mismatch: the file changed after it was saved"):
+        search.load_index(path)
+
+
+def test_index_without_valid_checksum_record_is_refused(tmp_path):
+    path = tmp_path / "index.faiss"
+    search.save_index(search.build_index(synthetic_clustered(100, 8, 3, seed=15), "flat"), path)
+    record = tmp_path / "index.faiss.sha256"
+    record.write_text("not a digest\n")
+    with pytest.raises(search.IndexFileError, match="unreadable.*re-save it"):
+        search.load_index(path)
+    record.unlink()
+    with pytest.raises(search.IndexFileError, match=r"no checksum record .*index\.faiss\.sha256.*re-save it"):
+        search.load_index(path)
+    path.write_bytes(b"not a faiss index")                      # consistent record, unparseable bytes
+    record.write_text(hashlib.sha256(b"not a faiss index").hexdigest() + "  index.faiss\n")
+    with pytest.raises(search.IndexFileError, match="corrupt or not a faiss index"):
+        search.load_index(path)

@@ -1,9 +1,13 @@
 """Download the revisited Oxford/Paris datasets and the revisitop1m distractors (needs internet).
 
 Resumable and checked: each file streams into ``FILE.part`` (resumed with an HTTP Range request
-after an interruption), connection errors and 5xx answers are retried a bounded number of times
-with exponential backoff, the byte count must match Content-Length (and a sha256 when given),
-and only then is the file renamed into place, so a finished file is never fetched again.
+after an interruption, guarded by ``If-Range`` with the ETag / Last-Modified recorded in
+``FILE.part.json``, so a file changed on the server is fetched afresh, never spliced), connection
+errors, 5xx answers and transfers slower than ``min_rate`` are retried a bounded number of times
+with exponential backoff, an optional ``deadline`` bounds the whole call, the byte count must
+match Content-Length (and a sha256 when given or listed in :data:`KNOWN_SHA256`), and only then
+is the file renamed into place, so a finished file is never fetched again. A body sent without
+Content-Length that ends early can only be caught by a sha256.
 Archives are read completely before anything is moved into the dataset; member paths that are
 absolute or contain ``..`` (or links/devices) make the archive rejected.
 
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import json
 import os
 import re
 import shutil
@@ -53,6 +58,12 @@ ARCHIVES = {
     "rparis6k": ("parisbuildings/paris_1-v1.tgz", "parisbuildings/paris_2-v1.tgz"),
 }
 
+# sha256 of the published files, by file name (as listed by :func:`dataset_files`). Deliberately
+# empty: the digests could not be computed where this code was written (no internet access). An
+# entry is added once a user with access has downloaded the file and verified it; from then on
+# every download of that file is checked against it (a ``sha256=`` argument takes precedence).
+KNOWN_SHA256: dict[str, str] = {}
+
 _CHUNK = 1 << 20
 _DOWNLOADS = ".download"  # per-dataset folder for archives and .part files
 
@@ -69,6 +80,33 @@ def _base_url(given: str | None, env: str, default: str) -> str:
     return (given or os.environ.get(env) or default).rstrip("/")
 
 
+def dataset_files(name: str) -> tuple:
+    """The names of the files a download of ``name`` fetches (the keys of a ``sha256`` dict).
+
+    Example:
+        >>> dataset_files("roxford5k")
+        ('gnd_roxford5k.pkl', 'oxbuild_images-v1.tgz')
+    """
+    if name == REVISITOP1M:
+        return (f"{REVISITOP1M}.txt",) + tuple(f"{REVISITOP1M}.{i}.tar.gz" for i in range(1, REVISITOP1M_PARTS + 1))
+    if name not in ARCHIVES:
+        raise ValueError(f"unknown dataset {name!r}; downloadable: {sorted(ARCHIVES) + [REVISITOP1M]}")
+    return (f"gnd_{name}.pkl",) + tuple(PurePosixPath(rel).name for rel in ARCHIVES[name])
+
+
+def _expected_sha256(name: str, given: dict | None) -> dict:
+    """:data:`KNOWN_SHA256` entries for ``name``'s files, overridden by ``given``; both checked."""
+    files = dataset_files(name)
+    given = dict(given or {})
+    unknown = sorted(set(given) - set(files))
+    if unknown:
+        shown = files if len(files) <= 4 else files[:3] + ("...",)
+        raise ValueError(f"sha256 given for {unknown}, which {name} does not download; its files: {', '.join(shown)}")
+    out = {f: KNOWN_SHA256[f] for f in files if f in KNOWN_SHA256}
+    out.update(given)
+    return {f: _check_sha256(v, f"sha256 of {f}") for f, v in out.items()}
+
+
 # ---------------------------------------------------------------------------------------------
 # one file
 
@@ -81,7 +119,11 @@ def _is_transient(exc: BaseException) -> bool:
 
 
 class _ShortRead(Exception):
-    """The connection ended before Content-Length bytes arrived (the .part is kept and resumed)."""
+    """A transfer ended early or must start over (the .part is kept and resumed, or was removed); retried."""
+
+
+class _DeadlinePassed(Exception):
+    """The overall deadline of :func:`fetch` passed during a transfer."""
 
 
 def _sha256(path: Path) -> str:
@@ -92,75 +134,197 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _transfer_once(url: str, part: Path, timeout: float, progress: bool) -> None:
-    """One HTTP request: append to ``part`` from its current size (Range) until Content-Length."""
+def _check_sha256(value, what: str) -> str:
+    """``value`` as a lower-case 64-hex-digit string; ValueError naming ``what`` otherwise."""
+    if not isinstance(value, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", value):
+        raise ValueError(f"{what}: expected a sha256 digest of 64 hexadecimal characters, got {value!r}")
+    return value.lower()
+
+
+# Resuming safely: when a .part is started, the server's validator (a strong ETag, else
+# Last-Modified) and the announced total size are recorded in FILE.part.json. A resume sends
+# ``Range`` with ``If-Range: <validator>``; the resumed body is accepted only as a 206 whose
+# Content-Range starts at the .part's size and whose validator and total match the record,
+# otherwise the .part is discarded and the file fetched from byte 0.
+
+
+def _sidecar(part: Path) -> Path:
+    return part.with_name(part.name + ".json")
+
+
+def _validator(headers) -> dict:
+    """The response's validator usable in If-Range: ``{"etag": ...}`` (strong only), ``{"last_modified": ...}`` or {}."""
+    etag = headers.get("ETag")
+    if etag and not etag.startswith("W/"):  # weak ETags are not allowed in If-Range
+        return {"etag": etag}
+    modified = headers.get("Last-Modified")
+    return {"last_modified": modified} if modified else {}
+
+
+def _read_record(part: Path):
+    """The record of ``part``: a dict, None when there is none (a .part from an older sglib), False if unreadable."""
+    side = _sidecar(part)
+    if not side.is_file():
+        return None
+    try:
+        record = json.loads(side.read_text())
+    except (OSError, ValueError):
+        return False
+    return record if isinstance(record, dict) else False
+
+
+def _discard(part: Path) -> None:
+    for path in (part, _sidecar(part)):
+        if path.exists():
+            path.unlink()
+
+
+def _transfer_once(url: str, part: Path, timeout: float, progress: bool, stop_at: float | None = None,
+                   min_rate: float | None = None, rate_window: float = 30.0) -> None:
+    """One HTTP request: append to ``part`` from its current size (Range + If-Range) until complete.
+
+    Args:
+        stop_at: ``time.monotonic()`` value after which the transfer is abandoned (_DeadlinePassed).
+        min_rate: bytes/s; a body arriving slower than this, averaged over consecutive windows of
+            ``rate_window`` seconds, is abandoned (_ShortRead, so the caller retries and resumes).
+
+    A body without Content-Length (and, for a 206, without a total in Content-Range) that ends
+    early cannot be told from a complete one: only a sha256 catches it.
+    """
+    record = _read_record(part) if part.exists() else None
+    if record is False:  # unreadable record: the .part cannot be trusted
+        _discard(part)
+        record = None
     have = part.stat().st_size if part.exists() else 0
-    req = urllib.request.Request(url, headers={"User-Agent": "sglib-download/1",
-                                               **({"Range": f"bytes={have}-"} if have else {})})
+    headers = {"User-Agent": "sglib-download/1"}
+    if have:
+        headers["Range"] = f"bytes={have}-"
+        validator = (record or {}).get("validator") or {}
+        if validator:
+            headers["If-Range"] = next(iter(validator.values()))
+    if stop_at is not None:
+        timeout = max(0.001, min(timeout, stop_at - time.monotonic()))
+    req = urllib.request.Request(url, headers=headers)
     try:
         resp = urllib.request.urlopen(req, timeout=timeout)
     except urllib.error.HTTPError as exc:
         if exc.code == 416 and have:
             # the .part already holds everything the server has, or is bogus: start over
             total = re.fullmatch(r"bytes \*/(\d+)", exc.headers.get("Content-Range", "") or "")
-            if total and int(total.group(1)) == have:
+            if total and int(total.group(1)) == have and (record or {}).get("total") in (None, have):
                 return
-            part.unlink()
+            _discard(part)
             raise _ShortRead(f"server refused to resume at byte {have}; restarting") from exc
         raise
     with resp:
-        if have and resp.status == 206:
-            m = re.match(r"bytes (\d+)-\d+/(\d+|\*)", resp.headers.get("Content-Range", ""))
+        if resp.status == 206 and not have:
+            raise DownloadError(f"{url}: the server answered 206 Partial Content (Content-Range "
+                                f"{resp.headers.get('Content-Range')!r}) to a request without Range; "
+                                f"expected 200 with the whole file")
+        if resp.status == 206:
+            m = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+|\*)", resp.headers.get("Content-Range", "").strip())
             if not m or int(m.group(1)) != have:
                 raise DownloadError(f"{url}: server resumed at the wrong offset "
                                     f"(Content-Range {resp.headers.get('Content-Range')!r}, wanted {have})")
-            mode = "ab"
-        else:  # 200: the server ignored Range (or there was nothing to resume)
+            length = resp.headers.get("Content-Length")
+            if length is not None and int(length) != int(m.group(2)) - have + 1:
+                raise DownloadError(f"{url}: Content-Length {length} contradicts Content-Range "
+                                    f"{resp.headers.get('Content-Range')!r}")
+            total = None if m.group(3) == "*" else int(m.group(3))
+            recorded = record or {}
+            changed = [what for what, ok in (
+                ("validator", not recorded.get("validator") or _validator(resp.headers) == recorded["validator"]),
+                ("size", recorded.get("total") is None or total == recorded["total"])) if not ok]
+            if changed:
+                _discard(part)
+                raise _ShortRead(f"{url} changed since {part.name} was started ({' and '.join(changed)} "
+                                 f"differ); restarting from byte 0")
+            expected, mode = int(m.group(2)) + 1, "ab"
+        else:  # 200: a fresh start, or the server ignored Range / If-Range did not match
             have, mode = 0, "wb"
-        length = resp.headers.get("Content-Length")
-        expected = have + int(length) if length is not None else None
-        with open(part, mode) as f, tqdm(total=expected, initial=have, unit="B", unit_scale=True,
+            length = resp.headers.get("Content-Length")
+            total = expected = int(length) if length is not None else None
+            _sidecar(part).write_text(json.dumps({"validator": _validator(resp.headers), "total": total}))
+        window_start = time.monotonic()
+        window_bytes = 0
+        with open(part, mode) as f, tqdm(total=total, initial=have, unit="B", unit_scale=True,
                                           unit_divisor=1024, desc=part.name[:-5], disable=not progress,
                                           leave=False) as bar:
             while True:
-                block = resp.read(_CHUNK)
+                block = resp.read1(_CHUNK)  # whatever has arrived, so slow bodies are noticed
                 if not block:
                     break
                 f.write(block)
                 bar.update(len(block))
+                now = time.monotonic()
+                window_bytes += len(block)
+                if stop_at is not None and now > stop_at:
+                    raise _DeadlinePassed()
+                if min_rate and now - window_start >= rate_window:
+                    rate = window_bytes / (now - window_start)
+                    if rate < min_rate:
+                        raise _ShortRead(f"{url}: transfer rate {rate:.0f} B/s over {now - window_start:.1f} s "
+                                         f"is below the minimum of {min_rate:g} B/s (min_rate)")
+                    window_start, window_bytes = now, 0
     got = part.stat().st_size
-    if expected is not None and got != expected:
-        if got > expected:
-            part.unlink()
-            raise DownloadError(f"{url}: received {got} bytes, more than Content-Length {expected}")
+    if expected is not None and got > expected:
+        _discard(part)
+        raise DownloadError(f"{url}: received {got} bytes, more than the {expected} announced")
+    if expected is not None and got < expected:
         raise _ShortRead(f"{url}: connection closed after {got} of {expected} bytes")
+    if total is not None and got < total:  # a 206 that covered only part of the rest
+        raise _ShortRead(f"{url}: the server sent bytes up to {got} of {total}; resuming")
 
 
 def fetch(url: str, dest, *, sha256: str | None = None, retries: int = 5, backoff: float = 2.0,
-          timeout: float = 60.0, progress: bool = True) -> Path:
+          timeout: float = 60.0, progress: bool = True, deadline: float | None = None,
+          min_rate: float | None = 1024, rate_window: float = 30.0) -> Path:
     """Download ``url`` to ``dest`` resumably; returns ``dest``. An existing ``dest`` is kept as is.
 
-    Bytes go to ``dest.part``; after an interruption the next attempt (or the next call) asks for
-    the rest with ``Range``. Connection errors, short reads and 5xx/408/429 answers are retried up
-    to ``retries`` times, waiting ``backoff * 2**k`` seconds (at most 60) before retry ``k``. Other
-    HTTP errors (404, 403) fail at once. The size must match Content-Length and, if given, the
-    sha256; then ``.part`` is renamed to ``dest``.
+    Bytes go to ``dest.part`` (with ``dest.part.json`` recording the server's ETag / Last-Modified
+    and size); after an interruption the next attempt (or the next call) asks for the rest with
+    ``Range`` and ``If-Range``, and starts over if the remote file changed. Connection errors,
+    short reads, too-slow transfers and 5xx/408/429 answers are retried up to ``retries`` times,
+    waiting ``backoff * 2**k`` seconds (at most 60) before retry ``k``. Other HTTP errors (404,
+    403) fail at once. The size must match Content-Length (or the total of Content-Range) and, if
+    given, the sha256; then ``.part`` is renamed to ``dest``. Without Content-Length and without
+    sha256, a body cut short cannot be detected.
+
+    Args:
+        sha256: expected hex digest of the whole file (64 hex characters).
+        timeout: seconds a connection or a single read may stall.
+        deadline: seconds for the whole call (all attempts and waits); None: no limit. Checked
+            between reads, and each read waits at most the time left.
+        min_rate: bytes/s; an attempt whose body arrives slower, averaged over a window of
+            ``rate_window`` seconds, is abandoned and retried (resuming). None or 0: no minimum.
 
     Raises:
-        DownloadError: HTTP error, retries exhausted, or size/checksum mismatch.
+        DownloadError: HTTP error, retries exhausted, deadline passed, or size/checksum mismatch.
+        ValueError: ``sha256`` is not 64 hex characters.
     """
+    if sha256 is not None:
+        sha256 = _check_sha256(sha256, f"sha256 for {url}")
     dest = Path(dest)
     if dest.is_file():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
+    stop_at = None if deadline is None else time.monotonic() + deadline
+
+    def deadline_error():
+        got = part.stat().st_size if part.exists() else 0
+        return DownloadError(f"download of {url} did not finish within the deadline of {deadline:g} s "
+                             f"({got} bytes in {part}); run again to resume, or allow a longer deadline")
+
     attempt = 0
     while True:
         try:
-            _transfer_once(url, part, timeout, progress)
+            _transfer_once(url, part, timeout, progress, stop_at, min_rate, rate_window)
             break
         except DownloadError:
             raise
+        except _DeadlinePassed:
+            raise deadline_error() from None
         except Exception as exc:
             if not _is_transient(exc):
                 detail = f"HTTP {exc.code} {exc.reason}" if isinstance(exc, urllib.error.HTTPError) else repr(exc)
@@ -168,14 +332,18 @@ def fetch(url: str, dest, *, sha256: str | None = None, retries: int = 5, backof
             if attempt >= retries:
                 raise DownloadError(f"download of {url} failed after {attempt + 1} attempts; last error: "
                                     f"{exc}. Run again to resume from {part}") from exc
-            time.sleep(min(backoff * 2 ** attempt, 60.0))
+            wait = min(backoff * 2 ** attempt, 60.0)
+            if stop_at is not None and time.monotonic() + wait >= stop_at:
+                raise deadline_error() from exc
+            time.sleep(wait)
             attempt += 1
     if sha256 is not None:
         digest = _sha256(part)
-        if digest != sha256.lower():
-            part.unlink()
+        if digest != sha256:
+            _discard(part)
             raise DownloadError(f"{url}: sha256 {digest} does not match the expected {sha256}; file removed")
     os.replace(part, dest)
+    _sidecar(part).unlink(missing_ok=True)
     return dest
 
 
@@ -243,8 +411,8 @@ def _move_tree(src: Path, dst: Path) -> None:
 
 def download_revisitop(name: str, data_root, *, images_url: str | None = None, gnd_url: str | None = None,
                        sha256: dict | None = None, retries: int = 5, backoff: float = 2.0,
-                       timeout: float = 60.0, keep_archives: bool = False,
-                       progress: bool = True) -> RevisitopDataset:
+                       timeout: float = 60.0, deadline: float | None = None, min_rate: float | None = 1024,
+                       keep_archives: bool = False, progress: bool = True) -> RevisitopDataset:
     """Download ``roxford5k`` or ``rparis6k`` into ``DATA_ROOT/datasets/NAME/`` and return it loaded.
 
     Fetches ``gnd_NAME.pkl`` and the image archives (all resumable), extracts the images flat into
@@ -257,18 +425,19 @@ def download_revisitop(name: str, data_root, *, images_url: str | None = None, g
         data_root: data root; the dataset lands in ``data_root/datasets/NAME``.
         images_url: base URL of the archives (default env ``SGLIB_VGG_URL`` or :data:`VGG_URL`).
         gnd_url: base URL of the ground truth (default env ``SGLIB_REVISITOP_URL`` or :data:`REVISITOP_URL`).
-        sha256: optional ``{file name: hex digest}`` for the archives / gnd file.
-        retries, backoff, timeout: per-file retry policy (see :func:`fetch`).
+        sha256: optional ``{file name: hex digest}`` for the archives / gnd file (names as in
+            :func:`dataset_files`); added to, and taking precedence over, :data:`KNOWN_SHA256`.
+        retries, backoff, timeout, deadline, min_rate: per-file policy (see :func:`fetch`).
         keep_archives: keep the downloaded archives in ``NAME/.download/`` after extraction.
         progress: show tqdm bars.
 
     Raises:
-        ValueError: unknown name; DownloadError / ArchiveError: fetch or integrity failure (the
+        ValueError: unknown name, or a bad sha256 entry; DownloadError / ArchiveError: fetch or integrity failure (the
         dataset is then left without ``gnd_NAME.pkl``, i.e. not claiming to be complete).
     """
     if name not in ARCHIVES:
         raise ValueError(f"unknown dataset {name!r}; downloadable: {sorted(ARCHIVES)}")
-    sha256 = sha256 or {}
+    sha256 = _expected_sha256(name, sha256)
     images_url = _base_url(images_url, "SGLIB_VGG_URL", VGG_URL)
     gnd_url = _base_url(gnd_url, "SGLIB_REVISITOP_URL", REVISITOP_URL)
     folder = Path(data_root) / "datasets" / name
@@ -279,7 +448,8 @@ def download_revisitop(name: str, data_root, *, images_url: str | None = None, g
         except DatasetError:
             pass  # incomplete (e.g. images deleted): fetch again what is missing
     dl = folder / _DOWNLOADS
-    opts = dict(retries=retries, backoff=backoff, timeout=timeout, progress=progress)
+    opts = dict(retries=retries, backoff=backoff, timeout=timeout, deadline=deadline, min_rate=min_rate,
+                progress=progress)
 
     gnd_tmp = fetch(f"{gnd_url}/{name}/gnd_{name}.pkl", dl / gnd_file.name, sha256=sha256.get(gnd_file.name), **opts)
     try:
@@ -327,7 +497,8 @@ def download_revisitop(name: str, data_root, *, images_url: str | None = None, g
 
 
 def download_revisitop1m(data_root, parts=range(1, REVISITOP1M_PARTS + 1), *, base_url: str | None = None,
-                         retries: int = 5, backoff: float = 2.0, timeout: float = 60.0,
+                         sha256: dict | None = None, retries: int = 5, backoff: float = 2.0,
+                         timeout: float = 60.0, deadline: float | None = None, min_rate: float | None = 1024,
                          keep_archives: bool = False, progress: bool = True) -> Path:
     """Download the revisitop1m distractors into ``DATA_ROOT/datasets/revisitop1m/``; returns its ``jpg/``.
 
@@ -339,28 +510,34 @@ def download_revisitop1m(data_root, parts=range(1, REVISITOP1M_PARTS + 1), *, ba
     Args:
         data_root: data root. parts: which archives (1-based), all by default.
         base_url: default env ``SGLIB_REVISITOP1M_URL`` or :data:`REVISITOP1M_URL`.
-        retries, backoff, timeout, keep_archives, progress: as in :func:`download_revisitop`.
+        sha256: optional ``{file name: hex digest}`` for ``revisitop1m.txt`` / ``revisitop1m.{i}.tar.gz``,
+            added to, and taking precedence over, :data:`KNOWN_SHA256`.
+        retries, backoff, timeout, deadline, min_rate, keep_archives, progress: as in
+            :func:`download_revisitop`.
 
     Raises:
-        ValueError: a part number outside 1..100; DownloadError / ArchiveError; MissingImagesError
+        ValueError: a part number outside 1..100, or a bad sha256 entry; DownloadError / ArchiveError; MissingImagesError
         when all parts are in but listed images are absent.
     """
     parts = sorted(set(int(p) for p in parts))
     bad = [p for p in parts if not 1 <= p <= REVISITOP1M_PARTS]
     if bad:
         raise ValueError(f"revisitop1m parts are numbered 1..{REVISITOP1M_PARTS}, got {bad}")
+    sha256 = _expected_sha256(REVISITOP1M, sha256)
     base_url = _base_url(base_url, "SGLIB_REVISITOP1M_URL", REVISITOP1M_URL)
     folder = Path(data_root) / "datasets" / REVISITOP1M
     dl, jpg = folder / _DOWNLOADS, folder / IMAGE_DIR
-    opts = dict(retries=retries, backoff=backoff, timeout=timeout, progress=progress)
-    fetch(f"{base_url}/{REVISITOP1M}.txt", folder / f"{REVISITOP1M}.txt", **opts)
+    opts = dict(retries=retries, backoff=backoff, timeout=timeout, deadline=deadline, min_rate=min_rate,
+                progress=progress)
+    listing = f"{REVISITOP1M}.txt"
+    fetch(f"{base_url}/{listing}", folder / listing, sha256=sha256.get(listing), **opts)
 
     for i in tqdm(parts, desc="revisitop1m archives", unit="archive", disable=not progress):
         done = dl / f"part{i}.done"
         if done.is_file():
             continue
         fname = f"{REVISITOP1M}.{i}.tar.gz"
-        archive = fetch(f"{base_url}/{IMAGE_DIR}/{fname}", dl / fname, **opts)
+        archive = fetch(f"{base_url}/{IMAGE_DIR}/{fname}", dl / fname, sha256=sha256.get(fname), **opts)
         staging = dl / f"part{i}.partial"
         shutil.rmtree(staging, ignore_errors=True)
         try:

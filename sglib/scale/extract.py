@@ -65,7 +65,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..data.preprocess import load_network_input
+from ..data.preprocess import MIN_SIDE, load_network_input
 from ..method.descriptors import DescriptorSettings, combine_scales, pooled_vector, resize_input
 
 FORMAT = "sglib-features/2"   # 2: per-image sizes and times, shard checksums
@@ -550,16 +550,7 @@ def finalize_job(out_dir) -> dict:
     """
     out = Path(out_dir)
     manifest = read_manifest(out)
-    paths = _job_paths(out)
-    dim, bad = None, {}
-    for k in range(manifest["n_shards"]):
-        rows, why = _check_shard(out, manifest, k, dim, paths)
-        if rows is None:
-            bad[k] = why
-        elif rows.shape[1]:
-            dim = rows.shape[1]
-    if bad:
-        raise ValueError(_incomplete_message(out, manifest, bad))
+    _, dim = _checked_shards(out, manifest)
     failed = failed_images(out)
     _write_json(out / _FAILED, failed)
     manifest.update(dim=dim, status="complete", n_failed=len(failed))
@@ -568,6 +559,22 @@ def finalize_job(out_dir) -> dict:
         if _dead_writer(tmp):
             tmp.unlink(missing_ok=True)
     return manifest
+
+
+def _checked_shards(out: Path, manifest: dict) -> tuple[list[np.ndarray], int | None]:
+    """Every shard's rows, checked (:func:`_check_shard`), and their dimension; ValueError listing the bad ones."""
+    paths = _job_paths(out)
+    shards, dim, bad = [], None, {}
+    for k in range(manifest["n_shards"]):
+        rows, why = _check_shard(out, manifest, k, dim, paths)
+        if rows is None:
+            bad[k] = why
+        elif rows.shape[1]:
+            dim = rows.shape[1]
+        shards.append(rows)
+    if bad:
+        raise ValueError(_incomplete_message(out, manifest, bad))
+    return shards, dim
 
 
 def _incomplete_message(out: Path, manifest: dict, bad: dict) -> str:
@@ -634,18 +641,7 @@ def load_features(out_dir, on_failed: str = "raise") -> np.ndarray:
         raise ValueError(f"on_failed must be 'raise' or 'warn', got {on_failed!r}")
     out = Path(out_dir)
     manifest = read_manifest(out)
-    paths = _job_paths(out)
-    dim = manifest.get("dim") if manifest.get("status") == "complete" else None
-    shards, bad = [], {}
-    for k in range(manifest["n_shards"]):
-        rows, why = _check_shard(out, manifest, k, dim, paths)
-        if rows is None:
-            bad[k] = why
-        elif rows.shape[1]:
-            dim = rows.shape[1]
-        shards.append(rows)
-    if bad:
-        raise ValueError(_incomplete_message(out, manifest, bad))
+    shards, dim = _checked_shards(out, manifest)
     if manifest.get("status") != "complete":
         manifest = finalize_job(out)  # every shard is there: a worker stopped before finalising
     feats = np.full((manifest["n_images"], dim or 0), np.nan, np.float32)
@@ -773,8 +769,9 @@ def build_extractor(model: torch.nn.Module, settings: DescriptorSettings | Mappi
 
     norm = model.normalization
     identity = {"model": model.name, "state": model_key(model), "settings": [st.as_dict() for st in group],
-                "norm": dataclasses.asdict(norm), "max_side": max_side, "relu_plus": getattr(model, "relu_plus", None)}
-    load = functools.partial(load_network_input, norm=norm, max_side=max_side)
+                "norm": dataclasses.asdict(norm), "max_side": max_side, "min_side": MIN_SIDE,
+                "relu_plus": getattr(model, "relu_plus", None)}
+    load = functools.partial(load_network_input, norm=norm, max_side=max_side, min_side=MIN_SIDE)
     return Extractor(describe, load, identity, batch_size=batch_size, num_workers=num_workers)
 
 

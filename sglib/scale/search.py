@@ -339,20 +339,69 @@ def search_index(index, q, k: int, *, nprobe: int | None = None, ef_search: int 
     return scores, ids
 
 
+def _checksum_path(path: str) -> str:
+    """The checksum record written next to an index file: ``PATH.sha256``."""
+    return path + ".sha256"
+
+
 def save_index(index, path) -> None:
-    """Write a faiss index to ``path`` (parent folders are created)."""
+    """Write a faiss index to ``path`` and its sha256 to ``path + ".sha256"`` (parent folders are created).
+
+    The index is serialised in memory (one extra copy of its size), hashed, and written through a
+    temporary file renamed into place; the record holds ``HEX  FILENAME`` (``sha256sum`` format),
+    so ``sha256sum -c PATH.sha256`` run in the file's folder also checks it.
+    """
+    import hashlib
+
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    faiss.write_index(index, path)
+    data = faiss.serialize_index(index)  # 1-D uint8 array: exactly the bytes load_index will read
+    record = f"{hashlib.sha256(data).hexdigest()}  {os.path.basename(path)}\n".encode()
+    for target, payload in ((path, data), (_checksum_path(path), record)):
+        tmp = f"{target}.tmp{os.getpid()}"
+        with open(tmp, "wb") as f:
+            f.write(payload)
+        os.replace(tmp, target)
+
+
+def _recorded_digest(path: str) -> str:
+    """The sha256 hex digest recorded by :func:`save_index` for ``path``; IndexFileError if absent or malformed."""
+    record = _checksum_path(path)
+    resave = (f"if you trust the file, re-save it: save_index(faiss.read_index({path!r}), {path!r}); "
+              f"otherwise rebuild it with build_index")
+    if not os.path.isfile(record):
+        raise IndexFileError(f"faiss index {path} has no checksum record {record} (written by save_index), so it "
+                             f"cannot be checked for corruption or changes; {resave}")
+    try:
+        with open(record) as f:
+            digest = f.read(200).split()[0].lower()
+    except (OSError, UnicodeDecodeError, IndexError):
+        digest = ""
+    if len(digest) != 64 or not set(digest) <= set("0123456789abcdef"):
+        raise IndexFileError(f"checksum record {record} is unreadable (expected a 64-character sha256 hex digest "
+                             f"first); {resave}")
+    return digest
 
 
 def load_index(path):
-    """Read a faiss index written by :func:`save_index`; :class:`IndexFileError` if missing or corrupt."""
+    """Read a faiss index written by :func:`save_index`, after checking its sha256 record.
+
+    Raises:
+        IndexFileError: the file is missing, its ``.sha256`` record is missing or malformed, the bytes
+            changed after saving (checksum mismatch), or faiss cannot parse them.
+    """
+    import hashlib
+
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise IndexFileError(f"faiss index file not found: {path}")
+    expected = _recorded_digest(path)
+    data = np.fromfile(path, dtype=np.uint8)
+    if hashlib.sha256(data).hexdigest() != expected:
+        raise IndexFileError(f"faiss index {path}: checksum mismatch: the file changed after it was saved "
+                             f"(sha256 differs from {_checksum_path(path)}); rebuild it or restore the saved copy")
     try:
-        return faiss.read_index(path)
+        return faiss.deserialize_index(data)
     except RuntimeError as e:
         raise IndexFileError(f"could not read faiss index {path} (corrupt or not a faiss index): "
                              f"{str(e).strip().splitlines()[-1]}") from None
