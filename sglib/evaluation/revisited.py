@@ -44,7 +44,9 @@ def _check_inputs(ranks, gnd):
             ids = np.asarray(g[k])
             if ids.size and (not np.issubdtype(ids.dtype, np.integer) or ids.min() < 0):
                 raise ValueError(f"gnd[{i}]['{k}']: expected non-negative integer database indices, got {g[k]!r}")
-    if ranks.size and ranks.min() < 0:
+    if 0 in ranks.shape:
+        raise ValueError(f"ranks: empty, shape {ranks.shape} (no queries or no database images); nothing to evaluate")
+    if ranks.min() < 0:
         q = int(np.argwhere(ranks < 0)[0, 0])
         raise ValueError(f"ranks: row {q} holds a negative database index ({int(ranks[q].min())}); a faiss "
                          "search pads missing results with -1: search with k <= N or drop those entries")

@@ -68,6 +68,9 @@ def resize_input(x: torch.Tensor, scale: float) -> torch.Tensor:
     if scale == 1.0:
         return x
     h, w = x.shape[-2:]
+    if int(h * scale) < 1 or int(w * scale) < 1:
+        raise ValueError(f"scale {scale:g} turns a {w}x{h} input into {int(w * scale)}x{int(h * scale)} pixels: "
+                         "use a larger scale or a larger image")
     return F.interpolate(x, size=(int(h * scale), int(w * scale)), mode="bilinear",
                          align_corners=False, antialias=False)
 

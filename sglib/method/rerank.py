@@ -184,6 +184,9 @@ def _check(q, n, d, ranks, M, K, beta):
 
 def _raise_non_finite(cands, top):
     bad = ~torch.isfinite(cands).all(-1)
-    ids = torch.unique(top[bad]) if bool(bad.any()) else torch.unique(top)
-    raise ValueError(f"x: database descriptor(s) {ids[:10].tolist()} among the top-M candidates contain "
-                     "NaN or infinite values, or their similarities overflow")
+    if bool(bad.any()):
+        raise ValueError(f"x: database descriptor(s) {torch.unique(top[bad])[:10].tolist()} among the top-M "
+                         "candidates contain NaN or infinite values")
+    big = torch.unique(top[cands.abs().amax(-1) > 1e15])
+    raise ValueError(f"x: the similarities of database descriptor(s) {big[:10].tolist()} overflow float32: "
+                     "SuperGlobal expects L2-normalised descriptors (unit rows)")

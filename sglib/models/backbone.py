@@ -22,6 +22,7 @@ from typing import Sequence
 
 import torch
 
+from .._checks import check_float_tensor
 from ..method.descriptors import DescriptorSettings, describe_from_maps, multiscale_descriptor, resize_input
 
 
@@ -50,6 +51,7 @@ class Backbone:
     def describe_with(self, x: torch.Tensor, settings: DescriptorSettings = DescriptorSettings(),
                       normalize: bool = True) -> torch.Tensor:
         """SuperGlobal descriptor of network-ready images: (B, 3, H, W) -> (B, D), unit rows when ``normalize``."""
+        check_float_tensor(x, "x", ndim=4)
         self._check_settings(settings)
         return multiscale_descriptor(self.feature_map, self.descriptor_head, x.to(self._device()), settings,
                                      learned_p=self.learned_p, normalize=normalize)

@@ -56,7 +56,13 @@ def load_state_strict(model: nn.Module, state: dict, path, label: str, optional_
         if k in expected and v.shape != expected[k].shape:
             raise CheckpointError(f"{path}: tensor '{k}' has shape {tuple(v.shape)}, expected "
                                   f"{tuple(expected[k].shape)} for a {label}")
+        if k in expected and expected[k].is_floating_point() and not v.is_floating_point():
+            raise CheckpointError(f"{path}: tensor '{k}' has dtype {v.dtype}, expected a floating dtype "
+                                  f"({expected[k].dtype}) for a {label}")
         if v.is_floating_point() and not torch.isfinite(v).all():
             raise CheckpointError(f"{path}: tensor '{k}' contains NaN or infinite values")
+        if k.endswith("running_var") and bool((v < 0).any()):
+            raise CheckpointError(f"{path}: batch-norm variance '{k}' has negative values "
+                                  f"(min {float(v.min()):.3g}); a variance is >= 0: the file is damaged")
     model.load_state_dict(state, strict=False)
     return set(absent)

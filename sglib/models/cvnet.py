@@ -105,4 +105,7 @@ def load_cvnet(path, depth: int = 50, relu_plus: bool | None = True, device="cpu
     if depth == 50 and "s3.b7.f.a.weight" in state:
         raise CheckpointError(f"{path}: holds a ResNet-101 (stage 3 has more than 6 blocks): pass depth=101")
     load_state_strict(model, state, path, f"ResNet-{depth}")
+    p = float(model.head.pool.p.detach())
+    if not p > 0:
+        raise CheckpointError(f"{path}: the learned GeM exponent head.pool.p is {p:g}; GeM needs p > 0")
     return model.eval().to(device)

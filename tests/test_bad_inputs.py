@@ -1,0 +1,204 @@
+"""Bad inputs a user can give, one test per case: the error type and its key words, or the correct result.
+
+Cases covered in other files (named in the README's "What bad input gets" table): image modes, pixel
+budget, tiny images (test_preprocess.py), downloads (test_download.py), faiss index files
+(test_search.py), CLI flag values (test_cli.py), edited images and altered shards (test_pipeline.py,
+test_extract.py), thread-dependent whitening (test_whitening.py).
+"""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import sglib
+from sglib.cli import _nan_to_none
+from sglib.evaluation.retrieval import RerankSettings, evaluate_retrieval
+from sglib.evaluation.revisited import revisited
+from sglib.method.descriptors import DescriptorSettings
+from sglib.models import CheckpointError, SuperGlobalNet, load_cvnet
+from sglib.scale.extract import (Extractor, build_extractor, extract_features, failed_images, finalize_job,
+                                 prepare_job)
+
+from test_extract import write_synthetic_images
+
+
+def unit_rows(n, d, seed=0):
+    x = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+GND = [{"easy": [0], "hard": [1], "junk": []}]
+
+
+# ------------------------------------------------------------------------------- 1. silently wrong numbers
+
+def test_negative_id_in_a_ranking_is_refused():
+    # a faiss result padded with -1 used to count as image N-1 (AP 1.0 for a positive never retrieved)
+    with pytest.raises(ValueError, match="negative database index.*-1"):
+        revisited(np.array([[-1, 0, 1]]), [{"easy": [2], "hard": [], "junk": []}])
+
+
+def test_negative_id_in_ground_truth_is_refused():
+    with pytest.raises(ValueError, match=r"gnd\[0\]\['easy'\]: expected non-negative"):
+        revisited(np.array([[0, 1, 2]]), [{"easy": [-1], "hard": [], "junk": []}])
+
+
+def test_nan_database_descriptor_is_refused_without_reranking():
+    x = unit_rows(20, 8)
+    x[5] = np.nan
+    with pytest.raises(ValueError, match="database row 5 holds NaN"):
+        evaluate_retrieval(x[:1], x, GND)
+
+
+@pytest.mark.parametrize("beta", [-0.1, float("nan"), float("inf")])
+def test_nonsense_beta_is_refused(beta):
+    x = unit_rows(30, 8)
+    ranks = np.argsort(-x[:2] @ x.T, axis=1)
+    with pytest.raises(ValueError, match="beta: expected a finite number >= 0"):
+        sglib.rerank.superglobal(x[:2], x, ranks, M=10, K=3, beta=beta)
+    with pytest.raises(ValueError, match="beta"):
+        RerankSettings(M=10, K=3, beta=beta)
+
+
+def test_duplicate_ids_in_a_rerank_head_are_refused():
+    x = unit_rows(30, 8)
+    ranks = np.argsort(-x[:1] @ x.T, axis=1)
+    ranks[0, 3] = ranks[0, 0]
+    with pytest.raises(ValueError, match="repeats a database index"):
+        sglib.rerank.superglobal(x[:1], x, ranks, M=10, K=3)
+
+
+@pytest.mark.parametrize("kwargs,words", [
+    ({"gem_p": 0.0}, "gem_p must be a finite number > 0"), ({"gem_p": -3.0}, "gem_p must be"),
+    ({"scales": (0.0,)}, "scales must be finite positive"), ({"scale_agg": 0}, "scale_agg must be"),
+    ({"regional_kernel": 4}, "positive odd integer"), ({"regional_p": float("nan")}, "regional_p"),
+])
+def test_nonsense_descriptor_settings_are_refused(kwargs, words):
+    with pytest.raises(ValueError, match=words):
+        DescriptorSettings(**kwargs)
+
+
+@pytest.mark.parametrize("max_side", [0, -5, 8])
+def test_nonsense_max_side_is_refused(max_side):
+    with pytest.raises(ValueError, match="max_side: expected an integer >= 16"):
+        build_extractor(SuperGlobalNet(50).eval(), DescriptorSettings(scales=(1.0,)), max_side=max_side)
+
+
+@pytest.mark.parametrize("ks", [(0,), (), (1.5,), (-1, 5)])
+def test_nonsense_ks_are_refused(ks):
+    with pytest.raises(ValueError, match="ks: expected"):
+        revisited(np.array([[0, 1, 2]]), GND, ks=ks)
+
+
+def test_checkpoint_with_zero_learned_p_is_refused(tmp_path):
+    state = SuperGlobalNet(50).state_dict()
+    state["head.pool.p"] = torch.zeros(1)
+    torch.save({"model_state": state}, tmp_path / "p0.pyth")
+    with pytest.raises(CheckpointError, match="head.pool.p is 0; GeM needs p > 0"):
+        load_cvnet(tmp_path / "p0.pyth")
+
+
+def test_integer_dtype_checkpoint_is_refused(tmp_path):
+    state = SuperGlobalNet(50).state_dict()
+    state["stem.conv.weight"] = state["stem.conv.weight"].to(torch.int32)
+    torch.save({"model_state": state}, tmp_path / "int.pyth")
+    with pytest.raises(CheckpointError, match="'stem.conv.weight' has dtype torch.int32, expected a floating"):
+        load_cvnet(tmp_path / "int.pyth")
+
+
+# ------------------------------------------------------------------------------- 2. the cache
+
+def test_a_live_writers_temporary_file_is_left_alone(tmp_path):
+    # finalising one job used to delete every .tmp in the folder, a concurrent writer's included
+    paths = write_synthetic_images(tmp_path / "img", 2)
+    ex = Extractor(lambda x: x.mean(dim=(2, 3)), lambda p, b: sglib.data.preprocess.load_network_input(p, b),
+                   {"name": "channel-mean"})
+    out = tmp_path / "out"
+    extract_features(out, paths, ex, shard_size=1, progress=False)
+    from sglib.scale.extract import _HOST
+    live = out / f".shard_00000.npy.{_HOST}.{os.getpid()}.tmp"          # this process is alive
+    dead = out / f".shard_00001.npy.{_HOST}.{2 ** 22 + 12345}.tmp"       # no such process
+    live.write_bytes(b"in flight")
+    dead.write_bytes(b"left by a killed run")
+    finalize_job(out)
+    assert live.exists() and not dead.exists()
+
+
+# ------------------------------------------------------------------------------- 4. one bad image never aborts a run
+
+def test_images_that_break_the_network_are_marked_failed(tmp_path):
+    from PIL import Image
+    paths = write_synthetic_images(tmp_path / "img", 2, sizes=((64, 64),))
+    bomb = tmp_path / "img" / "bomb.png"
+    Image.new("L", (1, 1)).save(bomb)
+    data = bytearray(bomb.read_bytes())
+    import struct
+    import zlib
+    data[16:24] = struct.pack(">II", 20000, 10000)                        # IHDR claims 200 M pixels
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])) & 0xFFFFFFFF)
+    bomb.write_bytes(bytes(data))
+    images = [paths[0], str(bomb), paths[1]]
+    ex = build_extractor(SuperGlobalNet(50).eval(), DescriptorSettings(scales=(0.001, 1.0), regional=False))
+    out = tmp_path / "out"
+    prepare_job(out, images, ex, shard_size=3)
+    extract_features(out, images, ex, shard_size=3, progress=False)
+    reasons = {f["path"]: f["reason"] for f in failed_images(out)}
+    assert "limit" in reasons[str(bomb)]
+    assert all("scale 0.001" in reasons[p] for p in paths)              # scale 0.001 of 64 px is 0 px
+
+
+# ------------------------------------------------------------------------------- 5. errors from entry points
+
+@pytest.mark.parametrize("call,words", [
+    (lambda: sglib.pooling.gem(np.ones((1, 2, 3, 3))), "floating torch.Tensor"),
+    (lambda: sglib.pooling.gem(torch.ones(1, 2, 3, 3, dtype=torch.int64)), "floating dtype"),
+    (lambda: sglib.pooling.gem(torch.ones(1, 2, 0, 3)), "empty dimension"),
+    (lambda: sglib.pooling.regional_gem(torch.ones(1, 2, 3, 3), p=0.0), "p: expected a finite number > 0"),
+    (lambda: sglib.pooling.scale_gem(torch.ones(3, 2, 4), p=-1.0), "p: expected a number > 0"),
+    (lambda: SuperGlobalNet(50).eval().describe(np.zeros((1, 3, 32, 32), np.float32)), "floating torch.Tensor"),
+    (lambda: SuperGlobalNet(50).eval().describe(torch.zeros(1, 3, 32, 32), scales=(0.0,)), "scales must be"),
+    (lambda: sglib.rerank.superglobal(unit_rows(2, 4), unit_rows(30, 4), np.tile(np.arange(30), (2, 1)), M=10,
+                                      K=-1), "need 0 <= K < M"),
+    (lambda: sglib.rerank.superglobal(unit_rows(2, 4), unit_rows(30, 4), np.tile(np.arange(30), (2, 1)),
+                                      M=20.0), "M: expected an integer"),
+    (lambda: revisited(np.zeros((1, 0), int), GND), "empty"),
+    (lambda: sglib.search.knn(np.ones((2, 4), np.int64), unit_rows(5, 4), 2), "floating dtype"),
+])
+def test_entry_points_raise_value_errors(call, words):
+    with pytest.raises(ValueError, match=words):
+        call()
+
+
+def test_float64_and_numpy_inputs_work_where_natural():
+    x = unit_rows(40, 8).astype(np.float64)
+    ranks = np.argsort(-x[:2] @ x.T, axis=1)
+    out = sglib.rerank.superglobal(x[:2], x, ranks, M=10, K=3)
+    assert isinstance(out, np.ndarray) and out.shape == ranks.shape
+    assert sglib.pooling.gem(torch.rand(1, 2, 3, 3, dtype=torch.float64)).dtype == torch.float64
+
+
+# ------------------------------------------------------------------------------- 6. messages that lead to the fix
+
+def test_overflowing_rows_are_named_as_such():
+    x = unit_rows(30, 8)
+    x[4] *= 1e30
+    ranks = np.tile(np.arange(30), (1, 1))
+    with pytest.raises(ValueError, match=r"similarities of database descriptor\(s\) \[4\] overflow"):
+        sglib.rerank.superglobal(x[:1], x, ranks, M=10, K=3)
+
+
+def test_negative_batch_norm_variance_is_named(tmp_path):
+    state = SuperGlobalNet(50).state_dict()
+    state["s1.b1.f.a_bn.running_var"][0] = -1.0
+    torch.save({"model_state": state}, tmp_path / "bn.pyth")
+    with pytest.raises(CheckpointError, match="'s1.b1.f.a_bn.running_var' has negative values"):
+        load_cvnet(tmp_path / "bn.pyth")
+
+
+def test_a_protocol_without_positives_is_null_in_json():
+    res = revisited(np.array([[0, 1, 2]]), [{"easy": [], "hard": [1], "junk": []}])
+    assert np.isnan(res["easy"]["map"])
+    text = json.dumps(_nan_to_none({"map": {"easy": 100 * res["easy"]["map"]}}), allow_nan=False)
+    assert json.loads(text) == {"map": {"easy": None}}
