@@ -130,3 +130,22 @@ def test_paper_table_runs_the_network_on_the_device_it_is_given(tiny_dataset, go
     paper_table(ds, tmp_path / "cache", checkpoint=golden_checkpoint, depth=50, rerank=RerankSettings(M=6, K=2),
                 device="cpu", progress=False)
     assert seen == ["cpu", "cpu"]
+
+
+def test_sha256_verification_catches_an_edit_that_keeps_size_and_time(tmp_path, monkeypatch):
+    import os
+    from PIL import Image
+    paths = []
+    for i in range(2):
+        paths.append(tmp_path / f"synthetic_{i}.bmp")                         # uncompressed: equal sizes
+        Image.fromarray(np.full((40, 48, 3), 60 * i, np.uint8)).save(paths[-1])
+    ex = build_extractor(SuperGlobalNet(50).eval(), DescriptorSettings(scales=(1.0,), regional=False))
+    monkeypatch.setenv("SGLIB_CACHE_VERIFY", "sha256")
+    first = cached_features(tmp_path / "cache", paths, ex, progress=False)
+    st = os.stat(paths[0])
+    paths[0].write_bytes(paths[1].read_bytes())                               # same size ...
+    os.utime(paths[0], ns=(st.st_atime_ns, st.st_mtime_ns))                   # ... and same time
+    assert os.stat(paths[0]).st_size == st.st_size
+    with pytest.warns(UserWarning, match="changed since extraction"):
+        second = cached_features(tmp_path / "cache", paths, ex, progress=False)
+    assert not np.array_equal(first[0], second[0], equal_nan=True)

@@ -12,8 +12,9 @@ stopped and several processes (or machines sharing a file system) can split the 
 ``shard_00000.npy``         rows ``[k * shard_size, (k + 1) * shard_size)``; written to a temporary
 ``shard_00000.json``        name then ``os.replace``-d, so a shard on disk is whole. Its ``.json``
                             (written first) lists the images that failed, with the reason, the
-                            size and modification time of every image as read, and the sha256 of
-                            the ``.npy``: a shard whose bytes or images changed is never served
+                            size and modification time (or sha256, ``SGLIB_CACHE_VERIFY=sha256``) of
+                            every image as read, and the sha256 of the ``.npy``: a shard whose
+                            bytes or images changed is never served
 ``failed.json``             all failures, collected by :func:`finalize_job`
 ==========================  ==========================================================================
 
@@ -321,12 +322,23 @@ def _short(value) -> str:
 
 
 def _image_stat(path) -> list | None:
-    """``[size, mtime_ns]`` of an image file as extraction reads it; None when it cannot be stat-ed."""
+    """What identifies an image file's content for the cache; None when it cannot be read.
+
+    ``$SGLIB_CACHE_VERIFY`` chooses: ``stat`` (default) ``[size, mtime_ns]``, cheap, misses an edit
+    that keeps both; ``sha256`` ``[size, "sha256:<hex>"]``, reads every image on every cache read.
+    A record made in one mode never matches the other, so switching recomputes (never serves stale rows).
+    """
+    mode = os.environ.get("SGLIB_CACHE_VERIFY", "stat")
+    if mode not in ("stat", "sha256"):
+        raise ValueError(f"SGLIB_CACHE_VERIFY: expected 'stat' or 'sha256', got {mode!r}")
     try:
         st = os.stat(path)
+        if mode == "stat":
+            return [st.st_size, st.st_mtime_ns]
+        with open(path, "rb") as f:
+            return [st.st_size, "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()]
     except OSError:
         return None
-    return [st.st_size, st.st_mtime_ns]
 
 
 def _job_paths(out: Path) -> list[str]:
