@@ -31,23 +31,39 @@ ALIASES = {"pooling": "sglib.method.pooling", "rerank": "sglib.method.rerank", "
            "search": "sglib.scale.search"}
 
 
+def _real_name(fullname: str) -> str | None:
+    """``sglib.evaluate.streaming`` -> ``sglib.evaluation.streaming``; None when no alias applies."""
+    for alias, real in ALIASES.items():
+        prefix = f"sglib.{alias}"
+        if fullname == prefix or fullname.startswith(prefix + "."):
+            return real + fullname[len(prefix):]
+    return None
+
+
 class _AliasFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Lets ``import sglib.pooling`` (and the other :data:`ALIASES`) give the module it names."""
+    """Lets ``import sglib.pooling`` (and the other :data:`ALIASES`, submodules included) give the very
+    module it names: one module object under two names, its own ``__spec__`` kept (so reload works)."""
+
+    def __init__(self):
+        self._own_specs = {}
 
     def find_spec(self, fullname, path=None, target=None):
-        if fullname.startswith("sglib.") and fullname[len("sglib."):] in ALIASES:
-            return importlib.util.spec_from_loader(fullname, self)
-        return None
+        real = _real_name(fullname)
+        return importlib.util.spec_from_loader(fullname, self) if real else None
 
     def create_module(self, spec):
-        return importlib.import_module(ALIASES[spec.name[len("sglib."):]])
+        module = importlib.import_module(_real_name(spec.name))
+        self._own_specs[module.__name__] = module.__spec__
+        return module
 
     def exec_module(self, module):
-        pass
+        # the import system has just set module.__spec__ to the alias spec: give the module its own back
+        module.__spec__ = self._own_specs.pop(module.__name__)
 
 
-if not any(isinstance(f, _AliasFinder) for f in sys.meta_path):
-    sys.meta_path.append(_AliasFinder())
+# first in line (a submodule of an alias must not be found a second time through the package's path),
+# and only one of us, also after importlib.reload(sglib)
+sys.meta_path[:] = [_AliasFinder()] + [f for f in sys.meta_path if type(f).__name__ != "_AliasFinder"]
 
 
 def __getattr__(name):

@@ -140,6 +140,9 @@ def add_descriptor_flags(p: argparse.ArgumentParser) -> None:
 def descriptor_settings(args) -> DescriptorSettings:
     if args.learned_p and not args.checkpoint:
         raise ValueError("--learned-p needs a CVNet --checkpoint (ImageNet backbones have no learned p)")
+    if args.checkpoint and (args.whitening or args.weights):
+        raise ValueError("--whitening and --weights go with --backbone; a CVNet --checkpoint has its own head "
+                         "and weights")
     return DescriptorSettings(scales=args.scales, gem_p=None if args.learned_p else args.gem_p,
                               regional=not args.no_regional, scale_agg=args.scale_agg)
 
@@ -159,16 +162,21 @@ def load_model(args, device="cpu"):
 def _writable(flag: str, folder: bool):
     """A path the command will write: a folder (``folder``) or a file, whose nearest existing parent is writable."""
     def parse(text: str) -> Path:
+        if not text.strip():
+            raise argparse.ArgumentTypeError("expected a path, got an empty string")
         path = Path(text)
-        probe = path
+        probe = path.parent if not path.exists() else path
         while not probe.exists() and probe != probe.parent:
             probe = probe.parent
-        wrong_kind = path.exists() and (path.is_dir() != folder)
-        if wrong_kind or not os.access(probe if probe.is_dir() else probe.parent, os.W_OK):
-            raise argparse.ArgumentTypeError(f"cannot write {text!r}: "
-                                             + ("not a folder" if folder and wrong_kind else
-                                                "a folder" if wrong_kind else "no write permission"))
-        return path
+        if path.exists() and path.is_dir() != folder:
+            why = "it is a file, not a folder" if folder else "it is a folder"
+        elif not path.exists() and not probe.is_dir():
+            why = f"{str(probe)!r} is a file, so nothing can be created under it"
+        elif not os.access(probe if probe.is_dir() else probe.parent, os.W_OK):
+            why = "no write permission"
+        else:
+            return path
+        raise argparse.ArgumentTypeError(f"cannot write {text!r}: {why}")
     parse.__name__ = flag
     return parse
 
@@ -288,6 +296,13 @@ def cmd_demo(args):
     run_demo(args.data_root, args.results, args.backbone, whiten=not args.no_whitening)
 
 
+class _OneLineErrors(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (the flag, the value, what is accepted) and exit code 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 class _Commands:
     """Subparsers that all take --threads and --debug."""
 
@@ -303,8 +318,8 @@ class _Commands:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m sglib", description=__doc__.split("\n")[0])
-    sub = _Commands(parser.add_subparsers(dest="command", required=True))
+    parser = _OneLineErrors(prog="python -m sglib", description=__doc__.split("\n")[0])
+    sub = _Commands(parser.add_subparsers(dest="command", required=True, parser_class=_OneLineErrors))
     _add_evaluate(sub)
     _add_download(sub)
     _add_data_and_demo(sub)

@@ -15,8 +15,10 @@ Measured on the 2-core development machine (MobileNetV2 at 384 px, ms per image)
 2 threads 66 (spinning) / 70 (passive); beside one CPU-bound process, 2 threads 261 (spinning) / 104
 (passive), 1 thread 85-91.
 
-The numbers do not depend on the thread count: the one computation whose result did (the
-whitening's eigenbasis) is made canonical in :mod:`sglib.models.whitening`.
+The printed numbers (mAP) and the feature-cache keys do not depend on the thread count: the one
+computation whose result did (the whitening's eigenbasis) is made canonical in
+:mod:`sglib.models.whitening`. Descriptors themselves can differ in their last bits (about 1e-8)
+between thread counts, as convolutions sum in another order.
 """
 from __future__ import annotations
 
@@ -82,7 +84,7 @@ def configure_threads(n: int | None = None) -> int:
 
     if n is None:
         env = os.environ.get("SGLIB_THREADS", "").strip()
-        if env and not env.isdigit():
+        if env and (not env.isdigit() or int(env) < 1):
             raise ValueError(f"SGLIB_THREADS: expected an integer >= 1, got {env!r}")
         n = int(env) if env else free_cpus()
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:

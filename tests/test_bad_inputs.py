@@ -202,3 +202,108 @@ def test_a_protocol_without_positives_is_null_in_json():
     assert np.isnan(res["easy"]["map"])
     text = json.dumps(_nan_to_none({"map": {"easy": 100 * res["easy"]["map"]}}), allow_nan=False)
     assert json.loads(text) == {"map": {"easy": None}}
+
+
+# ------------------------------------------------------------------------------- found by a hostile read
+
+def test_results_table_labels_the_cut_offs_it_was_computed_with():
+    x = unit_rows(12, 8)
+    res = evaluate_retrieval(x[:1], x, GND, ks=(1, 2))
+    assert list(res.table().columns) == ["mAP", "mP@1", "mP@2"]
+    with pytest.raises(ValueError, match="pass the ks they were computed with"):
+        sglib.evaluate.results_table(res.protocols, ks=(1, 5, 10))
+
+
+def test_ground_truth_beyond_the_database_is_refused_when_the_whole_database_is_ranked():
+    x = unit_rows(12, 8)
+    gnd = [{"easy": [0], "hard": [11], "junk": []}]
+    with pytest.raises(ValueError, match=r"gnd\[0\]\['hard'\].*\[0, N=5\).*same dataset"):
+        evaluate_retrieval(x[:1], x[:5], gnd)
+    from sglib.evaluation.streaming import evaluate_with_distractors
+    with pytest.raises(ValueError, match="same dataset"):
+        evaluate_with_distractors(x[:1], x[:5], None, gnd)
+    with pytest.raises(ValueError, match="RerankSettings"):
+        evaluate_retrieval(x[:1], x, GND, {"M": 5, "K": 2})
+    with pytest.raises(ValueError, match="dimension"):
+        evaluate_retrieval(x[:1, :4], x, GND)
+
+
+def test_an_edited_head_with_the_same_recipe_gets_another_cache_key():
+    from sglib.models.whitening import Whitening
+    from sglib.scale.extract import model_key
+    w = Whitening(np.zeros(4), np.eye(4), source="recipe-1")
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), w)
+    key = model_key(model)
+    with torch.no_grad():
+        w.projection.mul_(2)
+    assert model_key(model) != key
+
+
+@pytest.mark.parametrize("field,value", [("batch_size", 2.5), ("batch_size", "2"), ("batch_size", True),
+                                         ("num_workers", -1)])
+def test_extractor_counts_must_be_integers(field, value):
+    with pytest.raises(ValueError, match=f"{field} must be an integer"):
+        Extractor(lambda x: x, lambda p, b: p, {"name": "n"}, **{field: value})
+
+
+def test_aliases_are_the_same_modules_and_reload_keeps_their_names():
+    import importlib
+    import sys
+    import sglib.evaluate.streaming
+    import sglib.search
+    assert sys.modules["sglib.evaluate.streaming"] is sglib.evaluation.streaming
+    # the module keeps its own spec, so importlib.reload (and notebook autoreload) reloads the real module
+    assert sglib.search is sglib.scale.search and sglib.scale.search.__spec__.name == "sglib.scale.search"
+    importlib.reload(sglib)
+    assert sum(type(f).__name__ == "_AliasFinder" for f in sys.meta_path) == 1
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--json", "{file}/sub/r.json"], "is a file, so nothing can be created under it"),
+    (["--cache", ""], "expected a path, got an empty string"),
+])
+def test_cli_paths_under_a_file_or_empty_are_refused_when_parsed(args, words, tmp_path, capsys):
+    from sglib import cli
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    args = [a.replace("{file}", str(blocker)) for a in args]
+    with pytest.raises(SystemExit):
+        cli.main(["evaluate", "--data-root", str(tmp_path), "--dataset", "x", "--backbone", "mobilenet_v2", *args])
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and words in err, err
+
+
+def test_cli_refuses_backbone_flags_with_a_checkpoint(tmp_path, capsys):
+    from sglib import cli
+    code = cli.main(["evaluate", "--data-root", str(tmp_path), "--dataset", "x", "--checkpoint", "c.pyth",
+                     "--whitening", "w.npz"])
+    assert code == 2 and "--whitening and --weights go with --backbone" in capsys.readouterr().err
+
+
+def test_damaged_cache_folder_is_rebuilt_by_cached_features(tmp_path):
+    from sglib.scale.extract import cache_key, cached_features, shard_path
+    paths = write_synthetic_images(tmp_path / "img", 3)
+    ex = Extractor(lambda x: x.mean(dim=(2, 3)), lambda p, b: sglib.data.preprocess.load_network_input(p, b),
+                   {"name": "channel-mean"})
+    first = cached_features(tmp_path / "cache", paths, ex, shard_size=2, progress=False)
+    folder = tmp_path / "cache" / cache_key(paths, ex)
+    (folder / "images.txt").unlink()
+    with pytest.warns(UserWarning, match="images.txt is unreadable"):
+        np.testing.assert_array_equal(cached_features(tmp_path / "cache", paths, ex, shard_size=2, progress=False),
+                                      first)
+    shard_path(folder, 1).unlink()                                     # deleted after completion
+    np.testing.assert_array_equal(cached_features(tmp_path / "cache", paths, ex, shard_size=2, progress=False), first)
+
+
+def test_paths_that_cannot_be_listed_and_non_integer_ids_are_refused(tmp_path):
+    from sglib.scale.extract import cached_features
+    from sglib.scale.search import Database
+    ex = Extractor(lambda x: x, lambda p, b: p, {"name": "n"})
+    with pytest.raises(ValueError, match="tab or line break"):
+        cached_features(tmp_path, [str(tmp_path / "a\tb.png")], ex)
+    with pytest.raises(ValueError, match=r"images\[1\]: expected a path"):
+        cached_features(tmp_path, [str(tmp_path / "a.png"), None], ex)
+    with pytest.raises(ValueError, match="integer database indices"):
+        Database([unit_rows(5, 4)]).take(np.array([1.7]))
+    with pytest.raises(ValueError, match="start < stop"):
+        Database([unit_rows(5, 4)]).rows(3, 3)

@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 
 from ..method.rerank import DEFAULT_BETA, DEFAULT_K, DEFAULT_M, superglobal
-from .revisited import PROTOCOLS, results_table, revisited, summary
+from .revisited import PROTOCOLS, check_ks, results_table, revisited, summary
 from .shortlist import shortlists
 
 
@@ -32,7 +32,7 @@ class RerankSettings:
                 raise ValueError(f"RerankSettings.{name}: expected an integer, got {v!r}")
         if not 0 <= self.K < self.M:
             raise ValueError(f"RerankSettings: need 0 <= K < M, got K={self.K}, M={self.M}")
-        if isinstance(self.beta, bool) or not isinstance(self.beta, (int, float)) or \
+        if isinstance(self.beta, bool) or not isinstance(self.beta, (int, float, np.floating)) or \
                 not (math.isfinite(self.beta) and self.beta >= 0):
             raise ValueError(f"RerankSettings.beta: expected a finite number >= 0, got {self.beta!r}")
 
@@ -46,12 +46,14 @@ class RetrievalResult:
             (:func:`sglib.evaluation.revisited.revisited`'s dict; also reachable as ``result["easy"]``).
         N: database size. M: shortlist size used for reranking (capped at N), None without reranking.
         shortlist: the shortlist policy (:mod:`sglib.evaluation.shortlist`), None without reranking.
+        ks: the cut-offs of the precisions ``mp`` / ``prs``.
     """
 
     protocols: dict
     N: int
     M: int | None = None
     shortlist: str | None = None
+    ks: tuple = (1, 5, 10)
 
     def __getitem__(self, protocol: str) -> dict:
         return self.protocols[protocol]
@@ -60,9 +62,33 @@ class RetrievalResult:
         """``{"easy", "medium", "hard"}`` mAP in percent."""
         return summary(self.protocols)
 
-    def table(self, ks=(1, 5, 10)) -> pd.DataFrame:
-        """mAP and mP@k in percent, one row per protocol."""
-        return results_table(self.protocols, ks)
+    def table(self) -> pd.DataFrame:
+        """mAP and mP@k (at the evaluation's ``ks``) in percent, one row per protocol."""
+        return results_table(self.protocols, self.ks)
+
+
+def check_retrieval_inputs(q, x, gnd, rerank=None) -> None:
+    """ValueError unless q (nq, D) and x (N, D) are 2-D with one D, gnd has nq entries whose ids are integers
+    in [0, N) (the whole database is ranked, so a larger id means gnd and features do not match), and
+    ``rerank`` is None or a :class:`RerankSettings`."""
+    for name, a in (("q", q), ("x", x)):
+        if getattr(a, "ndim", None) != 2:
+            raise ValueError(f"{name}: expected a 2-D (rows, D) array of descriptors, got {getattr(a, 'shape', type(a))}")
+    if q.shape[1] != x.shape[1]:
+        raise ValueError(f"q has dimension {q.shape[1]} but x has {x.shape[1]}")
+    if not isinstance(gnd, (list, tuple)) or len(gnd) != q.shape[0]:
+        raise ValueError(f"gnd: expected a list of {q.shape[0]} per-query dicts (q has {q.shape[0]} queries), "
+                         f"got {type(gnd).__name__} of length {len(gnd) if hasattr(gnd, '__len__') else '?'}")
+    for i, g in enumerate(gnd):
+        for key in ("easy", "hard", "junk"):
+            ids = np.asarray(g.get(key, []) if isinstance(g, dict) else None)
+            if not isinstance(g, dict) or (ids.size and (not np.issubdtype(ids.dtype, np.integer) or ids.min() < 0
+                                                         or ids.max() >= x.shape[0])):
+                raise ValueError(f"gnd[{i}]['{key}']: expected integer database indices in [0, N={x.shape[0]}), got "
+                                 f"{g.get(key) if isinstance(g, dict) else g!r}: do the ground truth and the "
+                                 "descriptors come from the same dataset?")
+    if rerank is not None and not isinstance(rerank, RerankSettings):
+        raise ValueError(f"rerank: expected RerankSettings(M=..., K=..., beta=...) or None, got {rerank!r}")
 
 
 def rank_database(q: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -102,9 +128,11 @@ def evaluate_retrieval(q: np.ndarray, x: np.ndarray, gnd: list, rerank: RerankSe
     Returns:
         :class:`RetrievalResult`.
     """
+    check_retrieval_inputs(q, x, gnd, rerank)
+    ks = check_ks(ks)
     ranks = rank_database(q, x)
     if rerank is None:
-        return RetrievalResult(revisited(ranks, gnd, ks), x.shape[0])
+        return RetrievalResult(revisited(ranks, gnd, ks), x.shape[0], ks=ks)
     m = min(rerank.M, x.shape[0])
     if rerank.K >= m:
         raise ValueError(f"K={rerank.K} needs more than K database images, got N={x.shape[0]}")
@@ -112,4 +140,4 @@ def evaluate_retrieval(q: np.ndarray, x: np.ndarray, gnd: list, rerank: RerankSe
     for names, head in shortlists(ranks, gnd, shortlist):
         res = revisited(superglobal(q, x, head, m, rerank.K, rerank.beta), gnd, ks)
         protocols.update({p: res[p] for p in names})
-    return RetrievalResult({p: protocols[p] for p in PROTOCOLS}, x.shape[0], m, shortlist)
+    return RetrievalResult({p: protocols[p] for p in PROTOCOLS}, x.shape[0], m, shortlist, ks)

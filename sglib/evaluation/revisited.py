@@ -173,10 +173,14 @@ def revisited(ranks, gnd, ks=(1, 5, 10)) -> dict:
 
 
 def results_table(results: dict, ks=(1, 5, 10)) -> pd.DataFrame:
-    """One row per protocol: mAP and mP@k in percent, from :func:`revisited`'s output."""
+    """One row per protocol: mAP and mP@k in percent, from :func:`revisited`'s output (computed with ``ks``)."""
+    ks = check_ks(ks)
     rows = {}
     for protocol in PROTOCOLS:
         r = results[protocol]
+        if len(r["mp"]) != len(ks):
+            raise ValueError(f"ks={ks} but the results hold precision at {len(r['mp'])} cut-off(s): pass the ks "
+                             "they were computed with")
         row = {"mAP": 100 * r["map"]}
         row.update({f"mP@{k}": 100 * v for k, v in zip(ks, r["mp"])})
         rows[protocol.capitalize()] = row

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from ..method.rerank import superglobal
 from ..scale.search import Database, knn
-from .retrieval import RetrievalResult
+from .retrieval import RetrievalResult, check_retrieval_inputs
 from .revisited import PROTOCOLS, check_ks, protocol_sets, protocol_summary, scores_from_positions
 
 ScoreBlocks = Callable[[int, int], "np.ndarray | torch.Tensor"]
@@ -259,10 +259,13 @@ def revisited_from_scores(scores, gnd, ks=(1, 5, 10), head_ranks=None, n_db: int
         raise ValueError("n_db (database size N) is required when scores is a callable")
     targets = []
     for i, g in enumerate(gnd):
-        t = np.unique(np.concatenate([np.asarray(g[k], dtype=np.int64).ravel() for k in ("easy", "hard", "junk")]))
+        ids = [np.asarray(g[k]).ravel() for k in ("easy", "hard", "junk")]
+        if any(a.size and not np.issubdtype(a.dtype, np.integer) for a in ids):
+            raise ValueError(f"gnd[{i}]: database indices must be integers, got {g!r}")
+        t = np.unique(np.concatenate(ids).astype(np.int64))
         if t.size and t.min() < 0:
             raise ValueError(f"gnd[{i}] holds a negative database index")
-        targets.append(t[t < n])
+        targets.append(t[t < n])   # as revisited() on a truncated ranking: beyond N, never retrieved
     pos = target_positions(scores, targets, head_ranks, n_db, block_size, progress)
     positions = [dict(zip(t.tolist(), p.tolist())) for t, p in zip(targets, pos)]
     return {p: protocol_summary(*_protocol_scores(positions, gnd, p, ks, int(n)), len(ks)) for p in PROTOCOLS}
@@ -319,10 +322,8 @@ def evaluate_with_distractors(q, db, distractors, gnd, rerank=None, ks=(1, 5, 10
         else [distractors]
     database = Database([db, *extra])
     q = np.ascontiguousarray(q.detach().cpu().numpy() if isinstance(q, torch.Tensor) else q, np.float32)
-    if q.ndim != 2 or q.shape[1] != database.shape[1]:
-        raise ValueError(f"q: expected (nq, {database.shape[1]}), got {q.shape}")
-    if q.shape[0] != len(gnd):
-        raise ValueError(f"q has {q.shape[0]} queries but gnd has {len(gnd)}")
+    check_retrieval_inputs(q, database, gnd, rerank)
+    ks = check_ks(ks)
     n = database.shape[0]
     head, m = None, None
     if rerank is not None:
@@ -331,4 +332,4 @@ def evaluate_with_distractors(q, db, distractors, gnd, rerank=None, ks=(1, 5, 10
         head = superglobal(q, database, top, m, int(rerank.K), float(rerank.beta))
     protocols = revisited_from_features(q, database, list(gnd), ks, head_ranks=head, block_size=block_size,
                                         progress=progress)
-    return RetrievalResult(protocols, n, m, None if m is None else "shared")
+    return RetrievalResult(protocols, n, m, None if m is None else "shared", ks)

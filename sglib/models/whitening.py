@@ -38,7 +38,7 @@ import torch.nn as nn
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
-from .._checks import check_tensor
+from .._checks import check_float_tensor, check_tensor
 from ..method.descriptors import DescriptorSettings, describe_from_maps
 
 
@@ -84,15 +84,16 @@ class Whitening(nn.Module):
         return "sha256:" + h.hexdigest()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_tensor(x, "x", ndim=2)
+        check_float_tensor(x, "x", ndim=2, nonempty=False)
         if x.shape[1] != self.in_dim:
             raise ValueError(f"whitening: expected (B, {self.in_dim}) descriptors, got {tuple(x.shape)}")
         return (x - self.mean.to(x.dtype)) @ self.projection.to(x.dtype).T
 
     def save(self, path) -> None:
         """Write ``mean``, ``projection``, ``kind`` and ``source`` to an ``.npz`` file."""
-        np.savez(path, mean=self.mean.cpu().numpy(), projection=self.projection.cpu().numpy(),
-                 kind=np.array(self.kind), source=np.array(self.source or ""))
+        with open(path, "wb") as f:   # exactly ``path``: np.savez would append ".npz" to a bare name
+            np.savez(f, mean=self.mean.cpu().numpy(), projection=self.projection.cpu().numpy(),
+                     kind=np.array(self.kind), source=np.array(self.source or ""))
 
     @classmethod
     def load(cls, path) -> "Whitening":
@@ -107,6 +108,9 @@ class Whitening(nn.Module):
         missing = {"mean", "projection", "kind"} - set(arrays)
         if missing:
             raise ValueError(f"whitening file {path}: missing array(s) {sorted(missing)}")
+        for key in ("kind", "source"):
+            if key in arrays and arrays[key].shape != ():
+                raise ValueError(f"whitening file {path}: '{key}' must be a single string, got shape {arrays[key].shape}")
         return cls(arrays["mean"], arrays["projection"], str(arrays["kind"]), str(arrays.get("source", "")) or None)
 
     def extra_repr(self) -> str:

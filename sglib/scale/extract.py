@@ -108,9 +108,10 @@ class Extractor:
             _canonical_json(self.identity)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"Extractor: identity must be JSON-serialisable: {exc}") from exc
-        if int(self.batch_size) < 1 or int(self.num_workers) < 0:
-            raise ValueError(f"Extractor: batch_size must be >= 1 and num_workers >= 0, "
-                             f"got {self.batch_size}, {self.num_workers}")
+        for name, least in (("batch_size", 1), ("num_workers", 0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < least:
+                raise ValueError(f"Extractor: {name} must be an integer >= {least}, got {v!r}")
 
     @property
     def key_identity(self) -> dict:
@@ -131,7 +132,13 @@ def _sha256_text(text: str) -> str:
 def _check_image_list(images, bboxes) -> tuple[list[str], list]:
     if isinstance(images, (str, os.PathLike)):
         raise ValueError("images: expected a list of paths, got a single path")
-    paths = [os.fspath(p) for p in images]
+    paths = []
+    for i, p in enumerate(images):
+        if not isinstance(p, (str, os.PathLike)) or isinstance(os.fspath(p), bytes):
+            raise ValueError(f"images[{i}]: expected a path (str or pathlib.Path), got {p!r}")
+        if any(c in os.fspath(p) for c in "\t\n\r"):
+            raise ValueError(f"images[{i}]: a path with a tab or line break cannot be listed in an image list: {p!r}")
+        paths.append(os.fspath(p))
     if not paths:
         raise ValueError("images: the image list is empty")
     if bboxes is None:
@@ -342,9 +349,13 @@ def _image_stat(path) -> list | None:
 
 
 def _job_paths(out: Path) -> list[str]:
-    """The job's image paths, from its ``images.txt``."""
-    with open(out / _IMAGES, encoding="utf-8") as f:
-        return [line.rstrip("\n").split("\t")[0] for line in f if line.strip()]
+    """The job's image paths, from its ``images.txt``; ValueError when that file is gone or unreadable."""
+    try:
+        with open(out / _IMAGES, encoding="utf-8") as f:
+            return [line.rstrip("\n").split("\t")[0] for line in f if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{out / _IMAGES} is unreadable ({exc}): the job folder was damaged; extract into a new "
+                         "folder or pass overwrite=True (cached_features repairs its own folders)") from exc
 
 
 def _check_shard(out: Path, manifest: dict, k: int, dim: int | None = None,
@@ -362,6 +373,8 @@ def _check_shard(out: Path, manifest: dict, k: int, dim: int | None = None,
         meta = _read_json(meta_path)
         blob = npy.read_bytes()
         rows = np.load(io.BytesIO(blob), allow_pickle=False)
+        if not isinstance(meta, dict):
+            raise ValueError(f"{meta_path.name} is not a JSON object")
     except (OSError, ValueError) as exc:  # truncated / unreadable file
         return None, f"unreadable ({type(exc).__name__}: {exc})"
     if (meta.get("start"), meta.get("stop")) != (start, stop) or meta.get("image_list_sha256") != \
@@ -694,17 +707,24 @@ def cached_features(cache_root, images: Sequence, extractor: Extractor, bboxes: 
     :func:`load_features`'s array.
     """
     out = Path(cache_root) / cache_key(images, extractor, bboxes)
+    overwrite = False
     if (out / _MANIFEST).exists():
-        manifest = read_manifest(out)
+        try:
+            manifest = read_manifest(out)
+            _job_paths(out)
+        except ValueError as exc:   # the folder is ours (named by its key): rebuild it
+            warnings.warn(f"{exc}; extracting {out} again", stacklevel=2)
+            manifest, overwrite = {"shard_size": shard_size}, True
         if manifest.get("status") == "complete" and not retry_failed:
             try:
                 return load_features(out, on_failed)
             except ValueError:
-                if not job_status(out)["invalid"]:   # only failed images: nothing to recompute
+                status = job_status(out)
+                if not status["invalid"] and not status["missing"]:   # only failed images: nothing to recompute
                     raise
         shard_size = manifest["shard_size"]  # values do not depend on it: keep the started layout
-    extract_features(out, images, extractor, bboxes, shard_size=shard_size, retry_failed=retry_failed,
-                     progress=progress)
+    extract_features(out, images, extractor, bboxes, shard_size=shard_size, overwrite=overwrite,
+                     retry_failed=retry_failed, progress=progress)
     return load_features(out, on_failed)
 
 
@@ -714,8 +734,10 @@ def model_key(model: torch.nn.Module) -> str:
     """``"sha256:<hex>"`` identifying a network's state: its tensors (names, dtypes, shapes, values).
 
     A submodule with a ``source`` string (a head fitted by this library, e.g. the training-split
-    whitening) is identified by that recipe instead of its values: refitting it from the same inputs
-    gives the same key even when BLAS threading changed the last bits of its numbers.
+    whitening) is identified by that recipe, its tensors' shapes and the sums of their absolute values to
+    4 significant digits instead of their exact values: refitting it from the same inputs gives the same
+    key even when BLAS threading changed the last bits of its numbers, while an edited or different head
+    with the same ``source`` does not.
     """
     digest = hashlib.sha256()
     sourced = {name: m.source for name, m in model.named_modules() if name and getattr(m, "source", None)}
@@ -727,7 +749,10 @@ def model_key(model: torch.nn.Module) -> str:
         digest.update(f"{name}|{t.dtype}|{shape}|".encode())
         digest.update(t.view(torch.uint8).numpy().tobytes())
     for name, source in sorted(sourced.items()):
-        digest.update(f"{name}|source|{source}".encode())
+        module = model.get_submodule(name)
+        summary = [(k, tuple(t.shape), f"{float(t.detach().double().abs().sum()):.4e}")
+                   for k, t in sorted(module.state_dict().items())]
+        digest.update(f"{name}|source|{source}|{summary}".encode())
     return "sha256:" + digest.hexdigest()
 
 
@@ -759,7 +784,8 @@ def build_extractor(model: torch.nn.Module, settings: DescriptorSettings | Mappi
         raise ValueError("settings: give a DescriptorSettings or a non-empty {name: DescriptorSettings} mapping")
     for st in group:
         model._check_settings(st)
-    if max_side is not None and (isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < 16):
+    if max_side is not None and (isinstance(max_side, bool) or not isinstance(max_side, (int, np.integer)) or
+                                 max_side < 16):
         raise ValueError(f"max_side: expected an integer >= 16 or None, got {max_side!r}")
     scales = sorted({s for st in group for s in st.scales})
     device = next(model.parameters()).device

@@ -117,6 +117,7 @@ class Database:
             if dim is not None and p.shape[1] != dim:
                 raise ValueError(f"database part {i} has dimension {p.shape[1]}, the first part has {dim}")
             dim = p.shape[1]
+        self.ndim = 2
         self.parts = [p for p in parts if p.shape[0]] or parts[:1]
         self.bounds = np.cumsum([0] + [p.shape[0] for p in self.parts])
         self.shape = (int(self.bounds[-1]), int(dim))
@@ -130,6 +131,8 @@ class Database:
 
     def rows(self, start: int, stop: int, device=None, dtype=torch.float32) -> torch.Tensor:
         """Rows ``[start, stop)`` as one ``dtype`` tensor on ``device`` (default: the parts' device)."""
+        if not 0 <= start < stop <= self.shape[0]:
+            raise ValueError(f"rows: expected 0 <= start < stop <= N={self.shape[0]}, got [{start}, {stop})")
         device = self.device if device is None else device
         pieces = []
         for p, lo, hi in zip(self.parts, self.bounds[:-1], self.bounds[1:]):
@@ -147,7 +150,10 @@ class Database:
 
     def take(self, ids) -> np.ndarray:
         """(len(ids), D) float32 rows at database indices ``ids`` (any order, repeats allowed)."""
-        ids = np.asarray(ids, dtype=np.int64).ravel()
+        ids = np.asarray(ids)
+        if ids.size and not np.issubdtype(ids.dtype, np.integer):
+            raise ValueError(f"take: expected integer database indices, got dtype {ids.dtype}")
+        ids = ids.astype(np.int64).ravel()
         if ids.size and (ids.min() < 0 or ids.max() >= self.shape[0]):
             raise ValueError(f"database indices must lie in [0, {self.shape[0]}), got [{ids.min()}, {ids.max()}]")
         out = np.empty((ids.size, self.shape[1]), np.float32)
