@@ -42,7 +42,8 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sglib.data.revisitop import read_revisitop_gnd  # noqa: E402
-from sglib.evaluation import revisited as evaluate, streaming as evaluate_large  # noqa: E402
+from sglib import evaluate  # noqa: E402
+from sglib.evaluation import streaming as evaluate_large  # noqa: E402
 from sglib.scale import search  # noqa: E402
 
 SHARED = Path(os.environ.get("SGLIB_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))

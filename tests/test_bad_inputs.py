@@ -15,7 +15,7 @@ import torch
 import sglib
 from sglib.cli import _nan_to_none
 from sglib.evaluation.retrieval import RerankSettings, evaluate_retrieval
-from sglib.evaluation.revisited import revisited
+from sglib.evaluation.protocol import revisited
 from sglib.method.descriptors import DescriptorSettings
 from sglib.models import CheckpointError, SuperGlobalNet, load_cvnet
 from sglib.scale.extract import (Extractor, build_extractor, extract_features, failed_images, finalize_job,

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from sglib.data.revisitop import load_revisitop
-from sglib.evaluation.revisited import revisited, summary
+from sglib.evaluation.protocol import revisited, summary
 from sglib.models import load_cvnet
 from sglib.data.preprocess import load_network_input
 from sglib.method.rerank import superglobal

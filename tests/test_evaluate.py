@@ -4,7 +4,7 @@ import pickle
 import numpy as np
 import pytest
 
-from sglib.evaluation.revisited import PROTOCOLS, protocol_sets, results_table, revisited, summary
+from sglib.evaluation.protocol import PROTOCOLS, protocol_sets, results_table, revisited, summary
 from sglib.evaluation.shortlist import junk_to_end
 from conftest import DATA, REVISITOP
 

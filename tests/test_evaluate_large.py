@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from sglib.evaluation import streaming as el
-from sglib.evaluation.revisited import PROTOCOLS, revisited
+from sglib.evaluation.protocol import PROTOCOLS, revisited
 
 
 

@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 
 from ..method.rerank import DEFAULT_BETA, DEFAULT_K, DEFAULT_M, superglobal
-from .revisited import PROTOCOLS, check_ks, results_table, revisited, summary
+from .protocol import PROTOCOLS, check_ks, results_table, revisited, summary
 from .shortlist import shortlists
 
 
@@ -43,7 +43,7 @@ class RetrievalResult:
 
     Attributes:
         protocols: ``{"easy"|"medium"|"hard": {"map", "aps", "mp", "prs"}}``
-            (:func:`sglib.evaluation.revisited.revisited`'s dict; also reachable as ``result["easy"]``).
+            (:func:`sglib.evaluation.protocol.revisited`'s dict; also reachable as ``result["easy"]``).
         N: database size. M: shortlist size used for reranking (capped at N), None without reranking.
         shortlist: the shortlist policy (:mod:`sglib.evaluation.shortlist`), None without reranking.
         ks: the cut-offs of the precisions ``mp`` / ``prs``.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .revisited import PROTOCOLS, protocol_sets
+from .protocol import PROTOCOLS, protocol_sets
 
 SHORTLIST_POLICIES = ("shared", "per_protocol")
 

@@ -1,6 +1,6 @@
 """Revisited E/M/H evaluation straight from scores, for databases of a million images or more.
 
-:func:`sglib.evaluation.revisited.revisited` needs the full ranking: an (nq, N) arg-sort plus (nq * N) sort keys.
+:func:`sglib.evaluation.protocol.revisited` needs the full ranking: an (nq, N) arg-sort plus (nq * N) sort keys.
 Only the rank positions of each query's positives and junk enter the metrics, and each one is a count:
 
     position(t) = #{l : s_l > s_t} + #{l < t : s_l == s_t}
@@ -19,7 +19,7 @@ reranking of it, then the streaming count over the whole database.
 With ``head_ranks`` (nq, L) the evaluated ranking is the given head (e.g. a reranked shortlist)
 followed by the other database items in the order above, exactly ``np.concatenate([head, rest])``.
 
-The numbers equal ``sglib.evaluation.revisited.revisited`` on that full ranking (tested to 1e-12; in practice
+The numbers equal ``sglib.evaluation.protocol.revisited`` on that full ranking (tested to 1e-12; in practice
 bit for bit, as the metric arithmetic below is the same sequence of numpy operations).
 """
 from __future__ import annotations
@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from ..method.rerank import superglobal
 from ..scale.search import Database, knn
 from .retrieval import RetrievalResult, check_retrieval_inputs
-from .revisited import PROTOCOLS, check_ks, protocol_sets, protocol_summary, scores_from_positions
+from .protocol import PROTOCOLS, check_ks, protocol_sets, protocol_summary, scores_from_positions
 
 ScoreBlocks = Callable[[int, int], "np.ndarray | torch.Tensor"]
 
@@ -206,7 +206,7 @@ def _check_head(head_ranks, nq: int, n: int):
 
 
 def _protocol_scores(positions: list[dict], gnd, protocol: str, ks, n: int):
-    """APs and precisions from positions, with :func:`sglib.evaluation.revisited.scores_from_positions`."""
+    """APs and precisions from positions, with :func:`sglib.evaluation.protocol.scores_from_positions`."""
     sets = [protocol_sets(g, protocol) for g in gnd]
     n_pos = np.array([len(p) for p, _ in sets])  # as the reference: duplicates would count
 
@@ -238,7 +238,7 @@ def revisited_from_scores(scores, gnd, ks=(1, 5, 10), head_ranks=None, n_db: int
         block_size: database items per block (memory ~ nq * block_size scores).
 
     Returns:
-        the dict of :func:`sglib.evaluation.revisited.revisited` for the ranking
+        the dict of :func:`sglib.evaluation.protocol.revisited` for the ranking
         ``np.argsort(-scores, axis=1, kind="stable")`` (equal scores: lower index first), or
         ``np.concatenate([head_ranks, rest of that ranking], 1)``.
 
@@ -282,7 +282,7 @@ def revisited_from_features(q, x, gnd, ks=(1, 5, 10), head_ranks=None, block_siz
             Only ``block_size`` rows of x are in memory at a time.
 
     Returns:
-        the :func:`sglib.evaluation.revisited.revisited` dict for the ranking by these scores (equal
+        the :func:`sglib.evaluation.protocol.revisited` dict for the ranking by these scores (equal
         scores: lower index first), with ``head_ranks`` first if given.
     """
     if isinstance(q, torch.Tensor):

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from ..evaluation.retrieval import RerankSettings, evaluate_retrieval
-from ..evaluation.revisited import summary
+from ..evaluation.protocol import summary
 from ..method.descriptors import SCALES, DescriptorSettings
 from ..models.whitening import Whitening, fit_learned_whitening
 from ..scale.extract import build_extractor, cache_key, cached_features
