@@ -43,7 +43,7 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sglib.data.revisitop import read_revisitop_gnd  # noqa: E402
 from sglib import evaluate  # noqa: E402
-from sglib.evaluation import streaming as evaluate_large  # noqa: E402
+from sglib.evaluation import streaming  # noqa: E402
 from sglib.scale import search  # noqa: E402
 
 SHARED = Path(os.environ.get("SGLIB_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
@@ -204,7 +204,7 @@ def main():
         sim_scores[i, g["easy"]] += 0.3
         sim_scores[i, g["hard"]] += 0.15
     with PeakRSS() as m_light:
-        light = evaluate_large.revisited_from_scores(sim_scores, gnd, progress=False)
+        light = streaming.revisited_from_scores(sim_scores, gnd, progress=False)
     with PeakRSS() as m_full:
         full = evaluate.revisited(np.argsort(-sim_scores, axis=1, kind="stable"), gnd)
     for p in evaluate.PROTOCOLS:
@@ -216,7 +216,7 @@ def main():
           + "/".join(f"{100 * light[p]['map']:.2f}" for p in evaluate.PROTOCOLS) + " (identical: asserted)")
     print(f"  full arg-sort + evaluate.revisited: {m_full.seconds:.2f} s, "
           f"peak numpy memory +{m_full.traced_mib:.0f} MiB (RSS +{m_full.mib:.0f} MiB)")
-    print(f"  evaluate_large.revisited_from_scores: {m_light.seconds:.2f} s, "
+    print(f"  streaming.revisited_from_scores: {m_light.seconds:.2f} s, "
           f"peak numpy memory +{m_light.traced_mib:.0f} MiB (RSS +{m_light.mib:.0f} MiB)")
     print(f"  speed-up {m_full.seconds / m_light.seconds:.1f}x, "
           f"peak memory {m_full.traced_mib / m_light.traced_mib:.0f}x less")
