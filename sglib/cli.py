@@ -206,7 +206,7 @@ def _add_evaluate(sub):
 def cmd_evaluate(args) -> dict:
     from .data.revisitop import load_revisitop
     from .evaluation.retrieval import RerankSettings, evaluate_retrieval
-    from .scale.extract import build_extractor, cached_features
+    from .scale.extract import build_extractor, dataset_features
 
     settings = descriptor_settings(args)
     if not args.no_rerank and args.K >= args.M:
@@ -216,9 +216,7 @@ def cmd_evaluate(args) -> dict:
     extractor = build_extractor(model, settings, max_side=args.max_side, batch_size=args.batch_size,
                                 num_workers=args.num_workers)
     cache = args.cache or Path(args.data_root) / "cache"
-    x = cached_features(cache, dataset.db_paths(), extractor, retry_failed=args.retry_failed)
-    q = cached_features(cache, dataset.query_paths(), extractor, [dataset.query_bbx(i) for i in
-                                                                  range(dataset.n_queries)], retry_failed=args.retry_failed)
+    q, x = dataset_features(dataset, extractor, cache, retry_failed=args.retry_failed)
     rerank = None if args.no_rerank else RerankSettings(args.M, args.K, args.beta)
     shortlist = "per_protocol" if args.per_protocol_shortlist else "shared"
     res = evaluate_retrieval(q, x, dataset.gnd, rerank, shortlist=shortlist)

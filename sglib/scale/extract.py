@@ -820,14 +820,17 @@ def split_settings(features: np.ndarray, names: Sequence[str]) -> dict[str, np.n
     return dict(zip(names, np.split(features, len(names), axis=1)))
 
 
-def dataset_features(dataset, extractor: Extractor, cache_root, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def dataset_features(dataset, extractor: Extractor, cache_root, progress: bool = True,
+                     retry_failed: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(queries (nq, D), database (N, D)) descriptors of a :class:`~sglib.data.revisitop.RevisitopDataset`, cached.
 
-    Queries are cropped to their bounding boxes, as the reference does.
+    Queries are cropped to their bounding boxes, as the reference does. ``retry_failed``: see
+    :func:`cached_features`.
     """
-    db = cached_features(cache_root, dataset.db_paths(), extractor, progress=progress)
+    db = cached_features(cache_root, dataset.db_paths(), extractor, progress=progress, retry_failed=retry_failed)
     boxes = [dataset.query_bbx(i) for i in range(dataset.n_queries)]
-    q = cached_features(cache_root, dataset.query_paths(), extractor, bboxes=boxes, progress=progress)
+    q = cached_features(cache_root, dataset.query_paths(), extractor, bboxes=boxes, progress=progress,
+                        retry_failed=retry_failed)
     return q, db
 
 
