@@ -41,8 +41,6 @@ def check_float_tensor(x, name: str, ndim: int, nonempty: bool = True) -> None:
 
 def check_positive(value, name: str, allow_inf: bool = False) -> None:
     """Raise ``ValueError`` unless ``value`` is a number > 0 (finite unless ``allow_inf``)."""
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        value = float(value.detach())
     ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) and value > 0 and \
         (np.isfinite(value) or (allow_inf and value == np.inf))
     if not ok:

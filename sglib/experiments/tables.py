@@ -19,7 +19,7 @@ from ..evaluation.retrieval import RerankSettings, evaluate_retrieval
 from ..evaluation.protocol import summary
 from ..method.descriptors import SCALES, DescriptorSettings
 from ..models.whitening import Whitening, fit_learned_whitening
-from ..scale.extract import build_extractor, cache_key, cached_features
+from ..scale.extract import build_extractor, cache_key, cached_features, image_fingerprint
 from .ablations import grid_features, pooling_grid
 
 MODULE_SETTINGS = {
@@ -113,7 +113,7 @@ def fit_training_whitening(model, data_root, cache_root, progress: bool = True) 
     same = labels[i] == labels[j]
     pairs = np.stack([i[same], j[same]], axis=1)
     whitening = fit_learned_whitening(feats, pairs, shrinkage=WHITENING_SHRINKAGE)
-    inputs = hashlib.sha256(json.dumps([[Path(p).stat().st_size, Path(p).stat().st_mtime_ns] for p in paths]).encode()
+    inputs = hashlib.sha256(json.dumps([image_fingerprint(p) for p in paths]).encode()
                             + labels.tobytes()).hexdigest()[:24]
     whitening.source = (f"lw shrinkage={WHITENING_SHRINKAGE} features={cache_key(paths, extractor)} "
                         f"images+labels={inputs}")

@@ -49,7 +49,8 @@ def gem(x: torch.Tensor, p: float | torch.Tensor = 3.0, eps: float = 1e-6) -> to
         torch.Size([2, 8])
     """
     check_float_tensor(x, "x", ndim=4)
-    check_positive(p, "p")
+    if not isinstance(p, torch.Tensor):   # a learned p is checked where it is loaded: no GPU sync per call
+        check_positive(p, "p")
     return x.clamp(min=eps).pow(p).mean(dim=(-2, -1)).pow(1.0 / p)
 
 

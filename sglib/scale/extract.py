@@ -328,7 +328,7 @@ def _short(value) -> str:
     return text if len(text) <= 200 else text[:200] + "..."
 
 
-def _image_stat(path) -> list | None:
+def image_fingerprint(path) -> list | None:
     """What identifies an image file's content for the cache; None when it cannot be read.
 
     ``$SGLIB_CACHE_VERIFY`` chooses: ``stat`` (default) ``[size, mtime_ns]``, cheap, misses an edit
@@ -388,7 +388,7 @@ def _check_shard(out: Path, manifest: dict, k: int, dim: int | None = None,
         stats = meta.get("stats")
         if not isinstance(stats, list) or len(stats) != stop - start:
             return None, "its record has no image sizes and times"
-        changed = [paths[start + i] for i, st in enumerate(stats) if _image_stat(paths[start + i]) != st]
+        changed = [paths[start + i] for i, st in enumerate(stats) if image_fingerprint(paths[start + i]) != st]
         if changed:
             return None, f"{len(changed)} image(s) changed since extraction, e.g. {changed[0]}"
     failed = np.zeros(stop - start, bool)
@@ -547,7 +547,7 @@ def run_shards(out_dir, images: Sequence, extractor: Extractor, bboxes: Sequence
         for k in todo:
             start, stop = _shard_range(manifest, k)
             t0 = time.perf_counter()
-            stats = [_image_stat(p) for p in paths[start:stop]]   # before reading: a later edit is detected
+            stats = [image_fingerprint(p) for p in paths[start:stop]]   # before reading: a later edit is detected
             rows, failed = _extract_shard(extractor, paths, boxes, start, stop, bar)
             if rows.shape[1]:
                 if dim is not None and rows.shape[1] != dim:
@@ -834,7 +834,7 @@ def dataset_features(dataset, extractor: Extractor, cache_root, progress: bool =
     return q, db
 
 
-__all__ = ["Extractor", "build_extractor", "model_key", "split_settings", "dataset_features", "prepare_job", "run_shards", "finalize_job",
+__all__ = ["Extractor", "build_extractor", "model_key", "image_fingerprint", "split_settings", "dataset_features", "prepare_job", "run_shards", "finalize_job",
            "extract_features", "load_features", "failed_images", "job_status", "read_manifest", "cached_features",
            "cache_key", "image_list_sha256", "read_image_list", "write_image_list", "shard_path",
            "FORMAT", "DEFAULT_SHARD_SIZE"]
