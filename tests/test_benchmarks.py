@@ -11,8 +11,8 @@ from sglib.embedded import build_multiview_real, build_synthetic_views
 from sglib.embedded import synthetic_views as sv
 from sglib.data.revisitop import read_revisitop_gnd
 
-TINY = dict(n_landmarks=6, views_per_landmark=8, n_distractor_views=12, n_distractor_photos=3, n_backgrounds=4,
-            train_views_per_class=2, n_train_photos=3, max_side=160, progress=False)
+TINY = dict(n_landmark_scenes=6, views_per_landmark=8, n_distractor_views=12, n_distractor_scenes=3,
+            n_background_scenes=4, train_views_per_class=2, n_train_scenes=3, max_side=160, progress=False)
 
 
 @pytest.fixture(scope="session")
@@ -81,8 +81,10 @@ def test_synthetic_gnd_is_well_formed_and_matches_metadata(tiny):
     out, path = tiny
     gnd = read_revisitop_gnd(path / "gnd_synthetic_views.pkl")  # validates indices, disjointness, boxes
     meta = json.loads((path / "meta_synthetic_views.json").read_text())
-    n_db = TINY["n_landmarks"] * TINY["views_per_landmark"] + TINY["n_distractor_views"]
-    assert len(gnd["imlist"]) == n_db and len(gnd["qimlist"]) == TINY["n_landmarks"]
+    n_q = len(meta["roles"]["landmarks"])
+    assert TINY["n_landmark_scenes"] <= n_q <= 2 * TINY["n_landmark_scenes"]  # up to 2 photos per scene
+    assert len(gnd["imlist"]) == n_q * TINY["views_per_landmark"] + TINY["n_distractor_views"]
+    assert len(gnd["qimlist"]) == n_q
     for name in gnd["imlist"] + gnd["qimlist"]:
         with Image.open(path / "jpg" / f"{name}.jpg") as im:
             assert max(im.size) <= TINY["max_side"]
@@ -96,19 +98,58 @@ def test_synthetic_gnd_is_well_formed_and_matches_metadata(tiny):
                   min(W, quad[:, 0].max()), min(H, quad[:, 1].max())]
         np.testing.assert_allclose(g["bbx"], expect, atol=1e-6)
         assert q["visible"] > 0.95  # the query shows its whole region
-        for label in ("easy", "hard", "junk"):
+        for label in ("easy", "hard"):
             for di in g[label]:
                 m = meta["database"][di]
                 assert m["query"] == qi and m["photo"] == q["photo"]
                 assert sv.distortion_strength(m) == pytest.approx(m["strength"])
                 assert sv.label_view(m["visible"], m["strength"]) == label
-        # every view of this landmark is labelled; all others are negatives
-        views = {di for di, m in enumerate(meta["database"]) if m["query"] == qi}
-        assert views == set(g["easy"]) | set(g["hard"]) | set(g["junk"])
-        assert len(views) == TINY["views_per_landmark"]
+        # every view of this query's photo is labelled by the rule, every view of a scene mate is junk,
+        # everything else is a negative
+        own = {di for di, m in enumerate(meta["database"]) if m["query"] == qi}
+        mates = {di for di, m in enumerate(meta["database"])
+                 if m["query"] not in (None, qi) and m["scene"] == q["scene"]}
+        assert len(own) == TINY["views_per_landmark"]
+        assert {di for di in own if meta["database"][di]["label"] == "junk"} | mates == set(g["junk"])
+        assert own | mates == set(g["easy"]) | set(g["hard"]) | set(g["junk"])
 
 
-def test_synthetic_roles_are_disjoint_and_one_photo_per_real_group(tiny, photos):
+def test_scene_groups_take_one_role_and_mates_are_junk(photos, tmp_path):
+    """No two photos of one real scene take different roles; a query's scene mates' views are junk for it."""
+    group_of = {p.key: p.scene for p in photos}
+    multi = {s for s, members in sv.scenes_of(photos).items() if len(members) > 1}
+    mates_seen = 0
+    for seed in (0, 1, 2, 3):
+        path = build_synthetic_views(tmp_path / f"s{seed}", photos, seed=seed, **TINY)
+        meta = json.loads((path / "meta_synthetic_views.json").read_text())
+        gnd = read_revisitop_gnd(path / "gnd_synthetic_views.pkl")["gnd"]
+        role_of = {}
+        for role, keys in meta["roles"].items():
+            for key in keys:
+                assert role_of.setdefault(group_of[key], role) == role, (key, role, role_of[group_of[key]])
+        kind = {p.key: p.kind for p in photos}
+        assert all(kind[k] == "landmark" for k in meta["roles"]["landmarks"])
+        for qi, q in enumerate(meta["queries"]):
+            for di, m in enumerate(meta["database"]):
+                if m["query"] is not None and m["query"] != qi and m["scene"] == q["scene"]:
+                    assert di in gnd[qi]["junk"] and di not in gnd[qi]["easy"] + gnd[qi]["hard"]
+                    mates_seen += 1
+        assert multi, "the manifest has no multi-photo scene group"
+    assert mates_seen > 0, "no seed put a multi-photo scene among the landmarks: the junk rule went untested"
+
+
+def test_photo_pools_are_disjoint_by_scene(photos):
+    pools = sv.split_pools(photos)
+    scenes = {k: {p.scene for p in v} for k, v in pools.items()}
+    assert not scenes["a"] & scenes["b"]
+    assert len(pools["a"]) + len(pools["b"]) == len(photos)
+    for k in "ab":
+        n_landmark = sum(sv.scene_kind(m) == "landmark" for m in sv.scenes_of(pools[k]).values())
+        assert n_landmark >= 12, f"pool {k} has only {n_landmark} landmark scenes"
+        assert all(sv.pool_of(s) in "ab" for s in scenes[k])
+
+
+def test_synthetic_roles_are_disjoint_and_training_classes_are_scenes(tiny, photos):
     _, path = tiny
     roles = json.loads((path / "meta_synthetic_views.json").read_text())["roles"]
     sets = {k: set(v) for k, v in roles.items()}
@@ -116,12 +157,26 @@ def test_synthetic_roles_are_disjoint_and_one_photo_per_real_group(tiny, photos)
     for i, a in enumerate(names):
         for b in names[i + 1:]:
             assert not sets[a] & sets[b], (a, b)
-    group = {p.key: p.group for p in photos}
-    used = [group[k] for v in roles.values() for k in v if group[k]]
-    assert len(used) == len(set(used))
+    scene = {p.key: p.scene for p in photos}
     train = (path.parent / "synthetic_views_train" / "train.csv").read_text().splitlines()
     assert train[0] == "image,label,photo" and len(train) == 1 + 3 * TINY["train_views_per_class"]
-    assert {line.split(",")[2] for line in train[1:]} == sets["train"]
+    rows = [line.split(",") for line in train[1:]]
+    assert {r[2] for r in rows} <= sets["train"]
+    assert len({r[1] for r in rows}) == 3
+    for label in {r[1] for r in rows}:
+        assert len({scene[r[2]] for r in rows if r[1] == label}) == 1  # a class is one scene
+
+
+def test_easy_and_hard_dials_make_easy_views_easier(tiny):
+    """The measured labels follow the dials: most easy-dial views of a landmark are labelled easy, most
+    hard-dial ones hard or junk."""
+    _, path = tiny
+    db = [m for m in json.loads((path / "meta_synthetic_views.json").read_text())["database"] if m["query"] is not None]
+    easy = [m["label"] for m in db if m["dials"] == "easy"]
+    hard = [m["label"] for m in db if m["dials"] == "hard"]
+    assert easy and hard
+    assert np.mean([lab == "easy" for lab in easy]) > 0.6
+    assert np.mean([lab != "easy" for lab in hard]) > 0.8
 
 
 def test_synthetic_build_is_deterministic_and_idempotent(tiny, photos, tmp_path):
@@ -137,8 +192,10 @@ def test_synthetic_build_is_deterministic_and_idempotent(tiny, photos, tmp_path)
 
 
 def test_synthetic_rejects_too_few_photos(photos, tmp_path):
-    with pytest.raises(ValueError, match="eligible photos"):
+    with pytest.raises(ValueError, match="landmark-kind scenes"):
         build_synthetic_views(tmp_path, photos[:10], **TINY)
+    with pytest.raises(ValueError, match="pool must be"):
+        build_synthetic_views(tmp_path, photos, pool="c", **TINY)
 
 
 # ---------------------------------------------------------------------------------------------

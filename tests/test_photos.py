@@ -65,3 +65,73 @@ def test_manifest_digest_changes_with_content():
     m2["sources"][0]["files"][0]["sha256"] = "0" * 64
     assert manifest_digest(m) != manifest_digest(m2)
     assert manifest_digest(m) == manifest_digest(json.loads(json.dumps(m)))
+
+
+def _rcc(files: dict, version: int = 2) -> bytes:
+    """A Qt resource bundle written naively from its documented layout: {'dir/name': (bytes, compressed)}."""
+    import struct
+    import zlib
+    tree_paths = {"": []}
+    for path in files:
+        parts = path.split("/")
+        for i in range(1, len(parts) + 1):
+            parent, node = "/".join(parts[:i - 1]), "/".join(parts[:i])
+            tree_paths.setdefault(parent, [])
+            if node not in tree_paths[parent]:
+                tree_paths[parent].append(node)
+            if i < len(parts):
+                tree_paths.setdefault(node, [])
+    order = [""]                                  # breadth first: children of a folder are contiguous
+    for node in order:
+        order.extend(tree_paths.get(node, []) if node in tree_paths and node not in files else [])
+    names, name_off = b"", {}
+    for node in order[1:]:
+        leaf = node.split("/")[-1]
+        name_off[node] = len(names)
+        names += struct.pack(">HI", len(leaf), 0) + leaf.encode("utf-16-be")
+    data, data_off = b"", {}
+    for path, (raw, compressed) in files.items():
+        blob = struct.pack(">I", len(raw)) + zlib.compress(raw) if compressed else raw
+        data_off[path] = len(data)
+        data += struct.pack(">I", len(blob)) + blob
+    index = {node: i for i, node in enumerate(order)}
+    tree = b""
+    for node in order:
+        if node in files:
+            entry = struct.pack(">IHHHI", name_off[node], 1 if files[node][1] else 0, 0, 0, data_off[node])
+        else:
+            kids = tree_paths[node]
+            first = index[kids[0]] if kids else 0
+            entry = struct.pack(">IHII", name_off.get(node, 0), 2, len(kids), first)
+        tree += entry + (b"\0" * 8 if version >= 2 else b"")
+    header = 20
+    return (b"qres" + struct.pack(">IIII", version, header, header + len(tree), header + len(tree) + len(data))
+            + tree + data + names)
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_rcc_members_are_read_back(version):
+    from sglib.embedded.photos import read_rcc_member
+    files = {"gcompris/a/one.webp": (b"first file", False), "gcompris/a/two.txt": (b"x" * 300, True),
+             "gcompris/b.bin": (bytes(range(256)), False)}
+    bundle = _rcc(files, version)
+    for path, (raw, _) in files.items():
+        assert read_rcc_member(bundle, path) == raw
+    with pytest.raises(ValueError, match="no member"):
+        read_rcc_member(bundle, "gcompris/a/three.webp")
+    with pytest.raises(ValueError, match="is a folder"):
+        read_rcc_member(bundle, "gcompris/a")
+    with pytest.raises(ValueError, match="qres"):
+        read_rcc_member(b"PK\3\4" + bundle[4:], "gcompris/b.bin")
+
+
+def test_photo_kinds_and_scenes(photos):
+    kinds = {p.kind for p in photos}
+    assert kinds == {"landmark", "other"}
+    assert sum(p.kind == "landmark" for p in photos) >= 80
+    for p in photos:
+        assert p.scene == (p.group or p.key)
+    bad = load_manifest()
+    bad["sources"][0]["files"][0]["kind"] = "monument"
+    with pytest.raises(ValueError, match="unknown photo kind"):
+        fetch_all(PHOTO_CACHE, manifest=bad)

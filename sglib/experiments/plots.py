@@ -64,3 +64,38 @@ def plot_retrievals(dataset, ranks: np.ndarray, queries, k: int = 5, title: str 
     if path is not None:
         fig.savefig(path, dpi=80)
     return fig
+
+
+def plot_rerank_gain(rerank, path=None):
+    """Reranking's Medium-mAP gain against the base ranking's precision: mP@10 (Medium) and Hard mAP.
+
+    Args:
+        rerank: :attr:`sglib.experiments.stability.StabilityResult.rerank` (one row per build, backbone,
+            base ranking, whitening and K).
+        path: save the figure there (PNG) when given.
+
+    Returns:
+        the matplotlib Figure: two panels sharing the y axis; colour = base ranking and whitening,
+        marker = K, a dashed line at zero gain.
+    """
+    kinds = sorted({(r.backbone, r.base, bool(r.whitened)) for r in rerank.itertuples()})
+    markers = dict(zip(sorted(set(rerank["K"])), "os^Dv"))
+    cmap = plt.get_cmap("tab10")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, x, label in zip(axes, ("base_mP@10", "base_hard"), ("base mP@10, Medium (%)", "base Hard mAP (%)")):
+        for i, (backbone, base, whitened) in enumerate(kinds):
+            sel = rerank[(rerank.backbone == backbone) & (rerank.base == base) & (rerank.whitened == whitened)]
+            for k, marker in markers.items():
+                part = sel[sel.K == k]
+                ax.scatter(part[x], part["gain_medium"], color=cmap(i % 10), marker=marker, s=28,
+                           label=f"{backbone}, {base}, {'whitened' if whitened else 'raw'}, K={k}")
+        ax.axhline(0, color="black", lw=0.8, ls="--")
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("rerank gain, Medium mAP (points)")
+    axes[1].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    fig.suptitle("When reranking helps: gain against the base ranking's precision", fontsize=10)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=80, bbox_inches="tight")
+    return fig

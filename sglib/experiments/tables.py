@@ -79,9 +79,9 @@ def map_table(per_benchmark: dict) -> pd.DataFrame:
     return pd.concat(frames, axis=1).round(1)
 
 
-def training_images(data_root) -> tuple[list[str], np.ndarray]:
-    """Paths and integer labels of the synthetic-views training split (disjoint from both benchmarks)."""
-    folder = Path(data_root) / "datasets" / TRAIN_SPLIT
+def training_images(data_root, split: str = TRAIN_SPLIT) -> tuple[list[str], np.ndarray]:
+    """Paths and integer labels of a synthetic-views training split (disjoint from its benchmark)."""
+    folder = Path(data_root) / "datasets" / split
     with open(folder / "train.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     if not rows:
@@ -90,7 +90,7 @@ def training_images(data_root) -> tuple[list[str], np.ndarray]:
     return [str(folder / "jpg" / f"{r['image']}.jpg") for r in rows], np.array([names.index(r["label"]) for r in rows])
 
 
-def fit_training_whitening(model, data_root, cache_root, progress: bool = True) -> Whitening:
+def fit_training_whitening(model, data_root, cache_root, progress: bool = True, split: str = TRAIN_SPLIT) -> Whitening:
     """Supervised (Lw) whitening of ``model``'s backbone, fitted on the training split's GeM (p = 3) vectors.
 
     Views of the same training photo are the matching pairs. Plays the part of CVNet's trained
@@ -106,7 +106,7 @@ def fit_training_whitening(model, data_root, cache_root, progress: bool = True) 
     if not hasattr(model, "with_head"):
         raise ValueError(f"{type(model).__name__} has its own trained head: the training-split whitening is for "
                          "ImageNet backbones")
-    paths, labels = training_images(data_root)
+    paths, labels = training_images(data_root, split)
     extractor = build_extractor(model.with_head(None), {"gem3": WHITENING_SETTINGS})
     feats = cached_features(cache_root, paths, extractor, progress=progress)
     i, j = np.triu_indices(len(labels), k=1)
