@@ -304,9 +304,9 @@ def cmd_stability(args):
         plan = dataclasses.replace(plan, seeds=tuple(args.seeds))
     if args.pools is not None:
         plan = dataclasses.replace(plan, pools=tuple(args.pools))
-    result = st.run_stability(args.data_root, plan)
     out = Path(args.results)
-    out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)   # before the long run: an unwritable folder fails now
+    result = st.run_stability(args.data_root, plan)
     result.save(out / "stability.json")
     summary = st.effect_summary(st.module_effects(result.maps))
     table = st.markdown_effects(summary)

@@ -146,7 +146,26 @@ def test_photo_pools_are_disjoint_by_scene(photos):
     for k in "ab":
         n_landmark = sum(sv.scene_kind(m) == "landmark" for m in sv.scenes_of(pools[k]).values())
         assert n_landmark >= 12, f"pool {k} has only {n_landmark} landmark scenes"
-        assert all(sv.pool_of(s) in "ab" for s in scenes[k])
+    assert sv.split_pools(list(reversed(photos))) == pools          # order of the input does not matter
+
+
+def test_build_refuses_bad_counts_and_foreign_folders(photos, tmp_path):
+    bad = [dict(n_landmark_scenes=0), dict(n_landmark_scenes=-1), dict(max_photos_per_scene=0),
+           dict(n_background_scenes=0), dict(n_distractor_scenes=0), dict(views_per_landmark=0),
+           dict(train_views_per_class=0), dict(n_train_scenes=0), dict(n_distractor_views=-3),
+           dict(n_landmark_scenes=2.5)]
+    for kwargs in bad:
+        with pytest.raises(ValueError, match=list(kwargs)[0] if "distractor_scenes" not in str(kwargs)
+                           else "n_distractor_scenes"):
+            build_synthetic_views(tmp_path, photos, **{**TINY, **kwargs})
+    for name in ("", ".", "..", "a/b"):
+        with pytest.raises(ValueError, match="plain folder name"):
+            build_synthetic_views(tmp_path, photos, name=name, **TINY)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("not a build")
+    with pytest.raises(ValueError, match="not a synthetic_views build"):
+        build_synthetic_views(tmp_path, photos, name="mine", **TINY)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "not a build"
 
 
 def test_synthetic_roles_are_disjoint_and_training_classes_are_scenes(tiny, photos):
@@ -219,8 +238,9 @@ def test_multiview_real_gnd(photos, tmp_path):
         assert list(g["bbx"]) == [0, 0, W, H]
         assert (path / "jpg" / f"{q['name']}.jpg").read_bytes() == \
             (path / "jpg" / f"{gnd['imlist'][q['db_index']]}.jpg").read_bytes()
-    # the look-alike facades are distractors only
-    hard_negatives = [i for i, d in enumerate(meta["database"]) if d["photo"] in
-                      ("vismatch/notre_dame.jpg", "vismatch/chartres.jpg")]
-    assert len(hard_negatives) == 2
-    assert not any(i in g["easy"] + g["hard"] for g in gnd["gnd"] for i in hard_negatives)
+    # Chartres, whose facade looks like Notre-Dame's, is a distractor only; Notre-Dame matches only Notre-Dame
+    index = {d["photo"]: i for i, d in enumerate(meta["database"])}
+    chartres, notre_dame = index["vismatch/chartres.jpg"], index["vismatch/notre_dame.jpg"]
+    assert not any(chartres in g["easy"] + g["hard"] for g in gnd["gnd"])
+    for q, g in zip(meta["queries"], gnd["gnd"]):
+        assert (notre_dame in g["easy"] + g["hard"]) == (q["photo"] == "gcompris-qt-data/NDP_background.webp")

@@ -135,3 +135,23 @@ def test_photo_kinds_and_scenes(photos):
     bad["sources"][0]["files"][0]["kind"] = "monument"
     with pytest.raises(ValueError, match="unknown photo kind"):
         fetch_all(PHOTO_CACHE, manifest=bad)
+
+
+def test_rcc_damage_is_a_value_error():
+    """Truncated, corrupt or unknown-version bundles raise ValueError naming the problem, never struct/zlib errors."""
+    import struct
+    from sglib.embedded.photos import read_rcc_member
+    files = {"d/one.bin": (b"abc" * 50, False), "d/two.bin": (b"xyz" * 100, True)}
+    bundle = _rcc(files)
+    for cut in range(20, len(bundle), 7):
+        for path in files:
+            try:
+                read_rcc_member(bundle[:cut], path)
+            except ValueError:
+                pass
+    with pytest.raises(ValueError, match="unsupported rcc bundle version 99"):
+        read_rcc_member(bundle[:4] + struct.pack(">I", 99) + bundle[8:], "d/one.bin")
+    raw = b"xyz" * 100
+    corrupt = bundle.replace(__import__("zlib").compress(raw), b"\0" * len(__import__("zlib").compress(raw)))
+    with pytest.raises(ValueError, match="does not decompress"):
+        read_rcc_member(corrupt, "d/two.bin")

@@ -45,6 +45,15 @@ def test_effect_summary_flags_sign_flips():
     assert wide.loc[("b", 0), ("GeM+", "medium")] == 29 and not wide.isna().any().any()
 
 
+def test_empty_or_missing_effects():
+    with pytest.raises(ValueError, match="no measured rows"):
+        st.module_effects(pd.DataFrame(columns=["pool", "seed", "row", "easy", "medium", "hard"]))
+    maps = _maps({("a", 0): [40, 41, 42, 43, 44], ("b", 0): [30, 31, 32, 33, 34]})
+    maps.loc[(maps.pool == "b") & (maps.row == "GeM+"), "medium"] = np.nan
+    summary = st.effect_summary(st.module_effects(maps))
+    assert not summary.loc["GeM+", ("Medium", "sign holds")]
+
+
 def test_zero_effect_is_not_a_held_sign():
     maps = _maps({("a", 0): [40, 40, 41, 42, 43], ("b", 0): [30, 31, 32, 33, 34]})
     assert not st.effect_summary(st.module_effects(maps)).loc["GeM+", "Medium"]["sign holds"]
@@ -66,6 +75,14 @@ def test_plan_validation():
         st.StabilityPlan(seeds=(0, 0))
     with pytest.raises(ValueError, match="K < M"):
         st.StabilityPlan(rerank=RerankSettings(M=10), rerank_ks=(10,))
+    for bad in (dict(pools=("a", "a")), dict(pools="ab"), dict(seeds=(-1,)), dict(seeds=(True, 2)),
+                dict(rerank_ks=()), dict(rerank_ks=(3, 3)), dict(backbones=("nope",)), dict(name="Full plan"),
+                dict(build=(("n_landmarks", 3),)), dict(build=(("seed", 3),))):
+        with pytest.raises(ValueError, match=list(bad)[0]):
+            st.StabilityPlan(**bad)
+    plan = st.StabilityPlan(build={"views_per_landmark": 5, "max_side": 128})
+    assert plan.build == (("max_side", 128), ("views_per_landmark", 5)) and hash(plan)
+    assert st.build_name(st.CI_PLAN, "a", 2) != st.build_name(st.FULL_PLAN, "a", 2)
     assert st.FULL_PLAN.seeds == (0, 1, 2) and st.FULL_PLAN.pools == ("a", "b")
     assert st.CI_PLAN.seeds == (0, 1, 2) and st.CI_PLAN.pools == ("a", "b")
 

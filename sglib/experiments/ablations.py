@@ -75,9 +75,11 @@ def rerank_grid(q, x, gnd, Ks=(1, 3, 5, 9, 15), betas=(0.0, 0.15, 0.5), M: int =
     def row(res, k=None, beta=None):
         return {"K": k, "beta": beta, **res.summary(), "mP@10": round(100 * float(res["medium"]["mp"][-1]), 2)}
 
+    if len(set(Ks)) != len(Ks) or len(set(betas)) != len(betas):
+        raise ValueError(f"rerank_grid: repeated K or beta values (Ks={Ks!r}, betas={betas!r})")
     rows = {"no rerank": row(evaluate_retrieval(q, x, gnd))}
     for k in Ks:
         for beta in betas:
-            rows[f"K={k}, beta={beta:g}"] = row(evaluate_retrieval(q, x, gnd, RerankSettings(M=M, K=k, beta=beta)),
+            rows[f"K={k}, beta={beta}"] = row(evaluate_retrieval(q, x, gnd, RerankSettings(M=M, K=k, beta=beta)),
                                                 k, beta)
     return pd.DataFrame.from_dict(rows, orient="index").astype({"K": object, "beta": object})

@@ -5,6 +5,8 @@ under ``make``): choosing one here would hide every figure in a notebook.
 """
 from __future__ import annotations
 
+import itertools
+
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.patches import Rectangle
@@ -79,7 +81,7 @@ def plot_rerank_gain(rerank, path=None):
         marker = K, a dashed line at zero gain.
     """
     kinds = sorted({(r.backbone, r.base, bool(r.whitened)) for r in rerank.itertuples()})
-    markers = dict(zip(sorted(set(rerank["K"])), "os^Dv"))
+    markers = dict(zip(sorted(set(rerank["K"])), itertools.cycle("os^Dv<>ph*")))
     cmap = plt.get_cmap("tab10")
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for ax, x, label in zip(axes, ("base_mP@10", "base_hard"), ("base mP@10, Medium (%)", "base Hard mAP (%)")):

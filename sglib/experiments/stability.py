@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -38,13 +39,16 @@ class StabilityPlan:
     """What :func:`run_stability` rebuilds and measures.
 
     Attributes:
+        name: names the builds' folders (:func:`build_name`), so plans of other sizes do not overwrite each other.
         seeds, pools: every (pool, seed) pair is one build.
-        build: keyword arguments of :func:`sglib.embedded.synthetic_views.build_synthetic_views` (sizes).
+        build: keyword arguments of :func:`sglib.embedded.synthetic_views.build_synthetic_views` (sizes), as
+            ``(key, value)`` pairs (a dict is converted).
         backbones: ImageNet backbones of the rerank study; the module rows use the first.
         rerank: the reranking of the module table.
         rerank_ks: K values of the rerank study (M and beta from ``rerank``).
     """
 
+    name: str = "custom"
     seeds: tuple = (0, 1, 2)
     pools: tuple = ("a", "b")
     build: tuple = ()
@@ -53,14 +57,30 @@ class StabilityPlan:
     rerank_ks: tuple = (3, 9)
 
     def __post_init__(self):
-        if len(self.seeds) < 1 or len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"StabilityPlan.seeds: expected distinct seeds, got {self.seeds!r}")
-        if not self.pools or set(self.pools) - {"a", "b"}:
-            raise ValueError(f"StabilityPlan.pools: expected a subset of ('a', 'b'), got {self.pools!r}")
-        if not self.backbones:
-            raise ValueError("StabilityPlan.backbones: expected at least one backbone")
+        import inspect
+        from ..embedded.synthetic_views import build_synthetic_views
+        from ..models.imagenet import BACKBONES
+        if isinstance(self.build, dict):
+            object.__setattr__(self, "build", tuple(sorted(self.build.items())))
+        if not isinstance(self.name, str) or not re.fullmatch(r"[a-z0-9_]+", self.name):
+            raise ValueError(f"StabilityPlan.name: expected lower-case letters, digits or _, got {self.name!r}")
+        seeds_ok = all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 0 for s in self.seeds)
+        if not self.seeds or not seeds_ok or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"StabilityPlan.seeds: expected distinct integers >= 0, got {self.seeds!r}")
+        if isinstance(self.pools, str) or not self.pools or set(self.pools) - {"a", "b"} \
+                or len(set(self.pools)) != len(self.pools):
+            raise ValueError(f"StabilityPlan.pools: expected distinct pools from ('a', 'b'), got {self.pools!r}")
+        if not self.backbones or set(self.backbones) - set(BACKBONES):
+            raise ValueError(f"StabilityPlan.backbones: expected names from {sorted(BACKBONES)}, got {self.backbones!r}")
+        if not self.rerank_ks or len(set(self.rerank_ks)) != len(self.rerank_ks):
+            raise ValueError(f"StabilityPlan.rerank_ks: expected distinct K values, got {self.rerank_ks!r}")
         for k in self.rerank_ks:
             RerankSettings(M=self.rerank.M, K=k, beta=self.rerank.beta)  # validates K
+        allowed = set(inspect.signature(build_synthetic_views).parameters) - {"out_dir", "photos", "seed", "pool",
+                                                                               "name", "manifest_sha256", "progress"}
+        unknown = sorted({k for k, _ in self.build} - allowed)
+        if unknown:
+            raise ValueError(f"StabilityPlan.build: unknown argument(s) {unknown}; allowed: {sorted(allowed)}")
 
     def build_kwargs(self) -> dict:
         return dict(self.build)
@@ -71,11 +91,13 @@ class StabilityPlan:
 
 # The README's table: 3 seeds x 2 pools, each build about half the default size (one pool holds half the scenes).
 FULL_PLAN = StabilityPlan(
+    name="full",
     build=(("n_landmark_scenes", 20), ("views_per_landmark", 14), ("n_distractor_views", 100),
            ("n_distractor_scenes", 8), ("n_background_scenes", 6)),
     backbones=("efficientnet_lite0", "mobilenet_v2"))
 # The notebook's CI run: the same builds, smaller and at a lower resolution (a few minutes on 2 cores).
 CI_PLAN = StabilityPlan(
+    name="ci",
     build=(("n_landmark_scenes", 8), ("views_per_landmark", 10), ("n_distractor_views", 40),
            ("n_distractor_scenes", 4), ("n_background_scenes", 4), ("train_views_per_class", 4),
            ("n_train_scenes", 14), ("max_side", 256)))
@@ -102,9 +124,9 @@ class StabilityResult:
         return cls(pd.DataFrame(record["maps"]), pd.DataFrame(record["rerank"]), record["plan"])
 
 
-def build_name(pool: str, seed: int) -> str:
+def build_name(plan: StabilityPlan, pool: str, seed: int) -> str:
     """Folder name of one build under ``DATA_ROOT/datasets``."""
-    return f"stability_{pool}_s{seed}"
+    return f"stability_{plan.name}_{pool}_s{seed}"
 
 
 def _rerank_rows(q, x, gnd, plan: StabilityPlan, tag: dict) -> list[dict]:
@@ -165,7 +187,7 @@ def run_stability(data_root, plan: StabilityPlan = FULL_PLAN, photos=None, progr
     map_rows, rerank_rows = [], []
     for pool in plan.pools:
         for seed in plan.seeds:
-            name = build_name(pool, seed)
+            name = build_name(plan, pool, seed)
             build_synthetic_views(data_root / "datasets", photos, seed=seed, pool=pool, name=name,
                                   manifest_sha256=manifest_digest(), progress=progress, **plan.build_kwargs())
             dataset = load_revisitop(data_root, name, require_images=True)
@@ -190,6 +212,8 @@ def module_effects(maps: pd.DataFrame) -> pd.DataFrame:
         GeM) is the baseline, so it has no effect row.
     """
     out = []
+    if maps.empty:
+        raise ValueError("module_effects: no measured rows (run_stability measured no build)")
     for (pool, seed), build in maps.groupby(["pool", "seed"], sort=True):
         build = build.set_index("row")
         order = [r for r in list(MODULE_SETTINGS) + [RERANK_ROW] if r in build.index]
@@ -205,14 +229,16 @@ def effect_summary(effects: pd.DataFrame) -> pd.DataFrame:
     Returns:
         index = module (ablation order), columns ``(protocol, statistic)`` with statistics mean, std, min,
         max (mAP points) and ``sign holds`` (True when every build's effect has the sign of the mean and
-        none is zero).
+        none is zero or missing).
     """
+    if effects.empty:
+        raise ValueError("effect_summary: no effects (each build needs at least two module rows)")
     order = list(dict.fromkeys(effects["module"]))
     frames = {}
     for p in PROTOCOLS:
         g = effects.groupby("module", sort=False)[p]
         stats = pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=0), "min": g.min(), "max": g.max()}).round(2)
-        stats["sign holds"] = (stats["min"] > 0) | (stats["max"] < 0)
+        stats["sign holds"] = ((stats["min"] > 0) | (stats["max"] < 0)) & (g.count() == g.size())
         frames[p.capitalize()] = stats.loc[order]
     return pd.concat(frames, axis=1)
 

@@ -93,7 +93,7 @@ def training_images(data_root, split: str = TRAIN_SPLIT) -> tuple[list[str], np.
 def fit_training_whitening(model, data_root, cache_root, progress: bool = True, split: str = TRAIN_SPLIT) -> Whitening:
     """Supervised (Lw) whitening of ``model``'s backbone, fitted on the training split's GeM (p = 3) vectors.
 
-    Views of the same training photo are the matching pairs. Plays the part of CVNet's trained
+    Views of the same training scene are the matching pairs. Plays the part of CVNet's trained
     2048 x 2048 layer for a backbone that has none. The vectors are pooled without any head, whatever
     ``model.head`` holds, so fitting twice gives the same whitening. The shrinkage
     (:data:`WHITENING_SHRINKAGE`) makes the rank-deficient intra-pair covariance invertible; without it,
