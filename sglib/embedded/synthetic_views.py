@@ -469,21 +469,23 @@ def assign_roles(photos, seed: int, n_landmark_scenes: int, n_distractor_scenes:
         raise ValueError(f"{len(landmark_scenes)} landmark-kind scenes among the photos, need n_landmark_scenes="
                          f"{n_landmark_scenes}: lower it or add photos of kind 'landmark' to the manifest")
     chosen = [landmark_scenes[i] for i in rng.permutation(len(landmark_scenes))[:n_landmark_scenes]]
-    rest = [n for n in scenes if n not in set(chosen)]
+    rest = sorted(set(scenes) - set(chosen))
     rest = [rest[i] for i in rng.permutation(len(rest))]
     need = n_distractor_scenes + n_background_scenes
     if len(rest) < need + 1:
         raise ValueError(f"{len(scenes)} eligible photo scenes, need {n_landmark_scenes} landmark + {need} "
                          "distractor/background scenes + at least 1 for training")
-    pick = lambda names: [scenes[n][int(rng.integers(len(scenes[n])))] for n in names]  # noqa: E731
+    def one_photo_each(names):
+        return [scenes[n][int(rng.integers(len(scenes[n])))] for n in names]
+
     landmarks = []
     for name in chosen:
         members = scenes[name]
         keep = sorted(rng.permutation(len(members))[:max_photos_per_scene])
         landmarks.extend(members[i] for i in keep)
-    return {"backgrounds": pick(rest[:n_background_scenes]),
+    return {"backgrounds": one_photo_each(rest[:n_background_scenes]),
             "landmarks": landmarks,
-            "distractors": pick(rest[n_background_scenes:need]),
+            "distractors": one_photo_each(rest[n_background_scenes:need]),
             "train": [p for n in rest[need:] for p in scenes[n]]}   # scenes in the seeded order
 
 
