@@ -118,8 +118,8 @@ def test_rerank_grid_rows_match_single_evaluations():
     q = x[:4] + 0.3 * rng.standard_normal((4, 8)).astype(np.float32)
     gnd = [{"easy": [i], "hard": [i + 10, i + 20], "junk": [i + 30]} for i in range(4)]
     grid = rerank_grid(q, x, gnd, Ks=(1, 3), betas=(0.0, 0.15), M=20)
-    assert len(grid) == 5 and not grid[["easy", "medium", "hard", "mP@10"]].isna().any().any()
+    assert len(grid) == 5 and not grid.isna().any().any()
     base = evaluate_retrieval(q, x, gnd).summary()
     assert grid.loc["no rerank", "medium"] == base["medium"] and grid.index[0] == "no rerank"
     expect = evaluate_retrieval(q, x, gnd, RerankSettings(M=20, K=3, beta=0.15)).summary()
-    assert grid.loc["K=3, beta=0.15", "hard"] == expect["hard"] and grid.loc["K=3, beta=0.15", "K"] == 3
+    assert grid.loc["K=3, beta=0.15", "hard"] == expect["hard"]

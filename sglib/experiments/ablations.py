@@ -69,17 +69,16 @@ def rerank_grid(q, x, gnd, Ks=(1, 3, 5, 9, 15), betas=(0.0, 0.15, 0.5), M: int =
     """SuperGlobal reranking of one descriptor set at every (K, beta), after the unreranked baseline.
 
     Returns:
-        one row per setting, index ``"no rerank"`` then ``"K=3, beta=0.15"`` ..., columns K and beta (None on
-        the baseline row), easy / medium / hard mAP (%) and ``mP@10`` (Medium, %).
+        one row per setting, index ``"no rerank"`` then ``"K=3, beta=0.15"`` ..., columns easy / medium / hard
+        mAP (%) and ``mP@10`` (Medium, %).
     """
-    def row(res, k=None, beta=None):
-        return {"K": k, "beta": beta, **res.summary(), "mP@10": round(100 * float(res["medium"]["mp"][-1]), 2)}
+    def row(res):
+        return {**res.summary(), "mP@10": round(100 * float(res["medium"]["mp"][-1]), 2)}
 
     if len(set(Ks)) != len(Ks) or len(set(betas)) != len(betas):
         raise ValueError(f"rerank_grid: repeated K or beta values (Ks={Ks!r}, betas={betas!r})")
     rows = {"no rerank": row(evaluate_retrieval(q, x, gnd))}
     for k in Ks:
         for beta in betas:
-            rows[f"K={k}, beta={beta}"] = row(evaluate_retrieval(q, x, gnd, RerankSettings(M=M, K=k, beta=beta)),
-                                                k, beta)
-    return pd.DataFrame.from_dict(rows, orient="index").astype({"K": object, "beta": object})
+            rows[f"K={k}, beta={beta}"] = row(evaluate_retrieval(q, x, gnd, RerankSettings(M=M, K=k, beta=beta)))
+    return pd.DataFrame.from_dict(rows, orient="index")
