@@ -98,6 +98,9 @@ def test_result_round_trips(tmp_path):
     pd.testing.assert_frame_equal(back.maps, maps)
     pd.testing.assert_frame_equal(back.rerank, rr)
     assert back.plan == st.CI_PLAN.to_json()
+    (tmp_path / "other.json").write_text('{"maps": []}')
+    with pytest.raises(ValueError, match="not a stability result"):
+        st.StabilityResult.load(tmp_path / "other.json")
 
 
 def test_cli_stability_flags():

@@ -120,8 +120,11 @@ class StabilityResult:
 
     @classmethod
     def load(cls, path) -> "StabilityResult":
-        record = json.loads(Path(path).read_text())
-        return cls(pd.DataFrame(record["maps"]), pd.DataFrame(record["rerank"]), record["plan"])
+        try:
+            record = json.loads(Path(path).read_text())
+            return cls(pd.DataFrame(record["maps"]), pd.DataFrame(record["rerank"]), record["plan"])
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ValueError(f"{path}: not a stability result written by StabilityResult.save ({exc!r})") from exc
 
 
 def build_name(plan: StabilityPlan, pool: str, seed: int) -> str:
@@ -131,13 +134,13 @@ def build_name(plan: StabilityPlan, pool: str, seed: int) -> str:
 
 def _rerank_rows(q, x, gnd, plan: StabilityPlan, tag: dict) -> list[dict]:
     base = evaluate_retrieval(q, x, gnd)
+    before = base.summary()
     rows = []
     for k in plan.rerank_ks:
-        rr = evaluate_retrieval(q, x, gnd, RerankSettings(M=plan.rerank.M, K=k, beta=plan.rerank.beta))
-        row = {**tag, "K": k, "base_mP@10": round(100 * float(base["medium"]["mp"][-1]), 2),
-               "base_hard": base.summary()["hard"], "base_medium": base.summary()["medium"]}
-        row.update({f"gain_{p}": round(rr.summary()[p] - base.summary()[p], 2) for p in PROTOCOLS})
-        rows.append(row)
+        after = evaluate_retrieval(q, x, gnd, RerankSettings(M=plan.rerank.M, K=k, beta=plan.rerank.beta)).summary()
+        rows.append({**tag, "K": k, "base_mP@10": round(100 * float(base["medium"]["mp"][-1]), 2),
+                     "base_hard": before["hard"], "base_medium": before["medium"],
+                     **{f"gain_{p}": round(after[p] - before[p], 2) for p in PROTOCOLS}})
     return rows
 
 
