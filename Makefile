@@ -34,9 +34,10 @@ test: setup
 demo: setup
 	$(PY) -m sglib demo --data-root $(DATA_ROOT)
 
-bench: setup
+bench: data
 	$(PY) benchmarks/rerank.py
 	$(PY) benchmarks/search.py --quick
+	$(PY) benchmarks/train.py --data-root $(DATA_ROOT)
 
 clean-cache:
 	rm -rf $(DATA_ROOT)/cache

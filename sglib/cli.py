@@ -1,4 +1,4 @@
-"""Command line: ``python -m sglib {evaluate,download,build-data,demo}``.
+"""Command line: ``python -m sglib {evaluate,train,download,build-data,demo,stability}``.
 
 Every flag's value is checked when the command line is parsed, before any data or model is read;
 an expected failure (bad file, missing data, failed download) ends in one line on stderr and exit
@@ -113,7 +113,8 @@ def _backbone(text: str) -> str:
 def add_model_flags(p: argparse.ArgumentParser, required: bool = True) -> None:
     """--checkpoint / --backbone and what goes with them (also used by ``sglib.scale.distributed``)."""
     model = p.add_mutually_exclusive_group(required=required)
-    model.add_argument("--checkpoint", help="CVNet checkpoint (CVPR2022_CVNet_R50.pyth / _R101.pyth)")
+    model.add_argument("--checkpoint", help="CVNet checkpoint (CVPR2022_CVNet_R50.pyth / _R101.pyth), or a network "
+                                            "fine-tuned by `sglib train` (its model.pt or checkpoint.pt)")
     model.add_argument("--backbone", type=_backbone,
                        help="ImageNet backbone: efficientnet_lite0, mobilenet_v2, resnet50, resnet101")
     p.add_argument("--weights", help="weights file for --backbone resnet50/101")
@@ -127,7 +128,9 @@ def add_descriptor_flags(p: argparse.ArgumentParser) -> None:
     """The SuperGlobal pooling switches and the extraction knobs."""
     p.add_argument("--scales", type=_scales, default=SCALES[3], help="1, 3, 5 or a comma list (default 3)")
     p.add_argument("--gem-p", type=_positive_float, default=4.6, help="fixed GeM p (4.6 = GeM+; 3 = plain GeM)")
-    p.add_argument("--learned-p", action="store_true", help="use the checkpoint's learned GeM p instead of --gem-p")
+    p.add_argument("--learned-p", action="store_true",
+                   help="use the checkpoint's GeM p (CVNet's learned p, or the one `sglib train` ended with) instead "
+                        "of --gem-p")
     p.add_argument("--no-regional", action="store_true", help="switch Regional-GeM off")
     p.add_argument("--scale-agg", type=_scale_agg, default="max", help="max (Scale-GeM), mean, or a finite p")
     p.add_argument("--max-side", type=positive_int("--max-side", 16), default=None,
@@ -139,7 +142,8 @@ def add_descriptor_flags(p: argparse.ArgumentParser) -> None:
 
 def descriptor_settings(args) -> DescriptorSettings:
     if args.learned_p and not args.checkpoint:
-        raise ValueError("--learned-p needs a CVNet --checkpoint (ImageNet backbones have no learned p)")
+        raise ValueError("--learned-p needs a --checkpoint (CVNet's, or one written by `sglib train`): an ImageNet "
+                         "--backbone has no learned p")
     if args.checkpoint and (args.whitening or args.weights):
         raise ValueError("--whitening and --weights go with --backbone; a CVNet --checkpoint has its own head "
                          "and weights")
@@ -149,8 +153,11 @@ def descriptor_settings(args) -> DescriptorSettings:
 
 def load_model(args, device="cpu"):
     """The network the model flags name, on ``device``."""
-    from .models import load_backbone, load_cvnet
+    from .models import load_backbone, load_cvnet, load_trained
+    from .models.trained import read_training_file
     if args.checkpoint:
+        if read_training_file(args.checkpoint) is not None:
+            return load_trained(args.checkpoint, device=device)
         return load_cvnet(args.checkpoint, depth=args.depth, relu_plus=args.relu_plus, device=device)
     head = None
     if args.whitening:
@@ -244,6 +251,121 @@ def _nan_to_none(obj):
     if isinstance(obj, (list, tuple)):
         return [_nan_to_none(v) for v in obj]
     return obj
+
+
+def _add_train(sub):
+    from .method.losses import LOSSES
+    from .training.loop import TrainConfig
+    d = TrainConfig()
+    p = sub.add_parser("train", help="fine-tune a backbone: GeM (learned or fixed p) + projection + ArcFace, "
+                                     "CurricularFace or a plain normalised softmax; resumable; torchrun-ready")
+    data = p.add_mutually_exclusive_group()
+    data.add_argument("--data-root", default="data", help="embedded training split DATA_ROOT/datasets/"
+                                                          "synthetic_views_train (default: data)")
+    data.add_argument("--gldv2", help="Google Landmarks v2 folder: train.csv or train_clean.csv and train/a/b/c/*.jpg")
+    p.add_argument("--gldv2-csv", default="train_clean.csv", choices=("train_clean.csv", "train.csv"))
+    p.add_argument("--gldv2-max-classes", type=positive_int("--gldv2-max-classes", 2), default=None,
+                   help="keep the landmarks with the most images")
+    p.add_argument("--out", required=True, type=_writable("--out", folder=True),
+                   help="run folder: checkpoint.pt, model.pt, log.csv; an existing run there is resumed")
+    p.add_argument("--backbone", type=_train_backbone, default=d.backbone,
+                   help="an ImageNet backbone, or cvnet_r50 / cvnet_r101 (fine-tunes a CVNet checkpoint)")
+    p.add_argument("--weights", help="initial weights: torchvision state dict for resnet50/101, CVNet checkpoint "
+                                     "for cvnet_r50/101")
+    p.add_argument("--loss", choices=tuple(LOSSES), default=d.loss)
+    p.add_argument("--margin", type=_beta, default=d.margin, help="angular margin in radians (ArcFace, CurricularFace)")
+    p.add_argument("--scale", type=_positive_float, default=d.scale, help="logit scale s")
+    p.add_argument("--fixed-p", type=_positive_float, default=None, help="train with this fixed GeM p (e.g. 4.6) "
+                                                                         "instead of learning it")
+    p.add_argument("--p-init", type=_positive_float, default=d.p_init, help="initial value of the learned p")
+    p.add_argument("--dim", type=positive_int("--dim"), default=d.dim, help="descriptor size (projection output)")
+    p.add_argument("--projection-init", choices=("auto", "lw", "random", "keep"), default=d.projection_init,
+                   help="lw: the training split's whitening; random; keep: a CVNet checkpoint's head "
+                        "(auto: keep for CVNet, lw otherwise)")
+    p.add_argument("--optimizer", choices=("adamw", "sgd"), default=d.optimizer)
+    p.add_argument("--lr", type=_positive_float, default=d.lr)
+    p.add_argument("--head-lr-mult", type=_positive_float, default=d.head_lr_mult)
+    p.add_argument("--p-lr-mult", type=_positive_float, default=d.p_lr_mult)
+    p.add_argument("--weight-decay", type=_beta, default=d.weight_decay)
+    p.add_argument("--steps", type=positive_int("--steps"), default=d.steps)
+    p.add_argument("--warmup-steps", type=positive_int("--warmup-steps", 0), default=d.warmup_steps)
+    p.add_argument("--batch-size", type=positive_int("--batch-size"), default=d.batch_size,
+                   help="global batch (split over torchrun processes)")
+    p.add_argument("--image-size", type=positive_int("--image-size", 32), default=d.image_size, help="crop side")
+    p.add_argument("--trainable-fraction", type=_positive_float, default=d.trainable_fraction,
+                   help="fraction of the backbone's tensors trained, from the output end (1 = all)")
+    p.add_argument("--clip-grad", type=_positive_float, default=d.clip_grad)
+    p.add_argument("--no-amp", action="store_true", help="full precision on CUDA too")
+    p.add_argument("--seed", type=positive_int("--seed", 0), default=d.seed)
+    p.add_argument("--val-classes", type=positive_int("--val-classes", 0), default=8,
+                   help="classes held out for the validation mAP (0: none)")
+    p.add_argument("--val-every", type=positive_int("--val-every"), default=d.val_every)
+    p.add_argument("--checkpoint-every", type=positive_int("--checkpoint-every"), default=d.checkpoint_every)
+    p.add_argument("--device", type=_device, default="cpu",
+                   help="cpu, cuda or cuda:N (under torchrun, cuda is each process's LOCAL_RANK GPU)")
+    p.add_argument("--num-workers", type=positive_int("--num-workers", 0), default=2, help="image-decoding processes")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _train_backbone(text: str) -> str:
+    from .models.trained import CVNET_BACKBONES
+    key = text.lower().replace("-", "_")
+    return key if key in CVNET_BACKBONES else _backbone(text)
+
+
+def train_config(args):
+    from .training.loop import TrainConfig
+    return TrainConfig(backbone=args.backbone, weights=args.weights, loss=args.loss, margin=args.margin,
+                       scale=args.scale, learn_p=args.fixed_p is None,
+                       p_init=args.p_init if args.fixed_p is None else args.fixed_p, dim=args.dim,
+                       projection_init=args.projection_init, optimizer=args.optimizer, lr=args.lr,
+                       head_lr_mult=args.head_lr_mult, p_lr_mult=args.p_lr_mult, weight_decay=args.weight_decay,
+                       steps=args.steps, warmup_steps=args.warmup_steps, batch_size=args.batch_size,
+                       image_size=args.image_size, trainable_fraction=args.trainable_fraction,
+                       clip_grad=args.clip_grad, amp=not args.no_amp, seed=args.seed, val_every=args.val_every,
+                       checkpoint_every=args.checkpoint_every)
+
+
+def cmd_train(args):
+    from .training import embedded_training_set, gldv2_training_set, train
+    config = train_config(args)
+    if args.gldv2:
+        data = gldv2_training_set(args.gldv2, args.gldv2_csv, max_classes=args.gldv2_max_classes)
+    else:
+        data = embedded_training_set(args.data_root)
+    data, val = data.split_classes(args.val_classes, seed=config.seed)
+    run = train(data, config, args.out, val, device=args.device, num_workers=args.num_workers,
+                progress=not args.no_progress)
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(f"trained {run.step} steps (resumed from step {run.resumed_from}); GeM p = "
+              f"{float(run.model.learned_p):.3f}; wrote {run.checkpoint} and {run.out_dir / 'log.csv'}")
+
+
+def _add_train_study(sub):
+    p = sub.add_parser("train-study", help="train one network per loss (ArcFace, CurricularFace, softmax) on the "
+                                           "embedded split and measure learned p, the test-time p sweep and the "
+                                           "module table on synthetic_views")
+    p.add_argument("--data-root", default="data")
+    p.add_argument("--runs", default="runs", help="training run folders (resumed when present)")
+    p.add_argument("--results", default="results", help="writes training_PLAN.json and training_PLAN/LOSS_log.csv")
+    p.add_argument("--plan", choices=("full", "ci"), default="full",
+                   help="full: the README's study (3 losses, 300 steps); ci: ArcFace, 60 steps (minutes)")
+
+
+def cmd_train_study(args):
+    import shutil
+    from .experiments import training_study as ts
+    plan = ts.FULL_STUDY if args.plan == "full" else ts.CI_STUDY
+    out = Path(args.results)
+    (out / f"training_{plan.name}").mkdir(parents=True, exist_ok=True)   # before the long run: fail now
+    folders = ts.train_study_runs(args.data_root, plan, args.runs)
+    result = ts.evaluate_study(args.data_root, plan, args.runs, Path(args.data_root) / "cache")
+    result.save(out / f"training_{plan.name}.json")
+    for loss, folder in folders.items():
+        shutil.copyfile(folder / "log.csv", out / f"training_{plan.name}" / f"{loss}_log.csv")
+    print(ts.before_after(result).to_string(), ts.p_finding(result).to_string(), ts.module_rows(result).to_string(),
+          sep="\n\n")
+    print(f"wrote {out / f'training_{plan.name}.json'} and the logs in {out / f'training_{plan.name}'}")
 
 
 def _add_download(sub):
@@ -357,6 +479,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineErrors(prog="python -m sglib", description=__doc__.split("\n")[0])
     sub = _Commands(parser.add_subparsers(dest="command", required=True, parser_class=_OneLineErrors))
     _add_evaluate(sub)
+    _add_train(sub)
+    _add_train_study(sub)
     _add_download(sub)
     _add_data_and_demo(sub)
     _add_stability(sub)
@@ -365,7 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    commands = {"evaluate": cmd_evaluate, "download": cmd_download, "build-data": cmd_build_data, "demo": cmd_demo,
+    commands = {"evaluate": cmd_evaluate, "train": cmd_train, "train-study": cmd_train_study, "download": cmd_download, "build-data": cmd_build_data, "demo": cmd_demo,
                 "stability": cmd_stability}
     try:
         configure_threads(args.threads)

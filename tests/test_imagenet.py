@@ -198,7 +198,7 @@ def test_resnet50_user_file(tmp_path):
     net = load_backbone("resnet50", weights=tmp_path / "r50.pth")
     x = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
-        torch.testing.assert_close(net.classify(x), ref(x), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(net.classify(x), ref(x), rtol=1e-4, atol=5e-5)   # channels-last vs contiguous summation order
         fmap = net.feature_map(x)
     assert fmap.shape == (1, 2048, 2, 3) and fmap.min() >= 0
     assert net.describe(x, DescriptorSettings(scales=(1.0,), regional=False)).shape == (1, 2048)

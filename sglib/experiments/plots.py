@@ -101,3 +101,71 @@ def plot_rerank_gain(rerank, path=None):
     if path is not None:
         fig.savefig(path, dpi=80, bbox_inches="tight")
     return fig
+
+
+def plot_training_curves(logs: dict, highlight: str | None = None, path=None):
+    """Loss, GeM p and validation mAP over steps, one line per run.
+
+    Args:
+        logs: ``{run name: log DataFrame}`` (:func:`sglib.training.read_log`: columns step, loss, gem_p, val_map).
+        highlight: draw this run bold and the others faded (None: all alike).
+
+    Returns:
+        the matplotlib Figure with three panels.
+    """
+    if not logs:
+        raise ValueError("plot_training_curves: no logs to plot")
+    if highlight is not None and highlight not in logs:
+        raise ValueError(f"plot_training_curves: no run named {highlight!r} (runs: {', '.join(logs)})")
+    cmap = plt.get_cmap("tab10")
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    for i, (name, log) in enumerate(logs.items()):
+        style = {"color": cmap(i % 10), "label": name,
+                 "lw": 2.2 if name == highlight else 1.2, "alpha": 1.0 if highlight in (None, name) else 0.35}
+        steps = log[log.step > 0]
+        # a 10-step running mean: one batch's loss is noisy
+        axes[0].plot(steps.step, steps.loss.rolling(10, min_periods=1).mean(), **style)
+        axes[1].plot(log.step, log.gem_p, **style)
+        val = log.dropna(subset=["val_map"])
+        axes[2].plot(val.step, 100 * val.val_map, marker="o", ms=3, **style)
+    for ax, label in zip(axes, ("loss (10-step mean)", "GeM p", "validation mAP (%)")):
+        ax.set_xlabel("step")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[2].legend(fontsize=8)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=80)
+    return fig
+
+
+def plot_p_sweep(sweep, learned_p: dict, path=None):
+    """Test-time GeM p against mAP, one line per network, each fine-tuned network's learned p marked.
+
+    Args:
+        sweep: DataFrame indexed by p, one column per network (:func:`sglib.experiments.training_study.p_sweep`).
+        learned_p: ``{loss: p}``; the column ``"<loss>: fine-tuned"`` gets a marker at its learned p.
+    """
+    cmap = plt.get_cmap("tab10")
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    for i, col in enumerate(sweep.columns):
+        ax.plot(sweep.index, sweep[col], marker="o", ms=3, color=cmap(i % 10), label=col)
+        loss = col.split(":")[0]
+        if loss in learned_p:
+            p = learned_p[loss]
+            ax.axvline(p, color=cmap(i % 10), ls=":", lw=1)
+            ax.annotate(f"learned p={p:.2f}", (p, float(np.interp(p, sweep.index, sweep[col]))), fontsize=7,
+                        color=cmap(i % 10), xytext=(4, -12), textcoords="offset points")
+    ax.axvline(4.6, color="grey", ls="--", lw=1)
+    ax.text(4.7, ax.get_ylim()[0] + 0.5, "GeM+ (4.6)", color="grey", fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xticks(list(sweep.index))
+    ax.set_xticklabels([f"{p:g}" for p in sweep.index])
+    ax.set_xlabel("test-time GeM p")
+    ax.set_ylabel("mAP (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=80)
+    return fig

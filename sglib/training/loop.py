@@ -1,0 +1,561 @@
+"""Fine-tuning a backbone for retrieval: GeM (learned or fixed p) + projection + a margin loss, resumable and distributed.
+
+The network is an :class:`~sglib.models.imagenet.ImageNetBackbone` with ``head`` = a ``Linear(C, dim)``
+projection and ``gem_p`` = the GeM exponent; its training descriptor is exactly the extraction path's
+single-scale one (``DescriptorSettings(scales=(1,), gem_p=None, regional=False)``):
+``normalize(head(normalize(gem(feature_map(x), p))))``. The loss (:mod:`sglib.method.losses`) holds one
+learned vector per class.
+
+Choices, and why:
+
+* The backbone runs in eval mode while its weights train: batch-norm statistics stay frozen (batches
+  of 16-64 crops on a CPU give noisy ones) and EfficientNet's drop-connect is off, so a step is a
+  function of (weights, batch) alone. That is what makes a resumed run bit-identical and two
+  processes equal one on the union of their batches.
+* The projection starts as the supervised whitening ("Lw", :mod:`sglib.models.whitening`) of the
+  training images' GeM vectors, the off-the-shelf baseline's own head, so step 0 is that baseline,
+  and each class vector as the mean of its images' descriptors ("imprinting"), so the margin loss
+  starts from sensible logits instead of spending its first hundreds of steps finding the classes;
+  ``projection_init="random"`` starts both from PyTorch's default initialisation instead.
+* Learning rates: ``lr`` for the backbone, ``head_lr_mult * lr`` for the projection and the class
+  vectors, ``p_lr_mult * lr`` for p (no weight decay on p, biases and norms). cirtorch trains p with
+  10x the base rate, also the default here. Linear warm-up, then cosine decay to 0.
+* Every random choice is a function of (seed, step, position) (:mod:`sglib.training.data`): the data
+  order, the crops and the colours do not depend on workers, processes or interruptions.
+
+Outputs in ``out_dir``: ``start.pt`` (the network before the first step), ``checkpoint.pt`` (resumable,
+written atomically every ``checkpoint_every`` steps and at the end), ``model.pt`` (the final network;
+:func:`sglib.models.load_trained` reads all three),
+``log.csv`` (one row per step: loss, p, learning rate, gradient norm, throughput; validation mAP every
+``val_every`` steps) and ``failed.csv`` (images that could not be read, skipped).
+
+Distributed: under ``torchrun`` (RANK / WORLD_SIZE set) each process trains on its slice of every
+global batch (``batch_size`` is the global size, a multiple of the process count) with
+DistributedDataParallel: gloo on CPU, NCCL on GPU; rank 0 writes the files.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import datetime
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..method.losses import LOSSES, make_loss
+from ..method.pooling import gem
+from ..method.descriptors import LEARNED_P_EPS
+from ..models.imagenet import build_architecture, backbone_key, file_sha256, packaged_weights_path
+from ..models.checkpoint import read_state_dict
+from ..models.cvnet import load_cvnet
+from ..models.trained import CVNET_BACKBONES, CVNET_TRAIN_RELU_PLUS, FORMAT, read_training_file, trained_backbone
+from ..models.whitening import fit_learned_whitening
+from ..data.preprocess import ImageReadError
+from .data import (Augmentation, AugmentedImages, TrainingSet, batch_indices, collate, normalize, read_uint8,
+                   resized_for_eval, sample_seed)
+
+LOG_COLUMNS = ("step", "epoch", "loss", "gem_p", "lr", "grad_norm", "images_per_s", "failed", "val_map")
+# columns that depend on the machine's speed, not on the computation
+TIMING_COLUMNS = ("images_per_s",)
+LW_SHRINKAGE = 0.3        # as the benchmark's training-split whitening (sglib.experiments.tables)
+LW_MAX_IMAGES = 2000      # the projection's initial whitening is fitted on at most this many images
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides the result of a run (a resumed run must have the same).
+
+    The defaults train EfficientNet-Lite0 under ArcFace with a learned p, the paper's starting point.
+    ``margin`` (radians) and ``scale`` are set for tens to thousands of classes and small batches; the
+    face-recognition papers' 0.5 / 64 are the loss classes' own defaults.
+    """
+
+    backbone: str = "efficientnet_lite0"
+    weights: str | None = None         # torchvision state dict for resnet50/101; None: the packaged file
+    loss: str = "arcface"
+    margin: float = 0.2
+    scale: float = 30.0
+    learn_p: bool = True
+    p_init: float = 3.0
+    dim: int = 512
+    projection_init: str = "auto"      # "lw" (the baseline's whitening), "random", "keep" (CVNet's head);
+                                       # auto: keep for CVNet, lw otherwise
+    optimizer: str = "adamw"
+    lr: float = 1e-4
+    head_lr_mult: float = 10.0
+    p_lr_mult: float = 10.0
+    weight_decay: float = 1e-4
+    momentum: float = 0.9              # SGD only
+    steps: int = 200
+    warmup_steps: int = 20
+    batch_size: int = 32
+    image_size: int = 224
+    trainable_fraction: float = 1.0    # of the backbone's parameter tensors, counted from the output end
+    clip_grad: float = 5.0
+    amp: bool = True                   # mixed precision on CUDA (bfloat16 where supported); ignored on CPU
+    seed: int = 0
+    val_every: int = 50
+    checkpoint_every: int = 50
+
+    def __post_init__(self):
+        key = str(self.backbone).lower().replace("-", "_")
+        object.__setattr__(self, "backbone", key if key in CVNET_BACKBONES else backbone_key(key))
+        if self.cvnet:
+            if self.weights is None:
+                raise ValueError(f"{key} starts from a CVNet checkpoint: pass weights=<CVPR2022_CVNet_R"
+                                 f"{CVNET_BACKBONES[key]}.pyth>")
+            if self.dim != 2048:
+                raise ValueError(f"{key} keeps CVNet's 2048 x 2048 head: dim must be 2048, got {self.dim}")
+        elif self.projection_init == "keep":
+            raise ValueError(f"projection_init='keep' keeps a CVNet checkpoint's trained head; {key} has none: use "
+                             "'auto', 'lw' or 'random'")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if self.optimizer not in ("adamw", "sgd"):
+            raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
+        if self.projection_init not in ("auto", "lw", "random", "keep"):
+            raise ValueError(f"projection_init must be 'auto', 'lw', 'random' or 'keep', got {self.projection_init!r}")
+        for name in ("dim", "steps", "batch_size", "image_size", "val_every", "checkpoint_every"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        for name in ("warmup_steps", "seed"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {v!r}")
+        for name in ("scale", "lr", "head_lr_mult", "p_lr_mult", "p_init", "clip_grad"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
+        for name, hi in (("margin", math.pi / 2), ("weight_decay", 1.0), ("momentum", 1.0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < hi:
+                raise ValueError(f"{name} must be in [0, {hi:g}), got {v!r}")
+        if not 0 < self.trainable_fraction <= 1:
+            raise ValueError(f"trainable_fraction must be in (0, 1], got {self.trainable_fraction!r}")
+        Augmentation(size=self.image_size)   # checks the size
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @property
+    def cvnet(self) -> bool:
+        """Whether the network is a CVNet-layout ResNet (fine-tuned from a CVNet checkpoint)."""
+        return self.backbone in CVNET_BACKBONES
+
+    @property
+    def head_init(self) -> str:
+        """'lw', 'random' or 'keep': what ``projection_init='auto'`` means for this network."""
+        if self.projection_init == "auto":
+            return "keep" if self.cvnet else "lw"
+        return self.projection_init
+
+
+def lr_factor(step: int, config: TrainConfig) -> float:
+    """Learning-rate multiplier of ``step`` (0-based): linear warm-up to 1, then cosine to 0 at ``steps``."""
+    if step < config.warmup_steps:
+        return (step + 1) / (config.warmup_steps + 1)
+    span = max(1, config.steps - config.warmup_steps)
+    return 0.5 * (1 + math.cos(math.pi * (step - config.warmup_steps) / span))
+
+
+def training_descriptor(model, x: torch.Tensor) -> torch.Tensor:
+    """(B, 3, S, S) -> (B, dim) unit rows: the extraction path's single-scale, learned-p descriptor, with gradients."""
+    pooled = gem(model.feature_map(x), model.learned_p, LEARNED_P_EPS)
+    return F.normalize(model.descriptor_head(F.normalize(pooled, dim=-1)), dim=-1)
+
+
+class _Trainee(nn.Module):
+    """Network + loss in one module, so DistributedDataParallel averages the gradients of both."""
+
+    def __init__(self, model, loss):
+        super().__init__()
+        self.model, self.loss = model, loss
+
+    def forward(self, x, labels):
+        return self.loss(training_descriptor(self.model, x).float(), labels)
+
+
+# ----------------------------------------------------------------------------------- set-up
+
+def _base_network(config: TrainConfig):
+    if config.cvnet:
+        model = load_cvnet(config.weights, depth=CVNET_BACKBONES[config.backbone], relu_plus=CVNET_TRAIN_RELU_PLUS)
+        if not config.learn_p:
+            with torch.no_grad():
+                model.learned_p.fill_(config.p_init)
+        model.learned_p.requires_grad_(config.learn_p)
+        if config.head_init == "random":
+            model.head.fc.reset_parameters()
+        return model.eval()
+    weights = config.weights
+    if weights is None:
+        weights = packaged_weights_path(config.backbone)
+    base = build_architecture(config.backbone, read_state_dict(weights), weights, file_sha256(weights))
+    # eval mode from the start: frozen batch-norm statistics (see the module docstring)
+    return trained_backbone(config.backbone, config.dim, config.p_init, config.learn_p, base.weights_id, base).eval()
+
+
+def _freeze_early_layers(model, fraction: float) -> int:
+    """Train only the last ``fraction`` of the backbone's parameter tensors (definition order = depth order).
+    Returns how many tensors train."""
+    params = model.body_parameters()
+    keep = max(1, math.ceil(fraction * len(params)))
+    for i, p in enumerate(params):
+        p.requires_grad_(i >= len(params) - keep)
+    return keep
+
+
+def _eval_inputs(paths, size: int, norm) -> tuple[list, list]:
+    """Whole images (long side ``size``) as network inputs, and the positions of those that could be read."""
+    inputs, kept = [], []
+    for k, path in enumerate(paths):
+        try:
+            inputs.append(normalize(resized_for_eval(read_uint8(path), size)[None], norm))
+            kept.append(k)
+        except ImageReadError:
+            continue    # the training loop logs unreadable images when it meets them
+    return inputs, kept
+
+
+@torch.no_grad()
+def _pooled_vectors(model, data: TrainingSet, rows, size: int, p: float) -> tuple[np.ndarray, np.ndarray]:
+    inputs, kept = _eval_inputs([data.paths[i] for i in rows], size, model.normalization)
+    feats = [F.normalize(gem(model.feature_map(x), p, LEARNED_P_EPS), dim=-1)[0].double().numpy() for x in inputs]
+    return np.stack(feats), np.asarray(rows)[kept]
+
+
+def _init_head(model, loss, data: TrainingSet, config: TrainConfig, progress: bool) -> None:
+    """Projection := the Lw whitening of up to LW_MAX_IMAGES training images (seeded), truncated to ``dim``;
+    each class vector := the mean of its images' projected descriptors (imprinting), where the sample has some."""
+    rows = np.arange(len(data))
+    if len(rows) > LW_MAX_IMAGES:
+        rows = np.sort(np.random.default_rng([config.seed, 3]).choice(rows, LW_MAX_IMAGES, replace=False))
+    if progress:
+        print(f"fitting the initial projection (Lw whitening) on {len(rows)} training images")
+    feats, rows = _pooled_vectors(model, data, rows, config.image_size, config.p_init)
+    labels = data.labels[rows]
+    i, j = np.triu_indices(len(rows), k=1)
+    same = labels[i] == labels[j]
+    if not same.any():
+        raise ValueError("the projection's Lw initialisation needs two images of one class among the training "
+                         "images: use projection_init='random'")
+    w = fit_learned_whitening(feats, np.stack([i[same], j[same]], axis=1), dim=min(config.dim, feats.shape[1]),
+                              shrinkage=LW_SHRINKAGE)
+    head = model.descriptor_head
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.zero_()
+        head.weight[:w.out_dim] = w.projection
+        head.bias[:w.out_dim] = -(w.projection @ w.mean)
+        projected = F.normalize(head(torch.from_numpy(feats).float()), dim=-1)
+        for c in np.unique(labels):
+            loss.weight[c] = F.normalize(projected[torch.from_numpy(labels == c)].mean(0), dim=0)
+
+
+def _param_groups(trainee: _Trainee, config: TrainConfig) -> list[dict]:
+    model = trainee.model
+    body_decay, body_plain = [], []
+    for p in model.body_parameters():
+        if p.requires_grad:
+            (body_plain if p.ndim <= 1 else body_decay).append(p)
+    head = [model.descriptor_head.weight, *trainee.loss.parameters()]
+    groups = [
+        {"params": body_decay, "lr_mult": 1.0, "weight_decay": config.weight_decay},
+        {"params": body_plain, "lr_mult": 1.0, "weight_decay": 0.0},
+        {"params": head, "lr_mult": config.head_lr_mult, "weight_decay": config.weight_decay},
+        {"params": [model.descriptor_head.bias], "lr_mult": config.head_lr_mult, "weight_decay": 0.0},
+    ]
+    if config.learn_p:
+        groups.append({"params": [model.learned_p], "lr_mult": config.p_lr_mult, "weight_decay": 0.0})
+    return [g for g in groups if g["params"]]
+
+
+def _optimizer(groups, config: TrainConfig):
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
+    return torch.optim.AdamW(groups, lr=config.lr)
+
+
+# ----------------------------------------------------------------------------------- validation
+
+@torch.no_grad()
+def class_map(desc: torch.Tensor, labels) -> float:
+    """Mean average precision, each row querying all the others; positives share its label. (N, D) unit rows."""
+    labels = torch.as_tensor(np.asarray(labels))
+    sims = desc @ desc.T
+    sims.fill_diagonal_(-math.inf)
+    order = sims.argsort(dim=1, descending=True)[:, :-1]          # self last, dropped
+    hits = (labels[order] == labels[:, None]).double()
+    n_pos = hits.sum(1)
+    precision = hits.cumsum(1) / torch.arange(1, hits.shape[1] + 1, dtype=torch.float64)
+    ap = (precision * hits).sum(1) / n_pos.clamp(min=1)
+    return float(ap[n_pos > 0].mean())
+
+
+class _Validator:
+    """Class-level mAP of held-out classes (whole images, long side ``image_size``), images decoded once."""
+
+    def __init__(self, val: TrainingSet, config: TrainConfig, norm):
+        self.inputs, kept = _eval_inputs(val.paths, config.image_size, norm)
+        self.labels = val.labels[kept]
+
+    @torch.no_grad()
+    def __call__(self, model, device) -> float:
+        desc = torch.cat([training_descriptor(model, x.to(device)).float().cpu() for x in self.inputs])
+        return class_map(desc, self.labels)
+
+
+# ----------------------------------------------------------------------------------- files
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _model_state(model) -> dict:
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def _checkpoint(model, trainee, optimizer, scaler, config, data: TrainingSet, step: int, resumable: bool) -> dict:
+    blob = {"format": FORMAT, "backbone": config.backbone, "model": _model_state(model), "step": step,
+            "config": config.as_dict(), "classes": list(data.classes), "data": data.fingerprint(),
+            "base_weights": getattr(model, "weights_id", config.weights),
+            "relu_plus": getattr(model, "relu_plus", None)}
+    if resumable:
+        blob["state"] = {"loss": trainee.loss.state_dict(), "optimizer": optimizer.state_dict(),
+                         "scaler": scaler.state_dict() if scaler is not None else {}}
+    return blob
+
+
+def _read_log(path: Path, upto: int) -> list[dict]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return [r for r in csv.DictReader(f) if int(r["step"]) <= upto]
+
+
+def _write_rows(path: Path, rows: list[dict], mode: str) -> None:
+    with open(path, mode, newline="") as f:
+        w = csv.DictWriter(f, fieldnames=LOG_COLUMNS)
+        if mode == "w":
+            w.writeheader()
+        w.writerows(rows)
+
+
+def read_log(out_dir):
+    """``log.csv`` of a run as a pandas DataFrame (val_map is NaN on steps without validation)."""
+    import pandas as pd
+    path = Path(out_dir) / "log.csv"
+    if not path.is_file():
+        raise ValueError(f"no training log at {path}: train first (python -m sglib train --out {out_dir})")
+    return pd.read_csv(path)
+
+
+# ----------------------------------------------------------------------------------- the run
+
+@dataclass
+class TrainRun:
+    """What :func:`train` returns: the trained network (eval mode, CPU) and the run's folder."""
+
+    model: nn.Module
+    out_dir: Path
+    step: int
+    resumed_from: int
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.out_dir / "model.pt"
+
+
+def _distributed(device: str):
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} asked for, but no CUDA device is visible: use cpu")
+        dev = torch.device("cuda", local if world > 1 else (torch.device(device).index or 0))
+        torch.cuda.set_device(dev)
+    elif device == "cpu":
+        dev = torch.device("cpu")
+    else:
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=datetime.timedelta(hours=2))
+    return rank, world, dev
+
+
+def train(data: TrainingSet, config: TrainConfig, out_dir, val: TrainingSet | None = None, device: str = "cpu",
+          num_workers: int = 2, progress: bool = True) -> TrainRun:
+    """Train, or resume the run in ``out_dir`` where its last checkpoint left off; see the module docstring.
+
+    Args:
+        data: training images and labels (:func:`~sglib.training.data.embedded_training_set`,
+            :func:`~sglib.training.data.gldv2_training_set`).
+        val: held-out classes for the validation mAP (:meth:`TrainingSet.split_classes`), or None.
+        device: ``cpu``, ``cuda`` or ``cuda:N`` (under torchrun, ``cuda`` means each process's LOCAL_RANK GPU).
+        num_workers: image-decoding processes per training process.
+
+    Raises:
+        ValueError: ``out_dir`` holds a run with another configuration or other data (use a new folder),
+            or the batch size does not split over the processes.
+
+    Example:
+        >>> from sglib.training import TrainConfig, embedded_training_set, train      # doctest: +SKIP
+        >>> data, val = embedded_training_set("data").split_classes(8, seed=0)        # doctest: +SKIP
+        >>> run = train(data, TrainConfig(steps=100), "runs/arcface", val)           # doctest: +SKIP
+    """
+    if not isinstance(config, TrainConfig):
+        raise ValueError(f"config: expected a TrainConfig, got {type(config).__name__}")
+    rank, world, dev = _distributed(device)
+    if config.batch_size % world:
+        raise ValueError(f"batch_size {config.batch_size} (the global batch) is not a multiple of the {world} processes")
+    per_rank = config.batch_size // world
+    batch_indices(len(data), config.batch_size, config.seed, 0)   # checks the batch fits the data
+    out = Path(out_dir)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+
+    torch.manual_seed(config.seed)     # the class vectors' initial values
+    model = _base_network(config)
+    loss = make_loss(config.loss, config.dim, data.n_classes, config.margin, config.scale)
+    n_trainable = _freeze_early_layers(model, config.trainable_fraction)
+    trainee = _Trainee(model, loss)
+    optimizer = _optimizer(_param_groups(trainee, config), config)
+    use_amp = config.amp and dev.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda") if use_amp and amp_dtype == torch.float16 else None
+
+    ckpt_path, log_path, failed_path = out / "checkpoint.pt", out / "log.csv", out / "failed.csv"
+    start = 0
+    blob = read_training_file(ckpt_path) if ckpt_path.is_file() else None
+    if ckpt_path.is_file() and (blob is None or "state" not in blob):
+        raise ValueError(f"{ckpt_path} is not a resumable sglib training checkpoint: use another out_dir")
+    if blob is not None:
+        if blob["config"] != config.as_dict() or blob.get("data") != data.fingerprint():
+            diff = {k: (blob["config"].get(k), v) for k, v in config.as_dict().items() if blob["config"].get(k) != v}
+            raise ValueError(f"{out} holds a run with another configuration or other training data "
+                             f"(differences, saved -> now: {diff or 'the training images'}): resume it with the same "
+                             "settings, or train into a new folder")
+        model.load_state_dict(blob["model"])
+        trainee.loss.load_state_dict(blob["state"]["loss"])
+        optimizer.load_state_dict(blob["state"]["optimizer"])
+        if scaler is not None and blob["state"]["scaler"]:
+            scaler.load_state_dict(blob["state"]["scaler"])
+        start = int(blob["step"])
+    else:
+        if config.head_init == "lw" and rank == 0:
+            _init_head(model, loss, data, config, progress)   # DDP copies rank 0's values to the others
+        if rank == 0:    # the starting point, for before/after comparisons with the same head
+            _atomic_save(_checkpoint(model, trainee, optimizer, scaler, config, data, 0, False), out / "start.pt")
+
+    model.to(dev, memory_format=torch.channels_last)
+    trainee.to(dev)
+    model.eval()                 # frozen batch-norm statistics, no drop-connect (see the module docstring)
+    trainee.loss.train()
+    ddp = nn.parallel.DistributedDataParallel(trainee, device_ids=[dev.index] if dev.type == "cuda" else None) \
+        if world > 1 else trainee
+    validator = _Validator(val, config, model.normalization) if val is not None and rank == 0 else None
+
+    if rank == 0:
+        rows = _read_log(log_path, start)
+        _write_rows(log_path, rows, "w")
+        if start == 0:
+            failed_path.write_text("step,image\n")
+            if validator is not None:   # the starting point, as a row of step 0
+                _write_rows(log_path, [{"step": 0, "epoch": 0, "gem_p": f"{float(model.learned_p.detach()):.6f}",
+                                        "failed": 0, "val_map": f"{validator(model, dev):.6f}"}], "a")
+    augment = Augmentation(size=config.image_size)
+    images = AugmentedImages(data, augment)
+    per_epoch = len(data) // config.batch_size
+
+    def rank_batches():
+        for step in range(start, config.steps):
+            idx = batch_indices(len(data), config.batch_size, config.seed, step)
+            mine = range(rank * per_rank, (rank + 1) * per_rank)
+            yield [(int(idx[k]), sample_seed(config.seed, step, k)) for k in mine]
+
+    loader = torch.utils.data.DataLoader(images, batch_sampler=rank_batches(), collate_fn=collate,
+                                         num_workers=num_workers, persistent_workers=False)
+    bar = tqdm(total=config.steps, initial=start, desc=f"train {config.loss}", disable=not progress or rank != 0)
+    step, tick = start, time.perf_counter()
+    if rank == 0:
+        print(f"training {config.backbone} ({n_trainable} of {len(model.body_parameters())} backbone tensors) "
+              f"+ GeM p={'learned' if config.learn_p else 'fixed'} + projection to {config.dim}, {config.loss}, "
+              f"{len(data)} images of {data.n_classes} classes, {world} process(es) on {dev.type}"
+              + (f", resuming at step {start}" if start else ""))
+    for batch, labels, failed in loader:
+        for group in optimizer.param_groups:
+            group["lr"] = config.lr * group["lr_mult"] * lr_factor(step, config)
+        optimizer.zero_grad(set_to_none=True)
+        if batch is None:      # every image of this process's slice failed: a zero step keeps DDP in step
+            value = sum(p.sum() * 0.0 for p in trainee.parameters() if p.requires_grad)
+        else:
+            x = normalize(batch, model.normalization).to(dev, memory_format=torch.channels_last)
+            with torch.autocast(dev.type, dtype=amp_dtype, enabled=use_amp):
+                value = ddp(x, labels.to(dev))
+        if scaler is not None:
+            scaler.scale(value).backward()
+            scaler.unscale_(optimizer)
+        else:
+            value.backward()
+        grad_norm = nn.utils.clip_grad_norm_([p for p in trainee.parameters() if p.requires_grad], config.clip_grad)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        if config.learn_p:
+            with torch.no_grad():
+                model.learned_p.clamp_(min=1.0)   # p < 1 is no longer a pooling between mean and max
+        step += 1
+        logged = value.detach().float()
+        n_failed = torch.tensor(float(len(failed)))
+        if world > 1:
+            dist.all_reduce(logged)
+            logged /= world
+            dist.all_reduce(n_failed)
+        if rank == 0:
+            now = time.perf_counter()
+            val_map = validator(model, dev) if validator is not None and (step % config.val_every == 0 or
+                                                                          step == config.steps) else None
+            row = {"step": step, "epoch": (step - 1) // per_epoch, "loss": f"{float(logged):.6f}",
+                   "gem_p": f"{float(model.learned_p.detach()):.6f}", "lr": f"{config.lr * lr_factor(step - 1, config):.6g}",
+                   "grad_norm": f"{float(grad_norm):.6f}", "images_per_s": f"{config.batch_size / (now - tick):.2f}",
+                   "failed": int(n_failed), "val_map": "" if val_map is None else f"{val_map:.6f}"}
+            _write_rows(log_path, [row], "a")
+            if failed:
+                with open(failed_path, "a") as f:
+                    f.writelines(f"{step},{data.paths[i]}\n" for i in failed)
+            bar.set_postfix(loss=f"{float(logged):.3f}", p=f"{float(model.learned_p.detach()):.3f}",
+                            **({} if val_map is None else {"val_mAP": f"{100 * val_map:.1f}"}))
+            bar.update(1)
+            if step % config.checkpoint_every == 0 or step == config.steps:
+                _atomic_save(_checkpoint(model, trainee, optimizer, scaler, config, data, step, True), ckpt_path)
+            tick = time.perf_counter()
+        if world > 1 and step % config.checkpoint_every == 0:
+            dist.barrier()     # no process runs ahead of a checkpoint it could be resumed from
+    bar.close()
+    if rank == 0:
+        _atomic_save(_checkpoint(model, trainee, optimizer, scaler, config, data, step, False), out / "model.pt")
+    if world > 1:
+        dist.barrier()
+    model.to("cpu").learned_p.requires_grad_(False)
+    return TrainRun(model.eval(), out, step, start)
+
+
+__all__ = ["TrainConfig", "TrainRun", "train", "lr_factor", "training_descriptor", "class_map", "read_log",
+           "LOG_COLUMNS", "TIMING_COLUMNS"]
