@@ -277,8 +277,10 @@ def _add_train(sub):
     p.add_argument("--scale", type=_positive_float, default=d.scale, help="logit scale s")
     p.add_argument("--fixed-p", type=_positive_float, default=None, help="train with this fixed GeM p (e.g. 4.6) "
                                                                          "instead of learning it")
-    p.add_argument("--p-init", type=_positive_float, default=d.p_init, help="initial value of the learned p")
-    p.add_argument("--dim", type=positive_int("--dim"), default=d.dim, help="descriptor size (projection output)")
+    p.add_argument("--p-init", type=_positive_float, default=None,
+                   help=f"initial value of the learned p (default {d.p_init}; a CVNet checkpoint starts from its own)")
+    p.add_argument("--dim", type=positive_int("--dim"), default=None,
+                   help=f"descriptor size, the projection's output (default {d.dim}; 2048 for cvnet_r50/101)")
     p.add_argument("--projection-init", choices=("auto", "lw", "random", "keep"), default=d.projection_init,
                    help="lw: the training split's whitening; random; keep: a CVNet checkpoint's head "
                         "(auto: keep for CVNet, lw otherwise)")
@@ -314,10 +316,15 @@ def _train_backbone(text: str) -> str:
 
 
 def train_config(args):
+    from .models.trained import CVNET_BACKBONES
     from .training.loop import TrainConfig
+    if args.fixed_p is not None and args.p_init is not None:
+        raise ValueError("--fixed-p and --p-init both set the starting p: give one (--fixed-p keeps it fixed)")
+    p = args.fixed_p if args.fixed_p is not None else args.p_init
+    dim = args.dim if args.dim is not None else (2048 if args.backbone in CVNET_BACKBONES else TrainConfig.dim)
     return TrainConfig(backbone=args.backbone, weights=args.weights, loss=args.loss, margin=args.margin,
                        scale=args.scale, learn_p=args.fixed_p is None,
-                       p_init=args.p_init if args.fixed_p is None else args.fixed_p, dim=args.dim,
+                       p_init=TrainConfig.p_init if p is None else p, dim=dim,
                        projection_init=args.projection_init, optimizer=args.optimizer, lr=args.lr,
                        head_lr_mult=args.head_lr_mult, p_lr_mult=args.p_lr_mult, weight_decay=args.weight_decay,
                        steps=args.steps, warmup_steps=args.warmup_steps, batch_size=args.batch_size,
@@ -337,7 +344,8 @@ def cmd_train(args):
     run = train(data, config, args.out, val, device=args.device, num_workers=args.num_workers,
                 progress=not args.no_progress)
     if int(os.environ.get("RANK", 0)) == 0:
-        print(f"trained {run.step} steps (resumed from step {run.resumed_from}); GeM p = "
+        print(f"trained {run.step} steps" + (f" (resumed from step {run.resumed_from})" if run.resumed_from else "")
+              + "; GeM p = "
               f"{float(run.model.learned_p):.3f}; wrote {run.checkpoint} and {run.out_dir / 'log.csv'}")
 
 

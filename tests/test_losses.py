@@ -107,6 +107,7 @@ def test_bad_inputs_name_the_problem():
         loss(torch.randn(2, 5), torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="integers"):
         loss(torch.randn(2, 4), torch.tensor([0.0, 1.0]))
+    assert torch.isfinite(loss(torch.randn(2, 4), torch.tensor([0, 2], dtype=torch.int32)))
     with pytest.raises(ValueError, match="radians"):
         ArcFace(4, 3, margin=2.0)
     with pytest.raises(ValueError, match="n_classes"):

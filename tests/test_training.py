@@ -54,7 +54,7 @@ def write_embedded_split(data_root: pathlib.Path, bad: int | None = None) -> pat
     return data_root
 
 
-TINY = dict(dim=16, steps=8, warmup_steps=2, batch_size=4, image_size=64, val_every=4, checkpoint_every=2,
+TINY = dict(dim=16, steps=8, warmup_steps=1, batch_size=4, image_size=64, val_every=4, checkpoint_every=2,
             lr=1e-3, seed=3)
 CLI_FLAGS = ["--dim", "16", "--steps", "8", "--warmup-steps", "2", "--batch-size", "4", "--image-size", "64",
              "--val-every", "4", "--checkpoint-every", "2", "--lr", "1e-3", "--seed", "3", "--val-classes", "2",
@@ -64,6 +64,12 @@ CLI_FLAGS = ["--dim", "16", "--steps", "8", "--warmup-steps", "2", "--batch-size
 @pytest.fixture(scope="module")
 def split_root(tmp_path_factory):
     return write_embedded_split(tmp_path_factory.mktemp("train_data"))
+
+
+@pytest.fixture(scope="module")
+def bad_split_root(tmp_path_factory):
+    """The same split with one image (c1_v1) replaced by bytes that are not an image."""
+    return write_embedded_split(tmp_path_factory.mktemp("bad_train_data"), bad=5)
 
 
 def run_cli(*args, env_extra=None, **kwargs):
@@ -103,12 +109,22 @@ def test_gldv2_layout_both_csvs_missing_images_and_class_filter(tmp_path, capsys
         assert [pathlib.Path(p).stem for p in data.paths] == ["abc001", "abd002", "f00001", "f00002"]
         assert data.labels.tolist() == [0, 0, 1, 1]
     with pytest.raises(ValueError, match="training needs 2 or more"):
-        gldv2_training_set(tmp_path, max_classes=1)
+        gldv2_training_set(tmp_path, min_images_per_class=3)
     (tmp_path / "bad.csv").write_text("image,landmark\n")
     with pytest.raises(ValueError, match="expected columns landmark_id,images"):
         gldv2_training_set(tmp_path, "bad.csv")
     with pytest.raises(ValueError, match="hexadecimal"):
         gldv2_image_path(tmp_path, "../etc")
+    for text, match in (("landmark_id,images\n12\n", r"bad.csv:2: expected an integer landmark_id"),
+                        ("landmark_id,images\nx,abc001\n", r"bad.csv:2: expected an integer landmark_id"),
+                        ("landmark_id,images\n1,abc001\n2,abc001\n", r"bad.csv:3: image abc001 listed twice"),
+                        ("id,url,landmark_id\nAB,u,1\n", r"bad.csv:2: GLDv2 image id must be lower-case")):
+        (tmp_path / "bad.csv").write_text(text)
+        with pytest.raises(ValueError, match=match):
+            gldv2_training_set(tmp_path, "bad.csv")
+    for bad in (-1, 1, 1.5):
+        with pytest.raises(ValueError, match="max_classes must be None or an integer >= 2"):
+            gldv2_training_set(tmp_path, max_classes=bad)
 
 
 def test_batches_and_augmentations_depend_only_on_seed_step_position(split_root):
@@ -156,9 +172,9 @@ def test_schedule_warms_up_then_decays_to_zero():
 
 # ----------------------------------------------------------------------------- the run
 
-def test_kill_and_resume_gives_the_uninterrupted_weights_and_log(split_root, tmp_path):
+def test_kill_and_resume_gives_the_uninterrupted_weights_and_log(bad_split_root, tmp_path):
     whole, cut = tmp_path / "whole", tmp_path / "cut"
-    args = ["train", "--data-root", str(split_root), *CLI_FLAGS, "--threads", "1"]
+    args = ["train", "--data-root", str(bad_split_root), *CLI_FLAGS, "--threads", "1"]
     done = run_cli(*args, "--out", str(whole))
     assert done.wait(timeout=300) == 0, done.stdout.read()
     proc = run_cli(*args, "--out", str(cut))
@@ -177,6 +193,8 @@ def test_kill_and_resume_gives_the_uninterrupted_weights_and_log(split_root, tmp
     assert again.returncode == 0, out
     assert f"resuming at step {saved}" in out
     assert log_rows(cut) == log_rows(whole)
+    assert (cut / "failed.csv").read_text() == (whole / "failed.csv").read_text()
+    assert not list(cut.glob(".*.tmp"))
     a, b = model_tensors(whole / "model.pt"), model_tensors(cut / "model.pt")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert len(log_rows(whole)) == 9 and [r["step"] for r in log_rows(whole)][:2] == ["0", "1"]
@@ -189,11 +207,13 @@ def free_port() -> int:
 
 
 @pytest.mark.parametrize("loss", ["arcface", "curricularface"])
-def test_two_torchrun_processes_equal_one_on_the_union_of_batches(split_root, tmp_path, loss):
-    """SGD with the clipping out of reach: the weights after two steps are a function of the gradients, and the
-    second step's loss a function of the first step's update."""
-    flags = ["train", "--data-root", str(split_root), *CLI_FLAGS, "--optimizer", "sgd", "--clip-grad", "1e9",
-             "--steps", "2", "--loss", loss, "--val-classes", "0"]
+def test_two_torchrun_processes_equal_one_on_the_union_of_batches(bad_split_root, tmp_path, loss):
+    """SGD with the clipping out of reach: the weights after three steps are a function of the gradients, and
+    each step's loss a function of the updates before it. The split holds an unreadable image: it is met
+    at step 1 with seed 10, in rank 1's half of the batch; it is replaced alike in both runs, and rank 1's failure
+    reaches rank 0's failed.csv."""
+    flags = ["train", "--data-root", str(bad_split_root), *CLI_FLAGS, "--optimizer", "sgd", "--clip-grad", "1e9",
+             "--steps", "3", "--loss", loss, "--val-classes", "0", "--seed", "10"]
     one = run_cli(*flags, "--out", str(tmp_path / "one"), "--threads", "1")
     assert one.wait(timeout=300) == 0, one.stdout.read()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
@@ -209,6 +229,9 @@ def test_two_torchrun_processes_equal_one_on_the_union_of_batches(split_root, tm
                                    msg=f"tensor {k} differs")
     la, lb = log_rows(tmp_path / "one"), log_rows(tmp_path / "two")
     assert [float(r["loss"]) for r in la] == pytest.approx([float(r["loss"]) for r in lb], rel=1e-5)
+    failed = (tmp_path / "one" / "failed.csv").read_text()
+    assert "c1_v1.jpg" in failed and (tmp_path / "two" / "failed.csv").read_text() == failed
+    assert [r["failed"] for r in la] == [r["failed"] for r in lb]
 
 
 def test_checkpoint_loads_in_cli_evaluate_and_as_a_backbone(split_root, tiny_dataset, tmp_path):
@@ -254,11 +277,21 @@ def test_bad_runs_are_refused_with_the_reason(split_root, tmp_path):
             TrainConfig(**bad)
     with pytest.raises(ValueError, match="labels must lie"):
         TrainingSet(["a.jpg", "b.jpg"], [0, 2], ["x", "y"])
+    with pytest.raises(ValueError, match="class names must be distinct"):
+        TrainingSet(["a.jpg", "b.jpg"], [0, 1], ["x", "x"])
+    with pytest.raises(ValueError, match="data: expected a TrainingSet"):
+        train(str(split_root), TrainConfig(**TINY), tmp_path / "str")
+    torch.save({"format": "sglib-train/1", "backbone": "efficientnet_lite0", "model": {}, "step": 1,
+                "config": "oops", "classes": []}, tmp_path / "crafted.pt")
+    with pytest.raises(CheckpointError, match="config has the wrong type"):
+        load_trained(tmp_path / "crafted.pt")
 
 
-def test_an_unreadable_training_image_is_logged_and_skipped(tmp_path):
-    root = write_embedded_split(tmp_path / "d", bad=5)
-    data = embedded_training_set(root)
+def test_an_unreadable_training_image_is_logged_and_replaced(bad_split_root, tmp_path):
+    from sglib.training.data import AugmentedImages
+    data = embedded_training_set(bad_split_root)
+    image, label, failed = AugmentedImages(data, Augmentation(size=40))[(5, 1)]
+    assert failed == [5] and label == data.labels[6] and image.shape == (3, 40, 40)   # the next image stands in
     run = train(data, TrainConfig(**{**TINY, "steps": 6, "batch_size": 8}), tmp_path / "run", num_workers=0,
                 progress=False)
     failed = (tmp_path / "run" / "failed.csv").read_text().splitlines()
@@ -266,6 +299,24 @@ def test_an_unreadable_training_image_is_logged_and_skipped(tmp_path):
     rows = log_rows(tmp_path / "run")
     assert sum(int(r["failed"]) for r in rows) == len(failed) - 1 and run.step == 6
     assert list(rows[0]) == [c for c in LOG_COLUMNS if c not in TIMING_COLUMNS]
+
+
+def test_a_diverging_run_stops_with_the_reason_and_keeps_its_checkpoint(split_root, tmp_path):
+    data = embedded_training_set(split_root)
+    config = TrainConfig(**{**TINY, "lr": 1e30, "optimizer": "sgd", "clip_grad": 1e30})
+    with pytest.raises(ValueError, match="training diverged at step .*lower the learning rate"):
+        train(data, config, tmp_path / "run", num_workers=0, progress=False)
+    assert not (tmp_path / "run" / "model.pt").exists()
+
+
+def test_a_restart_before_the_first_checkpoint_starts_a_clean_log(split_root, tmp_path):
+    data, val = embedded_training_set(split_root).split_classes(2, seed=0)
+    config = TrainConfig(**{**TINY, "steps": 2})
+    train(data, config, tmp_path / "run", val, num_workers=0, progress=False)
+    (tmp_path / "run" / "checkpoint.pt").unlink()
+    train(data, config, tmp_path / "run", val, num_workers=0, progress=False)
+    steps = [r["step"] for r in log_rows(tmp_path / "run")]
+    assert steps == ["0", "1", "2"]
 
 
 def test_a_cvnet_layout_resnet_fine_tunes_from_its_checkpoint(split_root, tmp_path):

@@ -131,7 +131,7 @@ class NormSoftmax(_ClassWeights):
         return self.scale * cos
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(self.logits(x, labels), labels)
+        return F.cross_entropy(self.logits(x, labels), labels.long())
 
 
 class ArcFace(_ClassWeights):
@@ -145,7 +145,7 @@ class ArcFace(_ClassWeights):
         return arcface_logits(self.cosines(x), labels, self.margin, self.scale, self.easy_margin)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(self.logits(x, labels), labels)
+        return F.cross_entropy(self.logits(x, labels), labels.long())
 
 
 class CurricularFace(_ClassWeights):
@@ -172,7 +172,7 @@ class CurricularFace(_ClassWeights):
         return curricular_logits(cos, labels, self.t.to(cos.dtype), self.margin, self.scale)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(self.logits(x, labels), labels)
+        return F.cross_entropy(self.logits(x, labels), labels.long())
 
 
 LOSSES = {"arcface": ArcFace, "curricularface": CurricularFace, "softmax": NormSoftmax}

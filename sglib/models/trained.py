@@ -12,6 +12,8 @@ A training checkpoint is one ``torch.save`` dict (readable with ``weights_only=T
 ``step``       optimisation steps done
 ``config``     the :class:`sglib.training.TrainConfig` as a dict
 ``classes``    the class names, in label order
+``data``       fingerprint of the training images and labels (a resumed run must have the same)
+``base_weights``, ``relu_plus``  where the weights started (sha256 or path), the CVNet ReLU+ setting
 ``state``      only in resumable checkpoints: loss, optimizer and gradient-scaler states
 =============  ===================================================================================
 
@@ -53,6 +55,13 @@ def read_training_file(path) -> dict | None:
     missing = [k for k in ("backbone", "model", "step", "config", "classes") if k not in blob]
     if missing:
         raise CheckpointError(f"{path}: training checkpoint without {', '.join(missing)}: the file is damaged")
+    kinds = {"backbone": str, "model": dict, "step": int, "config": dict, "classes": list}
+    wrong = [k for k, t in kinds.items() if not isinstance(blob[k], t) or isinstance(blob[k], bool)]
+    if "state" in blob and not isinstance(blob["state"], dict):
+        wrong.append("state")
+    if wrong:
+        raise CheckpointError(f"{path}: training checkpoint whose {', '.join(wrong)} has the wrong type: the file is "
+                              "damaged")
     return blob
 
 

@@ -49,6 +49,9 @@ class TrainingSet:
         if labels.min() < 0 or labels.max() >= len(self.classes):
             raise ValueError(f"{self.name}: labels must lie in [0, {len(self.classes) - 1}], got "
                              f"[{labels.min()}, {labels.max()}]")
+        if len(set(self.classes)) != len(self.classes):
+            dup = sorted({c for c in self.classes if self.classes.count(c) > 1})
+            raise ValueError(f"{self.name}: class names must be distinct, repeated: {dup[:5]}")
         object.__setattr__(self, "labels", labels.astype(np.int64))
 
     def __len__(self) -> int:
@@ -102,6 +105,9 @@ def embedded_training_set(data_root, split: str = EMBEDDED_SPLIT) -> TrainingSet
         rows = list(csv.DictReader(f))
     if not rows or not {"image", "label"} <= set(rows[0]):
         raise ValueError(f"{folder / 'train.csv'}: expected columns image,label and at least one row")
+    for line, r in enumerate(rows, 2):
+        if not r.get("image") or not r.get("label"):
+            raise ValueError(f"{folder / 'train.csv'}:{line}: a row without an image or a label: {r}")
     names = sorted({r["label"] for r in rows})
     return TrainingSet([str(folder / "jpg" / f"{r['image']}.jpg") for r in rows],
                        [names.index(r["label"]) for r in rows], names, split)
@@ -128,19 +134,32 @@ def gldv2_training_set(root, csv_name: str = "train_clean.csv", min_images_per_c
     path = Path(root) / csv_name
     if not path.is_file():
         raise ValueError(f"GLDv2 csv not found: {path} (expected train.csv or train_clean.csv of the GLDv2 release)")
+    if max_classes is not None and (isinstance(max_classes, bool) or not isinstance(max_classes, int)
+                                    or max_classes < 2):
+        raise ValueError(f"max_classes must be None or an integer >= 2, got {max_classes!r}")
     by_class: dict[int, list[str]] = {}
+    seen: dict[str, int] = {}
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         fields = set(reader.fieldnames or ())
-        if {"landmark_id", "images"} <= fields:
-            for row in reader:
-                by_class.setdefault(int(row["landmark_id"]), []).extend(row["images"].split())
-        elif {"id", "landmark_id"} <= fields:
-            for row in reader:
-                by_class.setdefault(int(row["landmark_id"]), []).append(row["id"])
-        else:
+        clean = {"landmark_id", "images"} <= fields
+        if not clean and not {"id", "landmark_id"} <= fields:
             raise ValueError(f"{path}: expected columns landmark_id,images (train_clean.csv) or id,url,landmark_id "
                              f"(train.csv), got {sorted(fields)}")
+        for line, row in enumerate(reader, 2):
+            try:
+                landmark = int(row["landmark_id"])
+                ids = row["images"].split() if clean else [row["id"]]
+                for i in ids:
+                    gldv2_image_path(root, i)          # checks the id
+                    if i in seen:
+                        raise ValueError(f"image {i} listed twice (landmarks {seen[i]} and {landmark})")
+                    seen[i] = landmark
+            except (TypeError, ValueError, AttributeError) as exc:
+                why = exc if isinstance(exc, ValueError) and "invalid literal" not in str(exc) else \
+                    f"expected an integer landmark_id and image ids, got {dict(row)}"
+                raise ValueError(f"{path}:{line}: {why}") from None
+            by_class.setdefault(landmark, []).extend(ids)
     images = {lm: [gldv2_image_path(root, i) for i in ids] for lm, ids in by_class.items()}
     if check_files:
         missing = [p for ps in images.values() for p in ps if not p.is_file()]
@@ -262,8 +281,12 @@ def resized_for_eval(image: torch.Tensor, long_side: int) -> torch.Tensor:
 
 
 class AugmentedImages(torch.utils.data.Dataset):
-    """``dataset[(index, seed)]`` -> (uint8 (3, S, S) crop, label, index), or (None, label, index) when the file
-    cannot be read (the loop logs it and trains on the rest of the batch)."""
+    """``dataset[(index, seed)]`` -> (uint8 (3, S, S) crop, label, indices that could not be read).
+
+    An unreadable image is replaced by the next readable one in the list (``index + 1``, ``+ 2``, ...),
+    with the same seed: every batch keeps its size, so processes stay in step and a resumed run sees
+    the same pixels; the loop logs the unreadable ones.
+    """
 
     def __init__(self, data: TrainingSet, augment: Augmentation):
         self.data, self.augment = data, augment
@@ -273,20 +296,20 @@ class AugmentedImages(torch.utils.data.Dataset):
 
     def __getitem__(self, item):
         index, seed = item
-        try:
-            image = self.augment(read_uint8(self.data.paths[index]), seed)
-        except ImageReadError:
-            image = None
-        return image, int(self.data.labels[index]), int(index)
+        failed = []
+        for k in range(len(self.data)):
+            i = (index + k) % len(self.data)
+            try:
+                return self.augment(read_uint8(self.data.paths[i]), seed), int(self.data.labels[i]), failed
+            except ImageReadError:
+                failed.append(i)
+        raise ValueError(f"{self.data.name}: none of its {len(self.data)} images can be read")
 
 
 def collate(samples):
-    """Stack the readable samples: (images (B, 3, S, S) uint8 or None, labels (B,), failed indices list)."""
-    ok = [s for s in samples if s[0] is not None]
-    failed = [s[2] for s in samples if s[0] is None]
-    if not ok:
-        return None, torch.zeros(0, dtype=torch.int64), failed
-    return torch.stack([s[0] for s in ok]), torch.tensor([s[1] for s in ok], dtype=torch.int64), failed
+    """(images (B, 3, S, S) uint8, labels (B,) int64, indices of the unreadable images met)."""
+    return (torch.stack([s[0] for s in samples]), torch.tensor([s[1] for s in samples], dtype=torch.int64),
+            [i for s in samples for i in s[2]])
 
 
 __all__ = ["TrainingSet", "EMBEDDED_SPLIT", "embedded_training_set", "gldv2_training_set", "gldv2_image_path",

@@ -21,7 +21,12 @@ Choices, and why:
   vectors, ``p_lr_mult * lr`` for p (no weight decay on p, biases and norms). cirtorch trains p with
   10x the base rate, also the default here. Linear warm-up, then cosine decay to 0.
 * Every random choice is a function of (seed, step, position) (:mod:`sglib.training.data`): the data
-  order, the crops and the colours do not depend on workers, processes or interruptions.
+  order, the crops and the colours do not depend on workers, processes or interruptions. On the CPU a
+  resumed run is bit-identical to an uninterrupted one (tested); on a GPU, cuDNN's algorithm choice is
+  not made deterministic, so expect last-bit differences there.
+* An unreadable image is replaced by the next readable one (and listed in ``failed.csv``), so batches
+  keep their size; a loss or gradient that turns NaN or infinite stops the run with an error, keeping
+  the last checkpoint.
 
 Outputs in ``out_dir``: ``start.pt`` (the network before the first step), ``checkpoint.pt`` (resumable,
 written atomically every ``checkpoint_every`` steps and at the end), ``model.pt`` (the final network;
@@ -66,8 +71,10 @@ from .data import (Augmentation, AugmentedImages, TrainingSet, batch_indices, co
 LOG_COLUMNS = ("step", "epoch", "loss", "gem_p", "lr", "grad_norm", "images_per_s", "failed", "val_map")
 # columns that depend on the machine's speed, not on the computation
 TIMING_COLUMNS = ("images_per_s",)
+FAILED_COLUMNS = ("step", "image")
 LW_SHRINKAGE = 0.3        # as the benchmark's training-split whitening (sglib.experiments.tables)
 LW_MAX_IMAGES = 2000      # the projection's initial whitening is fitted on at most this many images
+P_MAX = 20.0              # GeM p is kept in [1, P_MAX]: beyond, it is max pooling to float precision
 
 
 @dataclass(frozen=True)
@@ -130,18 +137,29 @@ class TrainConfig:
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
         for name in ("warmup_steps", "seed"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ValueError(f"{name} must be an integer >= 0, got {v!r}")
-        for name in ("scale", "lr", "head_lr_mult", "p_lr_mult", "p_init", "clip_grad"):
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**32:
+                raise ValueError(f"{name} must be an integer in [0, 2**32), got {v!r}")
+        if self.warmup_steps >= self.steps:
+            raise ValueError(f"warmup_steps ({self.warmup_steps}) must be smaller than steps ({self.steps}): the "
+                             "schedule warms up, then decays")
+        for name in ("scale", "lr", "head_lr_mult", "p_lr_mult", "clip_grad"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
                 raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
-        for name, hi in (("margin", math.pi / 2), ("weight_decay", 1.0), ("momentum", 1.0)):
+        for name, lo, hi, top in (("margin", 0, math.pi / 2, False), ("weight_decay", 0, 1, False),
+                                  ("momentum", 0, 1, False), ("trainable_fraction", 0, 1, True),
+                                  ("p_init", 1, P_MAX, True)):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < hi:
-                raise ValueError(f"{name} must be in [0, {hi:g}), got {v!r}")
-        if not 0 < self.trainable_fraction <= 1:
-            raise ValueError(f"trainable_fraction must be in (0, 1], got {self.trainable_fraction!r}")
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and \
+                lo <= v and (v <= hi if top else v < hi) and not (name == "trainable_fraction" and v == 0)
+            if not ok:
+                raise ValueError(f"{name} must be a number in {'(' if name == 'trainable_fraction' else '['}{lo:g}, "
+                                 f"{hi:g}{']' if top else ')'}, got {v!r}")
+        for name in ("learn_p", "amp"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if self.weights is not None and not isinstance(self.weights, str):
+            raise ValueError(f"weights must be a path (str) or None, got {self.weights!r}")
         Augmentation(size=self.image_size)   # checks the size
 
     def as_dict(self) -> dict:
@@ -182,7 +200,9 @@ class _Trainee(nn.Module):
         self.model, self.loss = model, loss
 
     def forward(self, x, labels):
-        return self.loss(training_descriptor(self.model, x).float(), labels)
+        desc = training_descriptor(self.model, x)
+        with torch.autocast(desc.device.type, enabled=False):   # margins and cosines in float32, even under AMP
+            return self.loss(desc.float(), labels)
 
 
 # ----------------------------------------------------------------------------------- set-up
@@ -229,9 +249,13 @@ def _eval_inputs(paths, size: int, norm) -> tuple[list, list]:
 
 @torch.no_grad()
 def _pooled_vectors(model, data: TrainingSet, rows, size: int, p: float) -> tuple[np.ndarray, np.ndarray]:
-    inputs, kept = _eval_inputs([data.paths[i] for i in rows], size, model.normalization)
-    feats = [F.normalize(gem(model.feature_map(x), p, LEARNED_P_EPS), dim=-1)[0].double().numpy() for x in inputs]
-    return np.stack(feats), np.asarray(rows)[kept]
+    feats, kept = [], []
+    for i in rows:     # one image at a time: thousands of decoded images would not fit in memory together
+        inputs, ok = _eval_inputs([data.paths[i]], size, model.normalization)
+        if ok:
+            feats.append(F.normalize(gem(model.feature_map(inputs[0]), p, LEARNED_P_EPS), dim=-1)[0].double().numpy())
+            kept.append(i)
+    return np.stack(feats), np.asarray(kept)
 
 
 def _init_head(model, loss, data: TrainingSet, config: TrainConfig, progress: bool) -> None:
@@ -292,6 +316,8 @@ def _optimizer(groups, config: TrainConfig):
 def class_map(desc: torch.Tensor, labels) -> float:
     """Mean average precision, each row querying all the others; positives share its label. (N, D) unit rows."""
     labels = torch.as_tensor(np.asarray(labels))
+    if not torch.isfinite(desc).all():
+        return math.nan          # a diverged network: no ranking to score
     sims = desc @ desc.T
     sims.fill_diagonal_(-math.inf)
     order = sims.argsort(dim=1, descending=True)[:, :-1]          # self last, dropped
@@ -341,19 +367,26 @@ def _checkpoint(model, trainee, optimizer, scaler, config, data: TrainingSet, st
     return blob
 
 
-def _read_log(path: Path, upto: int) -> list[dict]:
+def _read_rows(path: Path, upto: int) -> list[dict]:
+    """The rows of a run's csv up to step ``upto`` (a resumed run continues from there)."""
     if not path.is_file():
         return []
     with open(path, newline="") as f:
         return [r for r in csv.DictReader(f) if int(r["step"]) <= upto]
 
 
-def _write_rows(path: Path, rows: list[dict], mode: str) -> None:
-    with open(path, mode, newline="") as f:
-        w = csv.DictWriter(f, fieldnames=LOG_COLUMNS)
-        if mode == "w":
-            w.writeheader()
+def _rewrite_csv(path: Path, columns, rows: list[dict]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=columns)
+        w.writeheader()
         w.writerows(rows)
+    os.replace(tmp, path)
+
+
+def _append_csv(path: Path, columns, rows: list[dict]) -> None:
+    with open(path, "a", newline="") as f:
+        csv.DictWriter(f, fieldnames=columns).writerows(rows)
 
 
 def read_log(out_dir):
@@ -379,6 +412,20 @@ class TrainRun:
     @property
     def checkpoint(self) -> Path:
         return self.out_dir / "model.pt"
+
+
+def _resumable(path: Path, config: TrainConfig, data: TrainingSet) -> dict:
+    """The checkpoint in ``path`` if it resumes this run; ValueError saying why not otherwise."""
+    blob = read_training_file(path)
+    if blob is None or not isinstance(blob.get("state"), dict) or \
+            not {"loss", "optimizer", "scaler"} <= set(blob["state"]):
+        raise ValueError(f"{path} is not a resumable sglib training checkpoint: train into another folder")
+    if blob["config"] != config.as_dict() or blob.get("data") != data.fingerprint():
+        diff = {k: (blob["config"].get(k), v) for k, v in config.as_dict().items() if blob["config"].get(k) != v}
+        raise ValueError(f"{path.parent} holds a run with another configuration or other training data "
+                         f"(differences, saved -> now: {diff or 'the training images'}): resume it with the same "
+                         "settings, or train into a new folder")
+    return blob
 
 
 def _distributed(device: str):
@@ -420,6 +467,10 @@ def train(data: TrainingSet, config: TrainConfig, out_dir, val: TrainingSet | No
     """
     if not isinstance(config, TrainConfig):
         raise ValueError(f"config: expected a TrainConfig, got {type(config).__name__}")
+    for name, value in (("data", data), ("val", val)):
+        if not isinstance(value, TrainingSet) and not (name == "val" and value is None):
+            raise ValueError(f"{name}: expected a TrainingSet (sglib.training.embedded_training_set, "
+                             f"gldv2_training_set), got {type(value).__name__}")
     rank, world, dev = _distributed(device)
     if config.batch_size % world:
         raise ValueError(f"batch_size {config.batch_size} (the global batch) is not a multiple of the {world} processes")
@@ -434,36 +485,32 @@ def train(data: TrainingSet, config: TrainConfig, out_dir, val: TrainingSet | No
     loss = make_loss(config.loss, config.dim, data.n_classes, config.margin, config.scale)
     n_trainable = _freeze_early_layers(model, config.trainable_fraction)
     trainee = _Trainee(model, loss)
-    optimizer = _optimizer(_param_groups(trainee, config), config)
     use_amp = config.amp and dev.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda") if use_amp and amp_dtype == torch.float16 else None
 
     ckpt_path, log_path, failed_path = out / "checkpoint.pt", out / "log.csv", out / "failed.csv"
+    if rank == 0:
+        for stale in out.glob(".*.tmp"):    # a save cut short by a kill
+            stale.unlink(missing_ok=True)
+    blob = _resumable(ckpt_path, config, data) if ckpt_path.is_file() else None
     start = 0
-    blob = read_training_file(ckpt_path) if ckpt_path.is_file() else None
-    if ckpt_path.is_file() and (blob is None or "state" not in blob):
-        raise ValueError(f"{ckpt_path} is not a resumable sglib training checkpoint: use another out_dir")
     if blob is not None:
-        if blob["config"] != config.as_dict() or blob.get("data") != data.fingerprint():
-            diff = {k: (blob["config"].get(k), v) for k, v in config.as_dict().items() if blob["config"].get(k) != v}
-            raise ValueError(f"{out} holds a run with another configuration or other training data "
-                             f"(differences, saved -> now: {diff or 'the training images'}): resume it with the same "
-                             "settings, or train into a new folder")
         model.load_state_dict(blob["model"])
         trainee.loss.load_state_dict(blob["state"]["loss"])
+        start = int(blob["step"])
+    elif config.head_init == "lw" and rank == 0:
+        _init_head(model, loss, data, config, progress)   # DDP copies rank 0's values to the others
+    # on the device before the optimizer exists: its state (moments, momentum) must live beside the parameters
+    model.to(dev, memory_format=torch.channels_last)
+    trainee.to(dev)
+    optimizer = _optimizer(_param_groups(trainee, config), config)
+    if blob is not None:
         optimizer.load_state_dict(blob["state"]["optimizer"])
         if scaler is not None and blob["state"]["scaler"]:
             scaler.load_state_dict(blob["state"]["scaler"])
-        start = int(blob["step"])
-    else:
-        if config.head_init == "lw" and rank == 0:
-            _init_head(model, loss, data, config, progress)   # DDP copies rank 0's values to the others
-        if rank == 0:    # the starting point, for before/after comparisons with the same head
-            _atomic_save(_checkpoint(model, trainee, optimizer, scaler, config, data, 0, False), out / "start.pt")
-
-    model.to(dev, memory_format=torch.channels_last)
-    trainee.to(dev)
+    elif rank == 0:    # the starting point, for before/after comparisons with the same head
+        _atomic_save(_checkpoint(model, trainee, optimizer, scaler, config, data, 0, False), out / "start.pt")
     model.eval()                 # frozen batch-norm statistics, no drop-connect (see the module docstring)
     trainee.loss.train()
     ddp = nn.parallel.DistributedDataParallel(trainee, device_ids=[dev.index] if dev.type == "cuda" else None) \
@@ -471,15 +518,13 @@ def train(data: TrainingSet, config: TrainConfig, out_dir, val: TrainingSet | No
     validator = _Validator(val, config, model.normalization) if val is not None and rank == 0 else None
 
     if rank == 0:
-        rows = _read_log(log_path, start)
-        _write_rows(log_path, rows, "w")
-        if start == 0:
-            failed_path.write_text("step,image\n")
-            if validator is not None:   # the starting point, as a row of step 0
-                _write_rows(log_path, [{"step": 0, "epoch": 0, "gem_p": f"{float(model.learned_p.detach()):.6f}",
-                                        "failed": 0, "val_map": f"{validator(model, dev):.6f}"}], "a")
-    augment = Augmentation(size=config.image_size)
-    images = AugmentedImages(data, augment)
+        _rewrite_csv(log_path, LOG_COLUMNS, _read_rows(log_path, start) if start else [])
+        _rewrite_csv(failed_path, FAILED_COLUMNS, _read_rows(failed_path, start) if start else [])
+        if start == 0 and validator is not None:   # the starting point, as a row of step 0
+            _append_csv(log_path, LOG_COLUMNS, [{"step": 0, "epoch": 0, "failed": 0,
+                                                 "gem_p": f"{float(model.learned_p.detach()):.6f}",
+                                                 "val_map": f"{validator(model, dev):.6f}"}])
+    images = AugmentedImages(data, Augmentation(size=config.image_size))
     per_epoch = len(data) // config.batch_size
 
     def rank_batches():
@@ -497,62 +542,68 @@ def train(data: TrainingSet, config: TrainConfig, out_dir, val: TrainingSet | No
               f"+ GeM p={'learned' if config.learn_p else 'fixed'} + projection to {config.dim}, {config.loss}, "
               f"{len(data)} images of {data.n_classes} classes, {world} process(es) on {dev.type}"
               + (f", resuming at step {start}" if start else ""))
-    for batch, labels, failed in loader:
-        for group in optimizer.param_groups:
-            group["lr"] = config.lr * group["lr_mult"] * lr_factor(step, config)
-        optimizer.zero_grad(set_to_none=True)
-        if batch is None:      # every image of this process's slice failed: a zero step keeps DDP in step
-            value = sum(p.sum() * 0.0 for p in trainee.parameters() if p.requires_grad)
-        else:
+    try:
+        for batch, labels, failed in loader:
+            for group in optimizer.param_groups:
+                group["lr"] = config.lr * group["lr_mult"] * lr_factor(step, config)
+            optimizer.zero_grad(set_to_none=True)
             x = normalize(batch, model.normalization).to(dev, memory_format=torch.channels_last)
             with torch.autocast(dev.type, dtype=amp_dtype, enabled=use_amp):
                 value = ddp(x, labels.to(dev))
-        if scaler is not None:
-            scaler.scale(value).backward()
-            scaler.unscale_(optimizer)
-        else:
-            value.backward()
-        grad_norm = nn.utils.clip_grad_norm_([p for p in trainee.parameters() if p.requires_grad], config.clip_grad)
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        if config.learn_p:
-            with torch.no_grad():
-                model.learned_p.clamp_(min=1.0)   # p < 1 is no longer a pooling between mean and max
-        step += 1
-        logged = value.detach().float()
-        n_failed = torch.tensor(float(len(failed)))
-        if world > 1:
-            dist.all_reduce(logged)
-            logged /= world
-            dist.all_reduce(n_failed)
+            (scaler.scale(value) if scaler is not None else value).backward()
+            if scaler is not None:
+                scaler.unscale_(optimizer)
+            grad_norm = nn.utils.clip_grad_norm_([p for p in trainee.parameters() if p.requires_grad],
+                                                 config.clip_grad)
+            logged = value.detach().float()
+            if world > 1:
+                dist.all_reduce(logged)
+                logged /= world
+                gathered = [None] * world
+                dist.all_gather_object(gathered, failed)
+                failed = [i for part in gathered for i in part]
+            # a scaler skips steps with infinite gradients on its own; anything else non-finite is divergence
+            if not math.isfinite(float(logged)) or (scaler is None and not math.isfinite(float(grad_norm))):
+                raise ValueError(f"training diverged at step {step + 1}: loss {float(logged)}, gradient norm "
+                                 f"{float(grad_norm)}; lower the learning rate (lr={config.lr:g}) or the scale "
+                                 f"({config.scale:g}). The last checkpoint (step {step - step % config.checkpoint_every})"
+                                 " is kept")
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            if config.learn_p:
+                with torch.no_grad():
+                    model.learned_p.clamp_(1.0, P_MAX)   # p < 1 is no longer a pooling between mean and max
+            step += 1
+            if rank == 0:
+                now = time.perf_counter()
+                val_map = validator(model, dev) if validator is not None and (step % config.val_every == 0 or
+                                                                              step == config.steps) else None
+                p_now = float(model.learned_p.detach())
+                _append_csv(log_path, LOG_COLUMNS, [{
+                    "step": step, "epoch": (step - 1) // per_epoch, "loss": f"{float(logged):.6f}",
+                    "gem_p": f"{p_now:.6f}", "lr": f"{config.lr * lr_factor(step - 1, config):.6g}",
+                    "grad_norm": f"{float(grad_norm):.6f}", "images_per_s": f"{config.batch_size / (now - tick):.2f}",
+                    "failed": len(failed), "val_map": "" if val_map is None else f"{val_map:.6f}"}])
+                _append_csv(failed_path, FAILED_COLUMNS, [{"step": step, "image": data.paths[i]} for i in failed])
+                bar.set_postfix(loss=f"{float(logged):.3f}", p=f"{p_now:.3f}",
+                                **({} if val_map is None else {"val_mAP": f"{100 * val_map:.1f}"}))
+                bar.update(1)
+                if step % config.checkpoint_every == 0 or step == config.steps:
+                    _atomic_save(_checkpoint(model, trainee, optimizer, scaler, config, data, step, True), ckpt_path)
+                tick = time.perf_counter()
+            if world > 1 and step % config.checkpoint_every == 0:
+                dist.barrier()     # no process runs ahead of a checkpoint it could be resumed from
+        bar.close()
         if rank == 0:
-            now = time.perf_counter()
-            val_map = validator(model, dev) if validator is not None and (step % config.val_every == 0 or
-                                                                          step == config.steps) else None
-            row = {"step": step, "epoch": (step - 1) // per_epoch, "loss": f"{float(logged):.6f}",
-                   "gem_p": f"{float(model.learned_p.detach()):.6f}", "lr": f"{config.lr * lr_factor(step - 1, config):.6g}",
-                   "grad_norm": f"{float(grad_norm):.6f}", "images_per_s": f"{config.batch_size / (now - tick):.2f}",
-                   "failed": int(n_failed), "val_map": "" if val_map is None else f"{val_map:.6f}"}
-            _write_rows(log_path, [row], "a")
-            if failed:
-                with open(failed_path, "a") as f:
-                    f.writelines(f"{step},{data.paths[i]}\n" for i in failed)
-            bar.set_postfix(loss=f"{float(logged):.3f}", p=f"{float(model.learned_p.detach()):.3f}",
-                            **({} if val_map is None else {"val_mAP": f"{100 * val_map:.1f}"}))
-            bar.update(1)
-            if step % config.checkpoint_every == 0 or step == config.steps:
-                _atomic_save(_checkpoint(model, trainee, optimizer, scaler, config, data, step, True), ckpt_path)
-            tick = time.perf_counter()
-        if world > 1 and step % config.checkpoint_every == 0:
-            dist.barrier()     # no process runs ahead of a checkpoint it could be resumed from
-    bar.close()
-    if rank == 0:
-        _atomic_save(_checkpoint(model, trainee, optimizer, scaler, config, data, step, False), out / "model.pt")
-    if world > 1:
-        dist.barrier()
+            _atomic_save(_checkpoint(model, trainee, optimizer, scaler, config, data, step, False), out / "model.pt")
+        if world > 1:
+            dist.barrier()
+    finally:
+        if world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
     model.to("cpu").learned_p.requires_grad_(False)
     return TrainRun(model.eval(), out, step, start)
 
