@@ -338,7 +338,7 @@ def test_a_cvnet_layout_resnet_fine_tunes_from_its_checkpoint(split_root, tmp_pa
     assert torch.equal(after.stem.conv.weight, before.stem.conv.weight), "the frozen stem moved"
     from sglib.method.descriptors import DescriptorSettings
     assert after.describe_with(torch.rand(1, 3, 64, 64), DescriptorSettings(gem_p=None)).shape == (1, 2048)
-    with pytest.raises(ValueError, match="pass weights="):
+    with pytest.raises(ValueError, match="pass its file as weights"):
         TrainConfig(backbone="cvnet_r101")
     with pytest.raises(ValueError, match="dim must be 2048"):
         TrainConfig(backbone="cvnet_r50", weights="x.pyth")

@@ -118,8 +118,8 @@ class TrainConfig:
         object.__setattr__(self, "backbone", key if key in CVNET_BACKBONES else backbone_key(key))
         if self.cvnet:
             if self.weights is None:
-                raise ValueError(f"{key} starts from a CVNet checkpoint: pass weights=<CVPR2022_CVNet_R"
-                                 f"{CVNET_BACKBONES[key]}.pyth>")
+                raise ValueError(f"{key} starts from a CVNet checkpoint: pass its file as weights (--weights "
+                                 f"CVPR2022_CVNet_R{CVNET_BACKBONES[key]}.pyth)")
             if self.dim != 2048:
                 raise ValueError(f"{key} keeps CVNet's 2048 x 2048 head: dim must be 2048, got {self.dim}")
         elif self.projection_init == "keep":
