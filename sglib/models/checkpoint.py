@@ -13,6 +13,20 @@ class CheckpointError(ValueError):
     """A checkpoint or weights file is missing, unreadable, or does not hold the tensors a model needs."""
 
 
+def read_torch_file(path):
+    """``torch.load`` of a file on the CPU, tensors and plain data only (``weights_only``).
+
+    Raises:
+        CheckpointError: the file is missing or cannot be read.
+    """
+    if not os.path.isfile(path):
+        raise CheckpointError(f"weights file not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a corrupt file
+        raise CheckpointError(f"could not read weights file {path}: {type(exc).__name__}: {exc}") from exc
+
+
 def read_state_dict(path) -> dict:
     """A state dict of tensors from a ``torch.save`` file: bare or under one of :data:`WRAPPER_KEYS`.
 
@@ -21,12 +35,7 @@ def read_state_dict(path) -> dict:
     Raises:
         CheckpointError: missing file, unreadable file, or not a dict of tensors.
     """
-    if not os.path.isfile(path):
-        raise CheckpointError(f"weights file not found: {path}")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a corrupt file
-        raise CheckpointError(f"could not read weights file {path}: {type(exc).__name__}: {exc}") from exc
+    blob = read_torch_file(path)
     if isinstance(blob, dict):
         blob = next((blob[k] for k in WRAPPER_KEYS if isinstance(blob.get(k), dict)), blob)
     if not isinstance(blob, dict) or not blob or not all(isinstance(v, torch.Tensor) for v in blob.values()):

@@ -28,7 +28,7 @@ import os
 import torch
 import torch.nn as nn
 
-from .checkpoint import CheckpointError, load_state_strict
+from .checkpoint import CheckpointError, load_state_strict, read_torch_file
 from .imagenet import ImageNetBackbone, build_architecture, file_sha256
 
 FORMAT = "sglib-train/1"
@@ -44,12 +44,7 @@ def read_training_file(path) -> dict | None:
     Raises:
         CheckpointError: missing or unreadable file, or a training checkpoint missing a field.
     """
-    if not os.path.isfile(path):
-        raise CheckpointError(f"weights file not found: {path}")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a corrupt file
-        raise CheckpointError(f"could not read checkpoint {path}: {type(exc).__name__}: {exc}") from exc
+    blob = read_torch_file(path)
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         return None
     missing = [k for k in ("backbone", "model", "step", "config", "classes") if k not in blob]
