@@ -171,8 +171,10 @@ def p_sweep(result: StudyResult, protocol: str = "medium") -> pd.DataFrame:
     m = result.maps
     nets = [BASELINE, *(f"{loss}: fine-tuned" for loss in result.learned_p)]
     ps = sorted(result.plan["gem_ps"])
-    return pd.DataFrame({n: [m.loc[(n, f"gem p={p:g}"), protocol] for p in ps] for n in nets},
-                        index=pd.Index(ps, name="test-time p"))
+    sweep = pd.DataFrame({n: [m.loc[(n, f"gem p={p:g}"), protocol] for p in ps] for n in nets},
+                         index=pd.Index(ps, name="test-time p"))
+    sweep.attrs["protocol"] = protocol
+    return sweep
 
 
 def p_finding(result: StudyResult) -> pd.DataFrame:
