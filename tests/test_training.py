@@ -279,6 +279,10 @@ def test_bad_runs_are_refused_with_the_reason(split_root, tmp_path):
         TrainingSet(["a.jpg", "b.jpg"], [0, 2], ["x", "y"])
     with pytest.raises(ValueError, match="class names must be distinct"):
         TrainingSet(["a.jpg", "b.jpg"], [0, 1], ["x", "x"])
+    unreadable = TrainingSet([str(tmp_path / "none_a.jpg"), str(tmp_path / "none_b.jpg")], [0, 1], ["a", "b"], "val")
+    with pytest.raises(ValueError, match="val: 0 of its 2 images can be read"):
+        train(data, TrainConfig(**{**TINY, "steps": 2}), tmp_path / "unreadable_val", unreadable, num_workers=0,
+              progress=False)
     with pytest.raises(ValueError, match="data: expected a TrainingSet"):
         train(str(split_root), TrainConfig(**TINY), tmp_path / "str")
     torch.save({"format": "sglib-train/1", "backbone": "efficientnet_lite0", "model": {}, "step": 1,

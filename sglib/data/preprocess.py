@@ -213,12 +213,17 @@ def to_network_input(image: np.ndarray, bbx=None, norm: Normalization = CVNET,
         image = _resize(image, max(1, round(image.shape[0] * s)), max(1, round(image.shape[1] * s)))
     if min_side is not None:
         image = _raise_short_side(image, int(min_side), max_side)
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+    return normalize_pixels(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).unsqueeze(0), norm)
+
+
+def normalize_pixels(images: torch.Tensor, norm: Normalization) -> torch.Tensor:
+    """(B, 3, H, W) uint8 RGB -> float32 network input in ``norm``'s convention (channel order, mean, std)."""
+    x = images.float().div_(255.0)
     if norm.bgr:
-        x = x.flip(0)
-    mean = torch.tensor(norm.mean).view(3, 1, 1)
-    std = torch.tensor(norm.std).view(3, 1, 1)
-    return ((x - mean) / std).unsqueeze(0)
+        x = x.flip(1)
+    mean = torch.tensor(norm.mean).view(1, 3, 1, 1)
+    std = torch.tensor(norm.std).view(1, 3, 1, 1)
+    return (x - mean) / std
 
 
 def load_network_input(path, bbx=None, norm: Normalization = CVNET, max_side: int | None = None,

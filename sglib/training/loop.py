@@ -13,7 +13,8 @@ Choices, and why:
   function of (weights, batch) alone. That is what makes a resumed run bit-identical and two
   processes equal one on the union of their batches.
 * The projection starts as the supervised whitening ("Lw", :mod:`sglib.models.whitening`) of the
-  training images' GeM vectors, the off-the-shelf baseline's own head, so step 0 is that baseline,
+  training images' GeM vectors (the kind of head the off-the-shelf baseline uses, here fitted at the crop
+  size on the training classes), so step 0 is an off-the-shelf network with a whitening head,
   and each class vector as the mean of its images' descriptors ("imprinting"), so the margin loss
   starts from sensible logits instead of spending its first hundreds of steps finding the classes;
   ``projection_init="random"`` starts both from PyTorch's default initialisation instead.
@@ -65,8 +66,9 @@ from ..models.cvnet import load_cvnet
 from ..models.trained import CVNET_BACKBONES, CVNET_TRAIN_RELU_PLUS, FORMAT, read_training_file, trained_backbone
 from ..models.whitening import fit_learned_whitening
 from ..data.preprocess import ImageReadError
-from .data import (Augmentation, AugmentedImages, TrainingSet, batch_indices, collate, normalize, read_uint8,
-                   resized_for_eval, sample_seed)
+from ..data.preprocess import normalize_pixels as normalize
+from .data import (Augmentation, AugmentedImages, TrainingSet, batch_indices, collate, read_uint8, resized_for_eval,
+                   sample_seed)
 
 LOG_COLUMNS = ("step", "epoch", "loss", "gem_p", "lr", "grad_norm", "images_per_s", "failed", "val_map")
 # columns that depend on the machine's speed, not on the computation
@@ -235,25 +237,22 @@ def _freeze_early_layers(model, fraction: float) -> int:
     return keep
 
 
-def _eval_inputs(paths, size: int, norm) -> tuple[list, list]:
-    """Whole images (long side ``size``) as network inputs, and the positions of those that could be read."""
-    inputs, kept = [], []
-    for k, path in enumerate(paths):
-        try:
-            inputs.append(normalize(resized_for_eval(read_uint8(path), size)[None], norm))
-            kept.append(k)
-        except ImageReadError:
-            continue    # the training loop logs unreadable images when it meets them
-    return inputs, kept
+def _eval_input(path, size: int, norm) -> torch.Tensor | None:
+    """A whole image (long side ``size``) as a (1, 3, h, w) network input; None if it cannot be read (the training
+    loop logs unreadable images when it meets them)."""
+    try:
+        return normalize(resized_for_eval(read_uint8(path), size)[None], norm)
+    except ImageReadError:
+        return None
 
 
 @torch.no_grad()
 def _pooled_vectors(model, data: TrainingSet, rows, size: int, p: float) -> tuple[np.ndarray, np.ndarray]:
     feats, kept = [], []
     for i in rows:     # one image at a time: thousands of decoded images would not fit in memory together
-        inputs, ok = _eval_inputs([data.paths[i]], size, model.normalization)
-        if ok:
-            feats.append(F.normalize(gem(model.feature_map(inputs[0]), p, LEARNED_P_EPS), dim=-1)[0].double().numpy())
+        x = _eval_input(data.paths[i], size, model.normalization)
+        if x is not None:
+            feats.append(F.normalize(gem(model.feature_map(x), p, LEARNED_P_EPS), dim=-1)[0].double().numpy())
             kept.append(i)
     return np.stack(feats), np.asarray(kept)
 
@@ -332,8 +331,12 @@ class _Validator:
     """Class-level mAP of held-out classes (whole images, long side ``image_size``), images decoded once."""
 
     def __init__(self, val: TrainingSet, config: TrainConfig, norm):
-        self.inputs, kept = _eval_inputs(val.paths, config.image_size, norm)
-        self.labels = val.labels[kept]
+        inputs = [_eval_input(p, config.image_size, norm) for p in val.paths]
+        kept = [k for k, x in enumerate(inputs) if x is not None]
+        if len(kept) < 2:
+            raise ValueError(f"{val.name}: {len(kept)} of its {len(val)} images can be read; the validation mAP needs "
+                             "at least 2: hold out other classes or none (val=None, --val-classes 0)")
+        self.inputs, self.labels = [inputs[k] for k in kept], val.labels[kept]
 
     @torch.no_grad()
     def __call__(self, model, device) -> float:
