@@ -36,6 +36,7 @@ demo: setup
 
 bench: data
 	$(PY) benchmarks/rerank.py
+	$(PY) benchmarks/rerankers.py --data-root $(DATA_ROOT)
 	$(PY) benchmarks/search.py --quick
 	$(PY) benchmarks/train.py --data-root $(DATA_ROOT)
 

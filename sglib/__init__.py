@@ -3,6 +3,10 @@
 Packages by role (each loads on first use, so ``import sglib`` stays cheap):
 
 * ``sglib.method``: pooling, descriptors from feature maps, SuperGlobal reranking;
+* ``sglib.rerankers``: alpha-QE, DBA, k-reciprocal and diffusion beside SuperGlobal, one calling convention;
+* ``sglib.local``: local-feature (SIFT + RANSAC) spatial verification, the two-stage baseline;
+* ``sglib.timing``: methods timed side by side (warm-up, repeats, median, log-log growth);
+* ``sglib.training``: ArcFace / CurricularFace fine-tuning, resumable, DDP;
 * ``sglib.models``: CVNet ResNet and ImageNet backbones (one interface), checkpoints, whitening;
 * ``sglib.data``: revisitop datasets, downloads, image preprocessing;
 * ``sglib.evaluation``: the revisited protocol, its streaming form, shortlists, the retrieval path;
@@ -26,7 +30,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"
 
-_PACKAGES = {"method", "models", "data", "evaluation", "scale", "embedded", "experiments", "cli", "demo", "runtime"}
+_PACKAGES = {"method", "models", "data", "evaluation", "scale", "embedded", "experiments", "cli", "demo", "runtime",
+             "rerankers", "local", "timing", "training"}
 ALIASES = {"pooling": "sglib.method.pooling", "rerank": "sglib.method.rerank", "evaluate": "sglib.evaluation",
            "search": "sglib.scale.search"}
 

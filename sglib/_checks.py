@@ -46,3 +46,34 @@ def check_positive(value, name: str, allow_inf: bool = False) -> None:
     if not ok:
         raise ValueError(f"{name}: expected a {'' if allow_inf else 'finite '}number > 0, got {value!r}")
 
+
+
+def check_int(value, name: str, lo: int | None = None, hi: int | None = None, what: str = "") -> int:
+    """``value`` as an int if it is an integer (Python or numpy, not bool) in ``[lo, hi]``, else ``ValueError``."""
+    ok = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+    if ok and (lo is None or value >= lo) and (hi is None or value <= hi):
+        return int(value)
+    bounds = f" in [{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]"
+    raise ValueError(f"{name}: expected an integer{bounds}{' ' + what if what else ''}, got {value!r}")
+
+
+def check_real(value, name: str, lo: float | None = None, hi: float | None = None, open_lo: bool = False,
+               open_hi: bool = False) -> float:
+    """``value`` as a float if it is a finite real number (Python or numpy, not bool) within the bounds, else
+    ``ValueError``; ``open_lo`` / ``open_hi`` exclude the bound itself."""
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_)) \
+        and np.isfinite(value)
+    if ok:
+        v = float(value)
+        ok = (lo is None or (v > lo if open_lo else v >= lo)) and (hi is None or (v < hi if open_hi else v <= hi))
+        if ok:
+            return v
+    if hi is None and lo is not None:
+        bounds = f"{'>' if open_lo else '>='} {lo:g}"
+    elif lo is None and hi is not None:
+        bounds = f"{'<' if open_hi else '<='} {hi:g}"
+    elif lo is None:
+        bounds = "(any)"
+    else:
+        bounds = f"in {'(' if open_lo else '['}{lo:g}, {hi:g}{')' if open_hi else ']'}"
+    raise ValueError(f"{name}: expected a finite number {bounds}, got {value!r}")

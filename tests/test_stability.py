@@ -119,6 +119,7 @@ def test_rerank_grid_rows_match_single_evaluations():
     x = rng.standard_normal((60, 8)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     q = x[:4] + 0.3 * rng.standard_normal((4, 8)).astype(np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
     gnd = [{"easy": [i], "hard": [i + 10, i + 20], "junk": [i + 30]} for i in range(4)]
     grid = rerank_grid(q, x, gnd, Ks=(1, 3), betas=(0.0, 0.15), M=20)
     assert len(grid) == 5 and not grid.isna().any().any()

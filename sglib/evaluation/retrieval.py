@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .._checks import check_int
 from ..method.rerank import DEFAULT_BETA, DEFAULT_K, DEFAULT_M, superglobal
 from .protocol import PROTOCOLS, check_ks, results_table, revisited, summary
 from .shortlist import shortlists
@@ -129,15 +130,43 @@ def evaluate_retrieval(q: np.ndarray, x: np.ndarray, gnd: list, rerank: RerankSe
         :class:`RetrievalResult`.
     """
     check_retrieval_inputs(q, x, gnd, rerank)
-    ks = check_ks(ks)
-    ranks = rank_database(q, x)
     if rerank is None:
-        return RetrievalResult(revisited(ranks, gnd, ks), x.shape[0], ks=ks)
-    m = min(rerank.M, x.shape[0])
-    if rerank.K >= m:
+        return RetrievalResult(revisited(rank_database(q, x), gnd, check_ks(ks)), x.shape[0], ks=check_ks(ks))
+    if rerank.K >= min(rerank.M, x.shape[0]):
         raise ValueError(f"K={rerank.K} needs more than K database images, got N={x.shape[0]}")
+    return evaluate_reranker(q, x, gnd, lambda qq, xx, r, m: superglobal(qq, xx, r, m, rerank.K, rerank.beta),
+                             rerank.M, shortlist, ks)
+
+
+def evaluate_reranker(q: np.ndarray, x: np.ndarray, gnd: list, rerank_fn, M: int, shortlist: str = "shared",
+                      ks=(1, 5, 10), ranks: np.ndarray | None = None) -> RetrievalResult:
+    """Rank the database, rerank each protocol's shortlist with any reranker, evaluate.
+
+    Args:
+        q, x, gnd, shortlist, ks: as :func:`evaluate_retrieval`.
+        rerank_fn: ``(q, x, ranks (nq, N), M) -> ranks``, e.g. ``lambda q, x, r, m: sglib.rerankers.rerank(
+            "alpha_qe", q, x, r, m)``.
+        M: shortlist size, capped at N.
+        ranks: the initial full ranking when already computed (:func:`rank_database`), else computed here.
+
+    Returns:
+        :class:`RetrievalResult`.
+    """
+    check_retrieval_inputs(q, x, gnd)
+    ks = check_ks(ks)
+    check_int(M, "M", 1, what="(the shortlist size)")
+    ranks = rank_database(q, x) if ranks is None else np.asarray(ranks)
+    if ranks.shape != (q.shape[0], x.shape[0]):
+        raise ValueError(f"ranks: expected the full ranking ({q.shape[0]}, {x.shape[0]}), got {ranks.shape}")
+    m = min(M, x.shape[0])
     protocols = {}
     for names, head in shortlists(ranks, gnd, shortlist):
-        res = revisited(superglobal(q, x, head, m, rerank.K, rerank.beta), gnd, ks)
+        out = np.asarray(rerank_fn(q, x, head, m))
+        # a reranker may only reorder the shortlist: anything else would be scored without a word
+        if out.shape != head.shape or not np.array_equal(out[:, m:], head[:, m:]) or \
+                not np.array_equal(np.sort(out[:, :m], axis=1), np.sort(head[:, :m], axis=1)):
+            raise ValueError(f"rerank_fn: must return the (nq, N) = {head.shape} ranking with only its first M={m} "
+                             f"reordered; got shape {out.shape} or other ids")
+        res = revisited(out, gnd, ks)
         protocols.update({p: res[p] for p in names})
     return RetrievalResult({p: protocols[p] for p in PROTOCOLS}, x.shape[0], m, shortlist, ks)

@@ -47,11 +47,13 @@ def pooling_grid(gem_ps=GEM_PS, kernels=REGIONAL_KERNELS, regional_ps=REGIONAL_P
     return grid
 
 
-def grid_features(model, dataset, cache_root, grid: dict, max_side: int | None = None, progress: bool = True) -> dict:
-    """``{key: (q (nq, D), x (N, D))}`` for every grid setting, from one cached extraction."""
+def grid_features(model, dataset, cache_root, grid: dict, max_side: int | None = None, progress: bool = True,
+                  crop_queries: bool = True) -> dict:
+    """``{key: (q (nq, D), x (N, D))}`` for every grid setting, from one cached extraction
+    (``crop_queries=False``: queries described whole, see :func:`sglib.scale.extract.dataset_features`)."""
     settings = {key: st for key, (_, st) in grid.items()}
     q, x = dataset_features(dataset, build_extractor(model, settings, max_side=max_side), cache_root,
-                            progress=progress)
+                            progress=progress, crop_queries=crop_queries)
     qs, xs = split_settings(q, list(settings)), split_settings(x, list(settings))
     return {key: (qs[key], xs[key]) for key in settings}
 

@@ -10,10 +10,17 @@ import itertools
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.patches import Rectangle
+from matplotlib.ticker import FuncFormatter
 
 from ..data.preprocess import load_image
 
 COLOURS = {"easy": "#1a9850", "hard": "#fdae61", "junk": "#999999", "wrong": "#d73027"}
+
+
+def _check_lengths(**arrays) -> None:
+    lengths = {name: len(a) for name, a in arrays.items()}
+    if len(set(lengths.values())) > 1:
+        raise ValueError(f"expected equal lengths, got {lengths}")
 
 
 def result_label(g: dict, db_index: int) -> str:
@@ -41,31 +48,174 @@ def plot_retrievals(dataset, ranks: np.ndarray, queries, k: int = 5, title: str 
     queries = list(queries)
     fig, axes = plt.subplots(len(queries), k + 1, figsize=(2.2 * (k + 1), 2.0 * len(queries)), squeeze=False)
     for row, qi in enumerate(queries):
-        ax = axes[row, 0]
-        ax.imshow(load_image(dataset.query_path(qi)))
-        bbx = dataset.query_bbx(qi)
-        if bbx is not None:
-            x1, y1, x2, y2 = bbx
-            ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec="yellow", lw=2))
-        ax.set_title(f"query {dataset.qimlist[qi]}", fontsize=7)
+        _draw_query(axes[row, 0], dataset, qi)
         for col in range(k):
             db = int(ranks[qi, col])
             label = result_label(dataset.gnd[qi], db)
-            ax = axes[row, col + 1]
-            ax.imshow(load_image(dataset.db_path(db)))
-            for side in ax.spines.values():
-                side.set_edgecolor(COLOURS[label])
-                side.set_linewidth(4)
-            ax.set_title(f"#{col + 1} {label}", fontsize=7, color=COLOURS[label])
-        for ax in axes[row]:
-            ax.set_xticks([])
-            ax.set_yticks([])
+            _draw_database_image(axes[row, col + 1], dataset, db, label, f"#{col + 1} {label}")
+    return _finish(fig, title, path)
+
+
+def _draw_query(ax, dataset, qi: int) -> None:
+    ax.imshow(load_image(dataset.query_path(qi)))
+    bbx = dataset.query_bbx(qi)
+    if bbx is not None:
+        x1, y1, x2, y2 = bbx
+        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec="yellow", lw=2))
+    ax.set_title(f"query {dataset.qimlist[qi]}", fontsize=7)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _draw_database_image(ax, dataset, db: int, label: str, title: str) -> None:
+    """One database thumbnail framed in its label's colour."""
+    ax.imshow(load_image(dataset.db_path(db)))
+    for side in ax.spines.values():
+        side.set_edgecolor(COLOURS[label])
+        side.set_linewidth(4)
+    ax.set_title(title, fontsize=7, color=COLOURS[label])
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _finish(fig, title, path, **save):
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     if path is not None:
-        fig.savefig(path, dpi=80)
+        fig.savefig(path, dpi=80, **save)
     return fig
+
+
+def plot_before_after(dataset, qi: int, before: np.ndarray, after: np.ndarray, k: int = 6, title=None, path=None):
+    """Two rows for query ``qi``: its top-``k`` before reranking and after, framed by label.
+
+    Args:
+        before, after: (>= k,) database indices of that query, best first. Each title gives the image's
+            position in the other ranking, so moves read at a glance.
+    """
+    fig, axes = plt.subplots(2, k + 1, figsize=(2.2 * (k + 1), 4.2), squeeze=False)
+    g = dataset.gnd[qi]
+    for row, (name, ranks, other) in enumerate((("before", before, after), ("after", after, before))):
+        _draw_query(axes[row, 0], dataset, qi)
+        axes[row, 0].set_ylabel(f"{name} rerank", fontsize=8)
+        where = {int(db): i for i, db in enumerate(other)}
+        for col in range(k):
+            db = int(ranks[col])
+            label = result_label(g, db)
+            was = where.get(db)
+            moved = "" if was is None else f" ({'was' if name == 'after' else 'then'} #{was + 1})"
+            _draw_database_image(axes[row, col + 1], dataset, db, label, f"#{col + 1} {label}{moved}")
+    return _finish(fig, title, path)
+
+
+def plot_image_row(dataset, qi: int, db_ids, titles, title=None, path=None):
+    """The query, then the given database images with their own titles, framed by label (e.g. the K neighbours
+    that refine a candidate, titled with their weights)."""
+    db_ids = [int(i) for i in db_ids]
+    titles = list(titles)
+    _check_lengths(db_ids=db_ids, titles=titles)
+    fig, axes = plt.subplots(1, len(db_ids) + 1, figsize=(2.0 * (len(db_ids) + 1), 2.3), squeeze=False)
+    _draw_query(axes[0, 0], dataset, qi)
+    for col, (db, text) in enumerate(zip(db_ids, titles)):
+        _draw_database_image(axes[0, col + 1], dataset, db, result_label(dataset.gnd[qi], db), text)
+    return _finish(fig, title, path)
+
+
+def plot_rank_changes(before: np.ndarray, after: np.ndarray, labels, top: int, title=None, path=None):
+    """Where each positive sat before and after reranking (log-scaled rank, 1 = best): a slope chart.
+
+    Args:
+        before, after: 0-based positions of the same images in both rankings; labels: ``"easy"``/``"hard"`` each.
+        top: the shortlist size M, drawn as a dashed line (reranking cannot move what lies below it).
+    """
+    labels = list(labels)
+    _check_lengths(before=before, after=after, labels=labels)
+    unknown = set(labels) - set(COLOURS)
+    if unknown:
+        raise ValueError(f"labels: expected values among {sorted(COLOURS)}, got {sorted(unknown)}")
+    fig, ax = plt.subplots(figsize=(4.2, 4.0))
+    for b, a, label in zip(before, after, labels):
+        ax.plot([0, 1], [b + 1, a + 1], color=COLOURS[label], marker="o", ms=4, lw=1.2, alpha=0.8)
+    ax.axhline(top, color="grey", ls="--", lw=1)
+    ax.text(0.5, top, f"M = {top}", color="grey", fontsize=7, ha="center", va="bottom")
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.invert_yaxis()
+    ax.set_xticks([0, 1])
+    ax.set_xticklabels(["before", "after"])
+    ax.set_xlim(-0.2, 1.2)
+    ax.set_ylabel("rank of each positive (1 = first)")
+    ax.grid(alpha=0.3, axis="y")
+    return _finish(fig, title, path)
+
+
+def plot_gain_vs_positives(frames: dict, path=None):
+    """Per-query AP gain of reranking against the query's number of positives, one colour per benchmark.
+
+    Args:
+        frames: ``{benchmark: per_query_gain(...) DataFrame}`` (columns ``positives``, ``gain``).
+    """
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    cmap = plt.get_cmap("tab10")
+    for i, (name, frame) in enumerate(frames.items()):
+        ax.scatter(frame.positives, frame.gain, s=16, alpha=0.7, color=cmap(i), label=f"{name} (mean {frame.gain.mean():+.1f})")
+    ax.axhline(0, color="black", lw=0.8, ls="--")
+    ax.set_xscale("log")
+    ax.set_xlabel("positives of the query (log)")
+    ax.set_ylabel("AP gain from reranking (points)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _finish(fig, None, path)
+
+
+def plot_accuracy_latency(table, protocol: str = "medium", path=None):
+    """Accuracy against rerank latency against memory: one point per method, area ~ bytes stored per image.
+
+    Args:
+        table: :func:`sglib.experiments.reranking.compare_rerankers`'s table (``rerank ms``, ``bytes/image``,
+            and the protocol's mAP), extra rows (e.g. local verification) welcome.
+    """
+    protocol = protocol.lower()
+    missing = {protocol, "rerank ms", "bytes/image"} - set(table.columns)
+    if missing:
+        raise ValueError(f"plot_accuracy_latency: table lacks column(s) {sorted(missing)} (protocol is one of "
+                         "easy / medium / hard)")
+    fig, ax = plt.subplots(figsize=(9, 4.2))
+    cmap = plt.get_cmap("tab20" if len(table) > 10 else "tab10")
+    markers = itertools.cycle("o^sDv<>ph*")
+    positive = table["rerank ms"] > 0
+    floor = table["rerank ms"][positive].min() / 3 if positive.any() else 1e-3
+    for i, (name, row) in enumerate(table.iterrows()):
+        x = max(row["rerank ms"], floor)       # "no rerank" costs nothing: drawn at the left edge
+        ax.scatter(x, row[protocol], s=20 + 60 * np.sqrt(row["bytes/image"] / table["bytes/image"].min()),
+                   color=cmap(i), marker=next(markers), alpha=0.85, edgecolor="black", lw=0.5,
+                   label=f"{name}: {row[protocol]:.1f}, {row['rerank ms']:.3g} ms, {row['bytes/image'] / 1024:.1f} KiB/img")
+    ax.set_xscale("log")
+    ax.set_xlabel("rerank time per query (ms, log; 'no rerank' at the left edge)")
+    ax.set_ylabel(f"{protocol.capitalize()} mAP (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), markerscale=0.6,
+              title="method: mAP, rerank time, bytes stored", title_fontsize=7)
+    return _finish(fig, "accuracy, latency and bytes stored per image (marker area)", path, bbox_inches="tight")
+
+
+def plot_growth(curves: dict, xlabel: str, path=None):
+    """Cost against a size on log-log axes, one line per method, its fitted slope in the legend.
+
+    Args:
+        curves: ``{name: (table, slope)}`` from :func:`sglib.timing.growth` (columns ``size``, ``median_ms``).
+    """
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for name, (table, slope) in curves.items():
+        ax.plot(table["size"], table["median_ms"], marker="o", ms=4, label=f"{name} (slope {slope:.2f})")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("median time (ms)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    return _finish(fig, None, path)
 
 
 def plot_rerank_gain(rerank, path=None):

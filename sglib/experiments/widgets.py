@@ -5,10 +5,18 @@ retrains or re-extracts.
 """
 from __future__ import annotations
 
+import json
+
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 
-from .plots import plot_training_curves
+from .._checks import check_int
+from ..evaluation.protocol import revisited, summary
+from ..evaluation.retrieval import evaluate_retrieval, rank_database
+from ..method.rerank import DEFAULT_BETA, DEFAULT_K, DEFAULT_M
+from .plots import plot_before_after, plot_training_curves
+from .reranking import method_rerank_fn
 
 
 def run_summary(log: pd.DataFrame) -> pd.Series:
@@ -63,4 +71,135 @@ class LossCurves:
         return widgets.VBox([self.picker, self.output])
 
 
-__all__ = ["LossCurves", "run_summary"]
+class _View:
+    """An ipywidgets Output that shows what ``render`` returns (figures closed when replaced)."""
+
+    def _display(self, *items) -> None:
+        import ipywidgets as widgets
+        from IPython.display import display
+        if not hasattr(self, "output"):
+            self.output = widgets.Output()
+        for old in getattr(self, "_figures", []):
+            plt.close(old)
+        self._figures = [i for i in items if isinstance(i, plt.Figure)]
+        with self.output:
+            self.output.clear_output(wait=True)
+            display(*items)
+
+
+class RerankExplorer(_View):
+    """Sliders for SuperGlobal's M, K and beta and a query picker, re-scoring from cached descriptors.
+
+    Shows E/M/H mAP over all queries before and after reranking at the chosen setting, and the chosen query's
+    top results before and after, side by side.
+
+    Example (in a notebook)::
+
+        view = RerankExplorer(dataset, q, x)
+        display(view.widget())
+    """
+
+    def __init__(self, dataset, q: np.ndarray, x: np.ndarray, k: int = 6):
+        import ipywidgets as widgets
+        self.dataset, self.q, self.x = dataset, q, x
+        self.ranks = rank_database(q, x)
+        self.baseline = evaluate_retrieval(q, x, dataset.gnd).summary()
+        n = x.shape[0]
+        if n < 2:
+            raise ValueError(f"RerankExplorer: need at least 2 database images, got {n}")
+        self.k = min(k, n)
+        self.M = widgets.IntSlider(value=min(DEFAULT_M, n), min=2, max=n, step=1 if n < 50 else 10,
+                                   description="M", continuous_update=False)
+        self.K = widgets.IntSlider(value=min(DEFAULT_K, self.M.value - 1), min=0, max=min(30, self.M.value - 1),
+                                   description="K", continuous_update=False)
+        self.beta = widgets.FloatSlider(value=DEFAULT_BETA, min=0.0, max=2.0, step=0.05, description="beta",
+                                        continuous_update=False)
+        self.query = widgets.Dropdown(options=[(f"{i}: {name}", i) for i, name in enumerate(dataset.qimlist)],
+                                      value=0, description="query")
+        # K < M always: the K slider's range follows M before anything re-renders
+        self.M.observe(lambda change: setattr(self.K, "max", min(30, change["new"] - 1)), "value")
+        for control in (self.M, self.K, self.beta, self.query):
+            control.observe(lambda change: self.show(), "value")
+        self.table = None
+
+    def render(self, query: int, M: int, K: int, beta: float):
+        """(mAP table: rows "no rerank" / "SuperGlobal", columns E/M/H; before/after figure of ``query``)."""
+        query = check_int(query, "query", 0, len(self.q) - 1, what="(a query index)")
+        M = check_int(M, "M", 1, what="(the shortlist size)")
+        m = min(M, self.x.shape[0])
+        if not 0 <= K < m:
+            raise ValueError(f"RerankExplorer: need 0 <= K < M, got K={K}, M={m}")
+        fn = method_rerank_fn("superglobal", {"K": K, "beta": beta})
+        after = fn(self.q, self.x, self.ranks, m)
+        reranked = summary(revisited(after, self.dataset.gnd))
+        table = pd.DataFrame({"no rerank": self.baseline, f"SuperGlobal M={m} K={K} beta={beta:g}": reranked}).T
+        table.columns = [c.capitalize() for c in table.columns]
+        fig = plot_before_after(self.dataset, query, self.ranks[query], after[query], self.k,
+                                title=f"query {query}: top {self.k} before and after SuperGlobal (M={m}, K={K}, "
+                                      f"beta={beta:g})")
+        return table, fig
+
+    def show(self) -> None:
+        self.table, fig = self.render(self.query.value, self.M.value, self.K.value, self.beta.value)
+        self._display(self.table, fig)
+
+    def widget(self):
+        import ipywidgets as widgets
+        self.show()
+        return widgets.VBox([widgets.HBox([self.query, self.M]), widgets.HBox([self.K, self.beta]), self.output])
+
+
+class TuningExplorer(_View):
+    """A method picker over a tuning table (:func:`sglib.experiments.reranking.tuning_table`): the method's
+    settings ranked by validation score, and validation against test for each setting (the chosen one starred)."""
+
+    def __init__(self, table: pd.DataFrame):
+        import ipywidgets as widgets
+        needed = {"method", "params", "default", "val_medium", "val_hard", "test_medium", "test_hard"}
+        if table.empty or not needed <= set(table.columns):
+            raise ValueError(f"TuningExplorer: expected a non-empty tuning_table(...) result with columns "
+                             f"{sorted(needed)}, got columns {list(table.columns)}")
+        self.results = table.assign(val=(table.val_medium + table.val_hard) / 2,
+                                    test=(table.test_medium + table.test_hard) / 2)
+        methods = list(dict.fromkeys(self.results.method))
+        self.picker = widgets.Dropdown(options=methods, value=methods[0], description="method")
+        self.picker.observe(lambda change: self.show(), "value")
+        self.table = None
+
+    def render(self, method: str):
+        """(that method's rows sorted by validation score; scatter of validation against test (M+H)/2)."""
+        rows = self.results[self.results.method == method]
+        if rows.empty:
+            raise ValueError(f"TuningExplorer: no rows for method {method!r}")
+        rows = rows.sort_values("val", ascending=False)
+        fig, ax = plt.subplots(figsize=(4.8, 3.6))
+        ax.scatter(rows.val, rows.test, s=18, color="#4575b4", alpha=0.7, label="settings")
+        best = rows.iloc[0]
+        ax.scatter([best.val], [best.test], marker="*", s=160, color="#d73027", label=f"chosen {best.params}")
+        default = rows[rows["default"]]
+        if len(default):
+            ax.scatter(default.val, default.test, marker="s", s=50, facecolor="none", edgecolor="black",
+                       label="defaults")
+        ax.set_xlabel("validation (Medium + Hard) / 2, mAP %")
+        ax.set_ylabel("test (Medium + Hard) / 2, mAP %")
+        ax.set_title(method, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        # None (e.g. diffusion's query_k) means "follow another parameter": shown as a word, not a NaN cell
+        params = pd.DataFrame([{k: "same as k" if v is None else v for k, v in json.loads(p).items()}
+                               for p in rows.params], index=rows.index)
+        shown = pd.concat([params, rows[["val", "test", "val_medium", "val_hard", "test_medium", "test_hard"]]], axis=1)
+        return shown.reset_index(drop=True), fig
+
+    def show(self) -> None:
+        self.table, fig = self.render(self.picker.value)
+        self._display(self.table.head(10), fig)
+
+    def widget(self):
+        import ipywidgets as widgets
+        self.show()
+        return widgets.VBox([self.picker, self.output])
+
+
+__all__ = ["LossCurves", "run_summary", "RerankExplorer", "TuningExplorer"]

@@ -16,22 +16,25 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .._checks import check_tensor, to_tensor
+from .._checks import check_int, check_real, check_tensor, to_tensor
 
 DEFAULT_M, DEFAULT_K, DEFAULT_BETA = 400, 9, 0.15
+SIDES = ("both", "database", "query")
 
 
 def superglobal_scores(q: torch.Tensor, cands: torch.Tensor, K: int = DEFAULT_K,
-                       beta: float = DEFAULT_BETA) -> torch.Tensor:
+                       beta: float = DEFAULT_BETA, sides: str = "both") -> torch.Tensor:
     """Final SuperGlobal scores of each query's M candidates.
 
     Args:
         q: (nq, D) query descriptors.
         cands: (nq, M, D) each query's candidates, in initial rank order; M >= K + 1.
         K: neighbours used by both refinements; beta: weight scale of the K neighbours.
+        sides: ``"both"``: ``(s1 + s2) / 2``; ``"database"``: ``s1 = q . x'`` alone; ``"query"``: the
+            candidates are not refined (``x' = x``) and the expanded query is the max over the first K + 1.
 
     Returns:
-        (nq, M) scores ``(s1 + s2) / 2``; sort them descending for the new order.
+        (nq, M) scores; sort them descending for the new order.
 
     Example:
         >>> q = torch.nn.functional.normalize(torch.randn(2, 8), dim=1)
@@ -40,25 +43,41 @@ def superglobal_scores(q: torch.Tensor, cands: torch.Tensor, K: int = DEFAULT_K,
         torch.Size([2, 20])
     """
     nq, m, _ = cands.shape
-    sim = torch.bmm(cands, cands.transpose(1, 2))                      # (nq, M, M)
-    top_sim, nbr = sim.topk(K + 1, dim=-1)                             # (nq, M, K+1)
-    w = torch.cat([torch.ones_like(top_sim[..., :1]), beta * top_sim[..., 1:]], dim=-1)
-    w = w / w.sum(-1, keepdim=True)                                    # rows of x' = w @ x_nbr
+    if sides == "query":
+        # x' = x: one "neighbour", the candidate itself, with weight 1
+        nbr = torch.arange(m, device=cands.device).view(1, m, 1).expand(nq, m, 1)
+        w = torch.ones(nq, m, 1, dtype=cands.dtype, device=cands.device)
+    else:
+        sim = torch.bmm(cands, cands.transpose(1, 2))                  # (nq, M, M)
+        top_sim, nbr = sim.topk(K + 1, dim=-1)                         # (nq, M, K+1)
+        w = torch.cat([torch.ones_like(top_sim[..., :1]), beta * top_sim[..., 1:]], dim=-1)
+        w = w / w.sum(-1, keepdim=True)                                # rows of x' = w @ x_nbr
+    width = nbr.shape[-1]
 
     def refined_dot(v):                                                # v (nq, D) -> (nq, M): v . x'_i
-        vc = torch.bmm(cands, v.unsqueeze(-1)).squeeze(-1)             # (nq, M)
-        return (w * torch.gather(vc, 1, nbr.reshape(nq, -1)).reshape(nq, m, K + 1)).sum(-1)
+        vc = batched_mv(cands, v)                                      # (nq, M)
+        return (w * torch.gather(vc, 1, nbr.reshape(nq, -1)).reshape(nq, m, width)).sum(-1)
 
     s1 = refined_dot(q)
+    if sides == "database":
+        return s1
     first = torch.sort(s1, dim=1, descending=True, stable=True).indices[:, : K + 1]   # (nq, K+1)
     # materialise x' only for the K+1 best candidates: their element-wise max is q'
-    nbr_first = torch.gather(nbr, 1, first.unsqueeze(-1).expand(-1, -1, K + 1))      # (nq, K+1, K+1)
-    w_first = torch.gather(w, 1, first.unsqueeze(-1).expand(-1, -1, K + 1))
-    rows = torch.arange(nq, device=cands.device).view(nq, 1, 1)
-    refined_first = (w_first.unsqueeze(-1) * cands[rows, nbr_first]).sum(2)           # (nq, K+1, D)
+    nbr_first = torch.gather(nbr, 1, first.unsqueeze(-1).expand(-1, -1, width))      # (nq, K+1, width)
+    w_first = torch.gather(w, 1, first.unsqueeze(-1).expand(-1, -1, width))
+    flat = (torch.arange(nq, device=cands.device).view(nq, 1, 1) * m + nbr_first).reshape(-1)
+    nbr_vectors = cands.reshape(nq * m, -1).index_select(0, flat).view(nq, K + 1, width, -1)
+    refined_first = (w_first.unsqueeze(-1) * nbr_vectors).sum(2)                      # (nq, K+1, D)
     q_prime = refined_first.amax(dim=1)
     s2 = refined_dot(q_prime)
     return (s1 + s2) / 2
+
+
+def batched_mv(a: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """(b, M, D) @ (b, D) -> (b, M). One matrix-vector product per batch entry: on CPU ``torch.bmm`` with a
+    single column runs several times slower than the same products made one by one (measured in
+    benchmarks/rerank.py's setting)."""
+    return torch.stack([torch.mv(a[i], v[i]) for i in range(a.shape[0])])
 
 
 def _query_chunk(m: int, d: int, budget_bytes: int = 64 * 2**20) -> int:
@@ -67,7 +86,104 @@ def _query_chunk(m: int, d: int, budget_bytes: int = 64 * 2**20) -> int:
     return max(1, budget_bytes // per_query)
 
 
-def superglobal(q, x, ranks, M: int = DEFAULT_M, K: int = DEFAULT_K, beta: float = DEFAULT_BETA):
+UNIT_NORM_TOLERANCE = 1e-2    # float16 storage and whitening round-off stay far inside it
+
+
+def database_rows(x):
+    """``(rows(ids) -> (len(ids), D) float32 tensor, N, D, device)`` for a database given as an array, a tensor
+    or an object with ``shape`` and ``take(ids)`` (a database kept in parts). Only the rows asked for are read
+    and converted, so a float16 or non-contiguous database is never copied whole."""
+    if hasattr(x, "take") and not isinstance(x, (np.ndarray, torch.Tensor)):
+        n, d = x.shape
+
+        def rows(ids: torch.Tensor) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(x.take(ids.cpu().numpy()), np.float32)).to(ids.device)
+        return rows, n, d, None
+    if not isinstance(x, (np.ndarray, torch.Tensor)):
+        raise ValueError(f"x: expected a torch.Tensor, numpy array or database with take(), got {type(x).__name__}")
+    check_floating(x, "x")
+    check_tensor(x, "x", ndim=2)
+    if isinstance(x, np.ndarray):
+        def rows(ids: torch.Tensor) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(x[ids.cpu().numpy()], np.float32)).to(ids.device)
+        return rows, x.shape[0], x.shape[1], torch.device("cpu")
+
+    def rows(ids: torch.Tensor) -> torch.Tensor:
+        return torch.index_select(x, 0, ids.to(x.device)).float()
+    return rows, x.shape[0], x.shape[1], x.device
+
+
+def check_floating(a, name: str) -> None:
+    """ValueError unless ``a`` (array or tensor) holds real floating values (float16/32/64, bfloat16)."""
+    floating = a.dtype.is_floating_point if isinstance(a, torch.Tensor) else np.asarray(a).dtype.kind == "f"
+    if not floating:
+        raise ValueError(f"{name}: expected floating descriptors (float32, float16 or float64), got dtype {a.dtype}")
+
+
+def check_unit_rows(v: torch.Tensor, name: str, ids: torch.Tensor | None = None) -> None:
+    """ValueError unless every row of ``v`` (..., D) has L2 norm 1 within :data:`UNIT_NORM_TOLERANCE`; ``ids``
+    names the database rows of ``v`` in the message."""
+    bad = ((v.norm(dim=-1) - 1).abs() > UNIT_NORM_TOLERANCE) & torch.isfinite(v).all(-1)
+    if bool(bad.any()):
+        which = f"database row(s) {torch.unique(ids[bad])[:10].tolist()}" if ids is not None else \
+            f"row(s) {torch.nonzero(bad.reshape(-1)).flatten()[:10].tolist()}"
+        norm = float(v.norm(dim=-1)[bad].flatten()[0])
+        raise ValueError(f"{name}: {which} have L2 norm {norm:.4g}, not 1: rerankers expect L2-normalised descriptors "
+                         f"(normalise them first, e.g. torch.nn.functional.normalize(v, dim=1))")
+
+
+def shortlist_inputs(q, x, ranks, M: int):
+    """Validated inputs of a shortlist reranker: ``(q (nq, D) float32, rows, head (nq, M) int64, ranks, device)``;
+    ``rows`` as in :func:`database_rows`. Raises ValueError for anything :func:`check_shortlist` refuses."""
+    check_shortlist_size(M)
+    qt, rt = to_tensor(q, "q"), to_tensor(ranks, "ranks")
+    check_floating(qt, "q")
+    if rt.dtype in (torch.uint16, torch.uint32, torch.uint64):
+        rt = rt.to(torch.int64)           # values past int64 wrap negative and are refused by the range check
+    rows, n, d, device = database_rows(x)
+    device = qt.device if device is None else device
+    check_shortlist(qt, n, d, rt, M)
+    qt = qt.to(device=device, dtype=torch.float32)
+    check_unit_rows(qt, "q")
+    return qt, rows, rt.to(device=device, dtype=torch.long)[:, :M], rt, device
+
+
+def rerank_shortlist(q, x, ranks, M: int, scores_fn, chunk: int | None = None, method: str = "reranker"):
+    """Reorder the first M of each query's ranking by ``scores_fn``: the driver every shortlist reranker shares.
+
+    Args:
+        q: (nq, D) unit query descriptors; x: (N, D) unit database rows (see :func:`database_rows`);
+            ranks: (nq, L) int, L >= M.
+        scores_fn: ``(q (b, D), cands (b, M, D), top (b, M) database ids, rows) -> (b, M)`` scores, higher first;
+            ``rows(ids)`` reads database rows (for methods that look beyond the shortlist).
+        chunk: queries per call of ``scores_fn`` (default: bounded by memory, :func:`_query_chunk`).
+        method: the method's name, for error messages.
+
+    Returns:
+        (nq, L) ranks, the first M stably sorted by score, the rest unchanged; numpy in -> numpy out,
+        torch in -> torch out (on the ranks' device).
+    """
+    numpy_out = isinstance(ranks, np.ndarray)
+    qt, rows, head, rt, _ = shortlist_inputs(q, x, ranks, M)
+    d = qt.shape[1]
+    new_head = torch.empty_like(head)
+    step = chunk or _query_chunk(M, d)
+    for s in range(0, head.shape[0], step):
+        top = head[s:s + step]
+        cands = rows(top.reshape(-1)).view(top.shape[0], M, d)
+        _check_candidates(cands, top)
+        scores = scores_fn(qt[s:s + step], cands, top, rows)
+        if not bool(torch.isfinite(scores).all()):
+            raise ValueError(f"{method}: scores are not finite although the query and its shortlisted candidates are: "
+                             "a value read beyond the shortlist (a graph neighbour's descriptor or similarity) "
+                             "holds NaN or inf")
+        order = torch.sort(scores, dim=1, descending=True, stable=True).indices
+        new_head[s:s + step] = torch.gather(top, 1, order)
+    out = torch.cat([new_head.to(rt.device, rt.dtype), rt[:, M:]], dim=1)
+    return out.numpy() if numpy_out else out
+
+
+def superglobal(q, x, ranks, M: int = DEFAULT_M, K: int = DEFAULT_K, beta: float = DEFAULT_BETA, sides: str = "both"):
     """Rerank the top-M of each query's ranking with SuperGlobal.
 
     Args:
@@ -76,6 +192,8 @@ def superglobal(q, x, ranks, M: int = DEFAULT_M, K: int = DEFAULT_K, beta: float
             ``take(ids)`` returning those rows (a database kept in parts).
         ranks: (nq, L) int, L >= M: row i = database indices for query i, best first.
         M: shortlist size; K: neighbours; beta: neighbour weight scale.
+        sides: ``"both"`` (the paper's method), ``"database"`` (refined candidates, query kept: ``s1``) or
+            ``"query"`` (candidates kept, expanded query): the paper's ablation of the two refinements.
 
     Returns:
         (nq, L) ranks: the first M reordered, the rest unchanged. numpy in -> numpy out,
@@ -86,41 +204,12 @@ def superglobal(q, x, ranks, M: int = DEFAULT_M, K: int = DEFAULT_K, beta: float
         >>> superglobal(q, x, np.argsort(-q @ x.T, axis=1), M=10, K=2).shape
         (2, 12)
     """
-    numpy_out = isinstance(ranks, np.ndarray)
-    qt, rt = to_tensor(q, "q"), to_tensor(ranks, "ranks")
-    if hasattr(x, "take") and not isinstance(x, (np.ndarray, torch.Tensor)):
-        n, d = x.shape
-        device = qt.device
-
-        def rows(ids: torch.Tensor) -> torch.Tensor:
-            return torch.from_numpy(np.ascontiguousarray(x.take(ids.cpu().numpy()), np.float32)).to(device)
-    else:
-        xt = to_tensor(x, "x")
-        check_tensor(xt, "x", ndim=2)
-        n, d = xt.shape
-        device = xt.device
-        xt = xt.to(dtype=torch.float32)
-
-        def rows(ids: torch.Tensor) -> torch.Tensor:
-            return torch.index_select(xt, 0, ids)
-    _check(qt, n, d, rt, M, K, beta)
-    qt = qt.to(device=device, dtype=torch.float32)
-    head = rt.to(device=device, dtype=torch.long)[:, :M]
-    new_head = torch.empty_like(head)
-    step = _query_chunk(M, d)
-    for s in range(0, head.shape[0], step):
-        top = head[s:s + step]
-        cands = rows(top.reshape(-1)).view(top.shape[0], M, d)
-        scores = superglobal_scores(qt[s:s + step], cands, K, beta)
-        if not bool(torch.isfinite(scores).all()):
-            _raise_non_finite(cands, top)
-        order = torch.sort(scores, dim=1, descending=True, stable=True).indices
-        new_head[s:s + step] = torch.gather(top, 1, order)
-    out = torch.cat([new_head.to(rt.device, rt.dtype), rt[:, M:]], dim=1)
-    return out.numpy() if numpy_out else out
+    check_superglobal_params(M, K, beta, sides)
+    return rerank_shortlist(q, x, ranks, M, lambda qc, cands, top, rows: superglobal_scores(qc, cands, K, beta, sides),
+                            method="superglobal")
 
 
-def superglobal_candidates(q, cands, K: int = DEFAULT_K, beta: float = DEFAULT_BETA):
+def superglobal_candidates(q, cands, K: int = DEFAULT_K, beta: float = DEFAULT_BETA, sides: str = "both"):
     """Rerank one query's candidate vectors, e.g. the top-M returned by a vector database.
 
     Args:
@@ -142,19 +231,40 @@ def superglobal_candidates(q, cands, K: int = DEFAULT_K, beta: float = DEFAULT_B
     qt, ct = to_tensor(q, "q"), to_tensor(cands, "cands")
     if qt.ndim == 1:
         qt = qt.unsqueeze(0)
+    check_floating(ct, "cands")
+    check_floating(qt, "q")
     check_tensor(ct, "cands", ndim=2, finite=True)
     check_tensor(qt, "q", ndim=2, finite=True)
     if qt.shape != (1, ct.shape[1]):
         raise ValueError(f"q: expected ({ct.shape[1]},) to match cands' dimension, got {tuple(qt.shape)}")
-    if ct.shape[0] < K + 1:
-        raise ValueError(f"cands: need at least K + 1 = {K + 1} candidates, got {ct.shape[0]}")
+    check_superglobal_params(ct.shape[0], K, beta, sides)
     ct = ct.float()
-    scores = superglobal_scores(qt.to(ct.device, torch.float32), ct.unsqueeze(0), K, beta)[0]
+    check_unit_rows(qt.float(), "q")
+    check_unit_rows(ct, "cands")
+    scores = superglobal_scores(qt.to(ct.device, torch.float32), ct.unsqueeze(0), K, beta, sides)[0]
     order = torch.sort(scores, descending=True, stable=True).indices
     return (order.cpu().numpy(), scores.cpu().numpy()) if numpy_out else (order, scores)
 
 
-def _check(q, n, d, ranks, M, K, beta):
+def check_superglobal_params(M, K, beta, sides: str = "both") -> None:
+    """ValueError unless M, K are integers with 0 <= K < M, beta a finite number >= 0 and ``sides`` known."""
+    check_int(M, "M")
+    check_int(K, "K")
+    if not (0 < K + 1 <= M):
+        raise ValueError(f"need 0 <= K < M (at least K + 1 candidates), got K={K}, M={M}")
+    check_real(beta, "beta", lo=0)
+    if sides not in SIDES:
+        raise ValueError(f"sides: expected one of {SIDES}, got {sides!r}")
+
+
+def check_shortlist_size(M) -> None:
+    """ValueError unless the shortlist size M is an integer >= 1."""
+    check_int(M, "M", lo=1, what="(the shortlist size)")
+
+
+def check_shortlist(q: torch.Tensor, n: int, d: int, ranks: torch.Tensor, M) -> None:
+    """ValueError unless q is (nq, d) finite, ranks (nq, L) integer with L >= M, and each row's first M are
+    distinct ids in [0, n)."""
     check_tensor(q, "q", ndim=2)
     if q.shape[1] != d:
         raise ValueError(f"q has dimension {q.shape[1]} but x has {d}")
@@ -162,13 +272,7 @@ def _check(q, n, d, ranks, M, K, beta):
         raise ValueError(f"ranks: expected ({q.shape[0]}, L) (one row per query), got {tuple(ranks.shape)}")
     if ranks.dtype.is_floating_point or ranks.dtype == torch.bool:
         raise ValueError(f"ranks: expected integer database indices, got dtype {ranks.dtype}")
-    for name, v in (("M", M), ("K", K)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-            raise ValueError(f"{name}: expected an integer, got {v!r}")
-    if not (0 < K + 1 <= M):
-        raise ValueError(f"need 0 <= K < M, got K={K}, M={M}")
-    if not (isinstance(beta, (int, float, np.floating)) and np.isfinite(beta) and beta >= 0):
-        raise ValueError(f"beta: expected a finite number >= 0, got {beta!r}")
+    check_shortlist_size(M)
     if M > ranks.shape[1]:
         raise ValueError(f"M={M} is larger than the ranking length L={ranks.shape[1]}")
     if M > n:
@@ -182,11 +286,10 @@ def _check(q, n, d, ranks, M, K, beta):
     # the candidates are checked through the scores (a NaN spreads into them): cheaper than a pass over them
 
 
-def _raise_non_finite(cands, top):
+def _check_candidates(cands: torch.Tensor, top: torch.Tensor) -> None:
+    """ValueError naming the shortlisted database rows that are not finite or not unit-norm."""
     bad = ~torch.isfinite(cands).all(-1)
     if bool(bad.any()):
         raise ValueError(f"x: database descriptor(s) {torch.unique(top[bad])[:10].tolist()} among the top-M "
                          "candidates contain NaN or infinite values")
-    big = torch.unique(top[cands.abs().amax(-1) > 1e15])
-    raise ValueError(f"x: the similarities of database descriptor(s) {big[:10].tolist()} overflow float32: "
-                     "SuperGlobal expects L2-normalised descriptors (unit rows)")
+    check_unit_rows(cands, "x", top)

@@ -821,14 +821,14 @@ def split_settings(features: np.ndarray, names: Sequence[str]) -> dict[str, np.n
 
 
 def dataset_features(dataset, extractor: Extractor, cache_root, progress: bool = True,
-                     retry_failed: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                     retry_failed: bool = False, crop_queries: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(queries (nq, D), database (N, D)) descriptors of a :class:`~sglib.data.revisitop.RevisitopDataset`, cached.
 
-    Queries are cropped to their bounding boxes, as the reference does. ``retry_failed``: see
-    :func:`cached_features`.
+    Queries are cropped to their bounding boxes, as the reference does, unless ``crop_queries`` is False
+    (the whole query image: a protocol switch). ``retry_failed``: see :func:`cached_features`.
     """
     db = cached_features(cache_root, dataset.db_paths(), extractor, progress=progress, retry_failed=retry_failed)
-    boxes = [dataset.query_bbx(i) for i in range(dataset.n_queries)]
+    boxes = [dataset.query_bbx(i) if crop_queries else None for i in range(dataset.n_queries)]
     q = cached_features(cache_root, dataset.query_paths(), extractor, bboxes=boxes, progress=progress,
                         retry_failed=retry_failed)
     return q, db
