@@ -217,3 +217,116 @@ def test_index_without_valid_checksum_record_is_refused(tmp_path):
     record.write_text(hashlib.sha256(b"not a faiss index").hexdigest() + "  index.faiss\n")
     with pytest.raises(search.IndexFileError, match="corrupt or not a faiss index"):
         search.load_index(path)
+
+
+# ---- the pruned running top-k (each block's groups of columns against the running k-th score)
+
+
+def _tied_data(nq, n, d, seed, low=-2, high=3):
+    """Small integer vectors: exact in float16/float32, with many equal scores, at the cut-off too."""
+    rng = np.random.default_rng(seed)
+    return (rng.integers(low, high, (nq, d)).astype(np.float32), rng.integers(low, high, (n, d)).astype(np.float32))
+
+
+@pytest.mark.parametrize("block_size", [256, 512, 300, 37, None])
+@pytest.mark.parametrize("k", [1, 7, 100, 700])
+def test_pruned_topk_equals_full_sort_with_ties(block_size, k):
+    # 256/512 use groups of 256 columns; 300 and 37 (not multiples) whole rows; k=700 > every block
+    q, x = _tied_data(13, 3000, 4, seed=20)
+    want_s, want_i = naive_topk(q, x, k)
+    s, i = search.knn(q, x, k, block_size=block_size)
+    np.testing.assert_array_equal(i, want_i)
+    np.testing.assert_array_equal(s, want_s)
+
+
+@pytest.mark.parametrize("order", ["ascending", "descending"])
+def test_pruned_topk_sorted_databases(order):
+    # ascending scores: every block beats the running k-th (the per-row top-k path every time);
+    # descending: after the first block nothing does (every later group is skipped)
+    rng = np.random.default_rng(21)
+    q = np.ones((3, 8), np.float32)
+    x = rng.integers(-20, 21, (4096, 8)).astype(np.float32)
+    x = x[np.argsort(x.sum(1), kind="stable")]
+    if order == "descending":
+        x = x[::-1].copy()
+    for k in (5, 300):
+        want_s, want_i = naive_topk(q, x, k)
+        s, i = search.knn(q, x, k, block_size=512)
+        np.testing.assert_array_equal(i, want_i)
+        np.testing.assert_array_equal(s, want_s)
+
+
+def test_pruned_topk_parts_float16_query_blocks():
+    # several parts of mixed storage (float16 numpy, float32 torch, read-only float32 memmap-like),
+    # blocks spanning parts (copied into one reused buffer), more queries than a query block
+    q, x = _tied_data(37, 2500, 6, seed=22, low=-3, high=4)
+    ro = x[1700:].copy()
+    ro.flags.writeable = False
+    parts = [x[:900].astype(np.float16), torch.from_numpy(x[900:1700].copy()), ro]
+    for k, block_size, query_block in ((50, 256, 8), (333, 768, 37), (10, 1000, 5)):
+        want_s, want_i = naive_topk(q, x, k)
+        s, i = search.knn(q, parts, k, block_size=block_size, query_block=query_block)
+        assert isinstance(s, torch.Tensor)
+        np.testing.assert_array_equal(i.numpy(), want_i)
+        np.testing.assert_array_equal(s.numpy(), want_s)
+        s16, i16 = search.knn(q, x.astype(np.float16), k, block_size=block_size, query_block=query_block)
+        np.testing.assert_array_equal(i16, want_i)
+
+
+def test_pruned_topk_many_flushes_random_scores():
+    # real-valued scores, many small blocks: pending entries are merged many times along the scan
+    rng = np.random.default_rng(23)
+    q = rng.standard_normal((5, 16)).astype(np.float32)
+    x = rng.standard_normal((20000, 16)).astype(np.float32)
+    want_s, want_i = naive_topk(q, x, 64)
+    s, i = search.knn(q, x, 64, block_size=256)
+    np.testing.assert_array_equal(i, want_i)
+    np.testing.assert_allclose(s, want_s, rtol=1e-5, atol=1e-5)
+
+
+def test_running_topk_flush_every_block_and_never():
+    q, x = _tied_data(9, 2048, 4, seed=24)
+    want_s, want_i = naive_topk(q, x, 40)
+    for flush_every in (0, 1, 10**9):  # 0: merge after every block; 10**9: only at the end
+        top = search._RunningTopK(9, 40, torch.float32, "cpu", flush_every=flush_every)
+        for x0 in range(0, 2048, 256):
+            top.add(torch.from_numpy(q) @ torch.from_numpy(x[x0:x0 + 256]).T, x0)
+        top.flush()
+        np.testing.assert_array_equal(top.best_i.numpy(), want_i)
+        np.testing.assert_array_equal(top.best_s.numpy(), want_s)
+
+
+def test_database_blocks_reuse_one_buffer():
+    rng = np.random.default_rng(25)
+    x = rng.standard_normal((1000, 5)).astype(np.float32)
+    db = search.Database([x[:300].astype(np.float16), x[300:650], torch.from_numpy(x[650:].copy())])
+    plain = [(s, b.clone()) for s, b in db.blocks(256)]
+    reused = [(s, b.clone()) for s, b in db.blocks(256, reuse=True)]
+    assert [s for s, _ in plain] == [s for s, _ in reused] == [0, 256, 512, 768]
+    for (_, a), (_, b) in zip(plain, reused):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    want = x.copy()
+    want[:300] = want[:300].astype(np.float16)  # float16 storage, read as float32
+    np.testing.assert_array_equal(torch.cat([b for _, b in reused]).numpy(), want)
+
+
+def test_knn_overflow_to_minus_inf_is_refused():
+    q = np.array([[1e30, 0.0]], np.float32)
+    x = np.array([[-1e30, 0.0], [-1e30, 1.0]], np.float32)  # finite inputs, products -inf
+    with pytest.raises(ValueError, match="overflow"):
+        search.knn(q, x, 2)
+
+
+def test_ivfpq_fast_scan_recall_and_round_trip(tmp_path):
+    x = synthetic_clustered(20000, 32, 50, seed=26)
+    q = synthetic_clustered(40, 32, 50, seed=27)
+    _, exact = search.knn(q, x, 100)
+    index = search.build_index(x, "ivfpq", nlist=64, m=16, nbits=4, fast_scan=True, refine="fp16", seed=0)
+    assert isinstance(search.faiss.downcast_index(index.base_index), search.faiss.IndexIVFPQFastScan)
+    scores, approx = search.search_index(index, q, 100, nprobe=16, k_factor=8)
+    assert search.recall_at_k(approx, exact, 100) >= 0.95
+    search.save_index(index, tmp_path / "fs.faiss")
+    again = search.search_index(search.load_index(tmp_path / "fs.faiss"), q, 100)
+    np.testing.assert_array_equal(again[1], approx)
+    with pytest.raises(ValueError, match="fast_scan needs nbits=4"):
+        search.build_index(x, "ivfpq", nlist=64, m=16, nbits=8, fast_scan=True)

@@ -1,8 +1,10 @@
 """Nearest-neighbour search by inner product: exact blocked top-k and faiss approximate indexes.
 
 ``knn`` is exact and never holds the full (nq, N) score matrix: it walks over the blocks of a
-:class:`Database` (one array, or several parts never concatenated) with a running top-k
-(torch.mm + topk per block, merged). ``benchmarks/search.py`` times it against faiss.
+:class:`Database` (one array, or several parts never concatenated) with a running top-k (one
+torch.mm per block into a reused buffer; only the groups of scores that beat each query's running
+k-th score are read twice and merged). ``benchmarks/search.py`` times it against the matmul peak and
+faiss ``IndexFlatIP`` at equal threads.
 
 Tie rule (deterministic): on equal scores the lower database index comes first, i.e. the order of
 ``np.argsort(-scores, kind="stable")`` on the full score row.
@@ -44,15 +46,24 @@ def _torch_dtype(a, name: str) -> torch.dtype:
     return dtype
 
 
-def _block(a, start: int, stop: int, device, dtype) -> torch.Tensor:
-    """Rows start..stop-1 of a numpy array/memmap or tensor as a ``dtype`` tensor on ``device``."""
-    if isinstance(a, torch.Tensor):
-        b = a[start:stop]
-    else:
-        b = a[start:stop]
-        # a read-only memmap is read into memory here anyway; torch wants a writable buffer
-        b = torch.from_numpy(np.ascontiguousarray(b) if b.flags.writeable else np.array(b))
-    return b.to(device=device, dtype=dtype, non_blocking=True)
+def _block(a, start: int, stop: int, device, dtype, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Rows start..stop-1 of a numpy array/memmap or tensor as a ``dtype`` tensor on ``device``.
+
+    Rows already in ``dtype`` on ``device`` come back as a view (no copy); others are converted into
+    ``out`` (a ``(stop - start, D)`` buffer of that dtype and device) when it is given, so a scan
+    that reuses one buffer allocates nothing per block.
+    """
+    b = a[start:stop]
+    if isinstance(b, np.ndarray) and not b.flags.writeable:  # torch wants a writable buffer
+        if out is not None and out.device.type == "cpu":
+            out.numpy()[...] = b  # one read of the (memmap) rows, converted on the way
+            return out
+        b = np.array(b)
+    if isinstance(b, np.ndarray):
+        b = torch.from_numpy(np.ascontiguousarray(b))
+    if out is None or (b.dtype == dtype and b.device == torch.device(device)):
+        return b.to(device=device, dtype=dtype, non_blocking=True)
+    return out.copy_(b, non_blocking=True)
 
 
 def _check_finite(b: torch.Tensor, name: str, offset: int) -> None:
@@ -62,14 +73,6 @@ def _check_finite(b: torch.Tensor, name: str, offset: int) -> None:
     if bool(bad.any()):
         row = int(bad.any(dim=1).nonzero()[0, 0]) + offset
         raise ValueError(f"{name}: row {row} contains NaN or infinite values")
-
-
-def _merge_topk(vals: torch.Tensor, ids: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row, the k best (value, id) pairs ordered by value descending, then id ascending."""
-    by_id = torch.sort(ids, dim=1, stable=True).indices
-    vals, ids = vals.gather(1, by_id), ids.gather(1, by_id)
-    by_val = torch.sort(vals, dim=1, descending=True, stable=True).indices[:, :k]
-    return vals.gather(1, by_val), ids.gather(1, by_val)
 
 
 def _block_topk(s: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -129,24 +132,50 @@ class Database:
     def __len__(self) -> int:
         return self.shape[0]
 
-    def rows(self, start: int, stop: int, device=None, dtype=torch.float32) -> torch.Tensor:
-        """Rows ``[start, stop)`` as one ``dtype`` tensor on ``device`` (default: the parts' device)."""
+    def rows(self, start: int, stop: int, device=None, dtype=torch.float32, out=None) -> torch.Tensor:
+        """Rows ``[start, stop)`` as one ``dtype`` tensor on ``device`` (default: the parts' device).
+
+        ``out``: optional buffer of at least ``stop - start`` rows (``dtype``, on ``device``) that rows
+        needing a conversion or spanning several parts are written into; the result may then be a view
+        of it, valid until the buffer is reused.
+        """
         if not 0 <= start < stop <= self.shape[0]:
             raise ValueError(f"rows: expected 0 <= start < stop <= N={self.shape[0]}, got [{start}, {stop})")
         device = self.device if device is None else device
+        if out is not None:
+            out = out[:stop - start]
         pieces = []
         for p, lo, hi in zip(self.parts, self.bounds[:-1], self.bounds[1:]):
             a, b = max(start, lo), min(stop, hi)
             if a < b:
-                pieces.append(_block(p, int(a - lo), int(b - lo), device, dtype))
-        return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+                pieces.append((p, int(a - lo), int(b - lo), int(a - start)))
+        if len(pieces) == 1:
+            p, a, b, _ = pieces[0]
+            return _block(p, a, b, device, dtype, out)
+        if out is None:
+            return torch.cat([_block(p, a, b, device, dtype) for p, a, b, _ in pieces])
+        for p, a, b, at in pieces:
+            dst = out[at:at + b - a]
+            got = _block(p, a, b, device, dtype, dst)
+            if got.data_ptr() != dst.data_ptr():
+                dst.copy_(got)
+        return out
 
-    def blocks(self, block_size: int, device=None, dtype=torch.float32):
-        """``(start, rows)`` for consecutive blocks of ``block_size`` rows; the last one may be shorter."""
+    def blocks(self, block_size: int, device=None, dtype=torch.float32, reuse: bool = False):
+        """``(start, rows)`` for consecutive blocks of ``block_size`` rows; the last one may be shorter.
+
+        ``reuse=True``: rows that need a conversion (float16 storage, another device) or that span
+        several parts are written into one buffer reused by every block (each block is valid only
+        until the next one is asked for); no allocation per block.
+        """
         if block_size < 1:
             raise ValueError(f"block_size must be >= 1, got {block_size}")
+        buf = None
+        if reuse:
+            device = self.device if device is None else device
+            buf = torch.empty((min(block_size, self.shape[0]), self.shape[1]), dtype=dtype, device=device)
         for start in range(0, self.shape[0], block_size):
-            yield start, self.rows(start, min(start + block_size, self.shape[0]), device, dtype)
+            yield start, self.rows(start, min(start + block_size, self.shape[0]), device, dtype, buf)
 
     def take(self, ids) -> np.ndarray:
         """(len(ids), D) float32 rows at database indices ``ids`` (any order, repeats allowed)."""
@@ -167,6 +196,104 @@ class Database:
         return out
 
 
+_GROUP = 256  # columns per group whose maximum is compared with the running k-th score
+
+
+class _RunningTopK:
+    """Exact running top-k of score blocks that arrive in database order (see :func:`knn`).
+
+    ``best_s``/``best_i`` (nq, k) hold each query's best merged so far (scores descending, equal
+    scores by lower id; unfilled slots -inf / -1) and ``kth`` (nq,) its k-th score. Every earlier
+    row has a lower id than a new block's, so a new score equal to the k-th loses the tie: only
+    scores strictly above ``kth`` can enter. :meth:`add` reads a block once (the maximum of each group
+    of ``_GROUP`` columns), reads again only the groups that beat ``kth`` (few once the first blocks
+    are in) and keeps their entries above ``kth`` as pending; :meth:`flush` merges the pending
+    entries (about ``flush_every`` per query at a time, so the merge cost is shared by many blocks;
+    ``kth`` meanwhile stays a valid, lower bound) with one stable sort per row, which keeps the tie
+    rule: running entries first, pending ones after them in id order. Where most groups pass (the
+    first blocks) or a row has more than k entries above ``kth`` (e.g. a database sorted by score),
+    each such row's top k of the block is merged instead (ties at the cut by lower column).
+    """
+
+    def __init__(self, nq: int, k: int, dtype, device, flush_every: int = 8):
+        self.k = k
+        self.best_s = torch.full((nq, k), float("-inf"), dtype=dtype, device=device)
+        self.best_i = torch.full((nq, k), -1, dtype=torch.int64, device=device)
+        self.kth = torch.full((nq,), float("-inf"), dtype=dtype, device=device)
+        self.pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (rows, scores, ids)
+        self.n_pending = 0
+        self.flush_at = flush_every * nq
+
+    def add(self, s: torch.Tensor, x0: int, q0: int = 0) -> None:
+        """Score block ``s`` for queries ``q0...`` (its column j is database row ``x0 + j``)."""
+        nq, width = s.shape
+        kth = self.kth[q0:q0 + nq]
+        group = _GROUP if width % _GROUP == 0 else width
+        groups = s.view(nq, width // group, group)
+        r, g = (groups.amax(2) > kth[:, None]).nonzero(as_tuple=True)
+        if r.numel() == 0:
+            return
+        if r.numel() * group > 4 * self.k * nq:  # first blocks: most groups pass, gathering them costs more
+            self._merge_rows_topk(s, x0, q0, r)
+            return
+        cand = groups[r, g]                                  # (pairs, group), in row then column order
+        p, j = (cand > kth[r, None]).nonzero(as_tuple=True)
+        r, c, v = r[p], g[p] * group + j, cand[p, j]         # the entries above kth, row-major order
+        if r.numel() > self.k and int(torch.bincount(r).max()) > self.k:
+            self._merge_rows_topk(s, x0, q0, r)               # early blocks or adversarial orders
+            return
+        self.pending.append((r + q0, v, c + x0))
+        self.n_pending += r.numel()
+        if self.n_pending >= self.flush_at:
+            self.flush()
+
+    def _merge_rows_topk(self, s, x0, q0, r):
+        """Merge the pending entries, then each row of ``r``'s top k of ``s``: cheaper than all entries."""
+        self.flush()
+        rows = torch.unique(r)
+        sub = s.index_select(0, rows)
+        vals, cols = _block_topk(sub, self.k)
+        cols = torch.sort(cols, dim=1).values
+        self._merge(rows + q0, sub.gather(1, cols), cols + x0)
+
+    def flush(self) -> None:
+        """Merge the pending entries into ``best_s``/``best_i`` and update ``kth``."""
+        if not self.pending:
+            return
+        r, v, i = (torch.cat(t) for t in zip(*self.pending))
+        self.pending, self.n_pending = [], 0
+        r, by_row = torch.sort(r, stable=True)               # per row, pending entries stay in id order
+        v, i = v[by_row], i[by_row]
+        rows, counts = torch.unique_consecutive(r, return_counts=True)
+        local = torch.repeat_interleave(torch.arange(rows.numel(), device=r.device), counts)
+        pos = torch.arange(r.numel(), device=r.device) - (torch.cumsum(counts, 0) - counts)[local]
+        vals = torch.full((rows.numel(), int(counts.max())), float("-inf"), dtype=v.dtype, device=v.device)
+        ids = torch.full(vals.shape, -1, dtype=torch.int64, device=v.device)
+        vals[local, pos], ids[local, pos] = v, i
+        self._merge(rows, vals, ids)
+
+    def _merge(self, rows, vals, ids):
+        """Merge (len(rows), w) new entries, in id order per row and after all running ids, into ``rows``."""
+        cand_s = torch.cat([self.best_s.index_select(0, rows), vals], 1)
+        cand_i = torch.cat([self.best_i.index_select(0, rows), ids], 1)
+        order = torch.sort(cand_s, dim=1, descending=True, stable=True).indices[:, :self.k]
+        new_s = cand_s.gather(1, order)
+        self.best_s.index_copy_(0, rows, new_s)
+        self.best_i.index_copy_(0, rows, cand_i.gather(1, order))
+        self.kth.index_copy_(0, rows, new_s[:, -1].contiguous())
+
+
+def default_block_size(nq: int, query_block: int = 4096) -> int:
+    """Database rows per block that :func:`knn` uses by default for ``nq`` queries.
+
+    About 8 MiB of float32 scores per (query block x database block) product, so they are still in
+    cache when scanned, at most 2048 rows (measured best on a 2-core AVX-512 CPU for 70 to 1000
+    queries), at least 512 rows (the product stays efficient), a multiple of ``_GROUP``.
+    """
+    qn = max(1, min(nq, query_block))
+    return max(512, min(2048, (8 << 20) // (4 * qn)) // _GROUP * _GROUP)
+
+
 def knn(q, x, k: int, block_size: int | None = None, query_block: int = 4096):
     """Exact inner-product k nearest neighbours, best first.
 
@@ -176,13 +303,19 @@ def knn(q, x, k: int, block_size: int | None = None, query_block: int = 4096):
             list of such parts (searched as their concatenation, never built) or a :class:`Database`.
             float16/bfloat16 storage is computed in float32 blocks; float64 stays float64.
         k: neighbours per query, 1 <= k <= N.
-        block_size: database rows per block (default: about 64 MiB of scores per block).
-        query_block: queries per block.
+        block_size: database rows per block (default :func:`default_block_size`: the scores of a
+            block are still in cache when they are scanned).
+        query_block: queries per block (the database is read once; each block of it meets every
+            query block).
 
     Returns:
         (scores, ids), each (nq, k): scores descending; equal scores ordered by lower database index.
         numpy in -> numpy out; if q or x is a tensor -> tensors on q's device (else x's).
         A CPU/numpy x with CUDA q is moved to the GPU block by block.
+
+    Cost: one matrix product per block into a reused buffer, then one pass over its scores (each
+    group's maximum against its query's running k-th score, see :class:`_RunningTopK`): the (nq, N) scores are
+    never held, and top-k selection touches only the few scores that beat the running k-th.
 
     Example:
         >>> s, i = knn(np.eye(2, dtype=np.float32), np.array([[1, 0], [0, 2], [1, 0]], np.float32), 2)
@@ -200,35 +333,30 @@ def knn(q, x, k: int, block_size: int | None = None, query_block: int = 4096):
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= n:
         raise ValueError(f"k must be an integer in [1, N={n}], got {k!r}")
     k = int(k)
+    if block_size is not None and block_size < 1 or query_block < 1:
+        raise ValueError(f"block_size and query_block must be >= 1, got {block_size}, {query_block}")
     use_torch = isinstance(q, torch.Tensor) or db.is_torch
     device = q.device if isinstance(q, torch.Tensor) else db.device
-    if block_size is None:
-        block_size = max(k + 1, min(n, (64 << 20) // (4 * max(1, min(nq, query_block)))))  # ~64 MiB of scores
-    if block_size < 1 or query_block < 1:
-        raise ValueError(f"block_size and query_block must be >= 1, got {block_size}, {query_block}")
+    qn = min(nq, query_block)
+    block_size = min(default_block_size(nq, query_block) if block_size is None else block_size, n)
 
-    out_s = torch.empty((nq, k), dtype=dtype, device=device)
-    out_i = torch.empty((nq, k), dtype=torch.int64, device=device)
     qq = _block(q, 0, nq, device, dtype)
     _check_finite(qq, "q", 0)
-    x_checked = False
-    for q0 in range(0, nq, query_block):
-        qb = qq[q0:q0 + query_block]
-        best_s = best_i = None
-        for x0, xb in db.blocks(block_size, device, dtype):
-            if not x_checked:
-                _check_finite(xb, "x", x0)
-            s = torch.mm(qb, xb.T)
-            vals, idx = _block_topk(s, min(k, s.shape[1]))
-            idx += x0
-            if best_s is not None:
-                vals, idx = torch.cat([best_s, vals], 1), torch.cat([best_i, idx], 1)
-            best_s, best_i = _merge_topk(vals, idx, k)  # topk leaves equal values in any order
-        x_checked = True
-        out_s[q0:q0 + query_block], out_i[q0:q0 + query_block] = best_s, best_i
+    top = _RunningTopK(nq, k, dtype, device)
+    scores = torch.empty(qn * block_size, dtype=dtype, device=device)  # reused by every product
+    for x0, xb in db.blocks(block_size, device, dtype, reuse=True):
+        _check_finite(xb, "x", x0)
+        for q0 in range(0, nq, query_block):
+            qb = qq[q0:q0 + query_block]
+            s = torch.mm(qb, xb.T, out=scores[:qb.shape[0] * xb.shape[0]].view(qb.shape[0], xb.shape[0]))
+            top.add(s, x0, q0)
+    top.flush()
+    best_s, best_i = top.best_s, top.best_i
+    if bool((best_i[:, -1] < 0).any()):  # finite inputs whose products overflow to -inf
+        raise ValueError("knn: inner products overflow the float range (-inf); rescale q or x")
     if use_torch:
-        return out_s, out_i
-    return out_s.numpy(), out_i.numpy()
+        return best_s, best_i
+    return best_s.numpy(), best_i.numpy()
 
 
 # ------------------------------------------------------------------------------------ faiss indexes
@@ -251,7 +379,8 @@ def _as_float32(a, name: str) -> np.ndarray:
 
 def build_index(x, kind: str = "ivfpq", *, nlist: int = 1024, m: int | None = None, nbits: int = 8,
                 refine: str | None = "flat", hnsw_m: int = 32, ef_construction: int = 80,
-                max_train: int | None = None, seed: int = 0, add_block: int = 65536):
+                max_train: int | None = None, seed: int = 0, add_block: int = 65536,
+                fast_scan: bool = False):
     """Build a faiss inner-product index over the rows of x.
 
     Args:
@@ -262,6 +391,9 @@ def build_index(x, kind: str = "ivfpq", *, nlist: int = 1024, m: int | None = No
             re-scores the ``k_factor * k`` best PQ candidates exactly, at D*4 / D*2 extra bytes per
             vector), "hnsw" (HNSW graph, ``hnsw_m`` links, float32 vectors).
         m: PQ sub-vectors (default D // 8, must divide D).
+        fast_scan: ivfpq with ``nbits=4`` only: faiss ``IndexIVFPQFastScan``, whose 4-bit codes are
+            scanned with SIMD look-ups held in registers, many times faster per code than 8-bit PQ
+            (coarser codes: pair it with a refine stage and a larger ``k_factor``).
         max_train: training sample size for IVF-PQ (default 64 * nlist, drawn with ``seed``).
         seed: seeds the training sample and faiss k-means (coarse quantiser and PQ).
 
@@ -296,7 +428,12 @@ def build_index(x, kind: str = "ivfpq", *, nlist: int = 1024, m: int | None = No
             raise ValueError(f"ivfpq needs at least nlist={nlist} vectors to train, got N={n}")
         if refine not in (None, "flat", "fp16"):
             raise ValueError(f"refine must be None, 'flat' or 'fp16', got {refine!r}")
-        ivf = faiss.IndexIVFPQ(faiss.IndexFlatIP(d), d, nlist, m, nbits, ip)  # keeps the quantiser alive
+        if fast_scan and nbits != 4:
+            raise ValueError(f"fast_scan needs nbits=4 (faiss IndexIVFPQFastScan), got nbits={nbits}")
+        if fast_scan:  # the index keeps the quantiser alive
+            ivf = faiss.IndexIVFPQFastScan(faiss.IndexFlatIP(d), d, nlist, m, nbits, ip)
+        else:
+            ivf = faiss.IndexIVFPQ(faiss.IndexFlatIP(d), d, nlist, m, nbits, ip)
         ivf.cp.seed = seed
         ivf.pq.cp.seed = seed + 1
         ntrain = min(n, max_train or 64 * nlist)
