@@ -19,6 +19,9 @@ from sglib.method.rerank import superglobal
 from sglib.method.rerank_reference import superglobal_per_query
 
 
+TARGET_RATIO = 1.5
+
+
 def simulated_descriptors(n_db=4993, n_q=70, dim=2048, n_clusters=50, seed=0):
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((n_clusters, dim)).astype(np.float32)
@@ -73,7 +76,11 @@ def main():
     med = {k: statistics.median(v) for k, v in times.items() if v}
     print(f"device={dev} threads={args.threads} nq={len(q)} N={len(x)} D={x.shape[1]} M={args.M} K={args.K}")
     print(f"M x M similarity product (batched): {1000 * med['mm']:8.1f} ms")
-    print(f"sglib.rerank.superglobal:           {1000 * med['ours']:8.1f} ms   ratio to product: {med['ours'] / med['mm']:.2f}x (target <= 2)")
+    ratio = med["ours"] / med["mm"]
+    print(f"sglib.rerank.superglobal:           {1000 * med['ours']:8.1f} ms   ratio to product: {ratio:.2f}x")
+    # beyond the product: gathering the M candidates, the top-(K+1) selection per row and two matrix-vector passes
+    print(f"TARGET rerank <= {TARGET_RATIO}x its M x M product: {'PASS' if ratio <= TARGET_RATIO else 'MISS'} "
+          f"({ratio:.2f}x)")
     if "naive" in med:
         print(f"per-query reference implementation: {1000 * med['naive']:8.1f} ms   ratio to product: {med['naive'] / med['mm']:.2f}x")
         a = superglobal(q, x, ranks, M=args.M, K=args.K)[:, : args.M]

@@ -66,8 +66,8 @@ def superglobal_scores(q: torch.Tensor, cands: torch.Tensor, K: int = DEFAULT_K,
     nbr_first = torch.gather(nbr, 1, first.unsqueeze(-1).expand(-1, -1, width))      # (nq, K+1, width)
     w_first = torch.gather(w, 1, first.unsqueeze(-1).expand(-1, -1, width))
     flat = (torch.arange(nq, device=cands.device).view(nq, 1, 1) * m + nbr_first).reshape(-1)
-    nbr_vectors = cands.reshape(nq * m, -1).index_select(0, flat).view(nq, K + 1, width, -1)
-    refined_first = (w_first.unsqueeze(-1) * nbr_vectors).sum(2)                      # (nq, K+1, D)
+    nbr_vectors = cands.reshape(nq * m, -1).index_select(0, flat).view(nq * (K + 1), width, -1)
+    refined_first = torch.bmm(w_first.reshape(nq * (K + 1), 1, width), nbr_vectors).view(nq, K + 1, -1)
     q_prime = refined_first.amax(dim=1)
     s2 = refined_dot(q_prime)
     return (s1 + s2) / 2
@@ -80,8 +80,8 @@ def batched_mv(a: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return torch.stack([torch.mv(a[i], v[i]) for i in range(a.shape[0])])
 
 
-def _query_chunk(m: int, d: int, budget_bytes: int = 64 * 2**20) -> int:
-    # small chunks keep the gathered candidates cache-friendly and bound peak memory
+def _query_chunk(m: int, d: int, budget_bytes: int = 256 * 2**20) -> int:
+    # bounds peak memory; larger chunks keep the M x M products efficient (measured in benchmarks/rerank.py)
     per_query = 4 * (m * m * 3 + m * d * 2)
     return max(1, budget_bytes // per_query)
 
@@ -90,13 +90,14 @@ UNIT_NORM_TOLERANCE = 1e-2    # float16 storage and whitening round-off stay far
 
 
 def database_rows(x):
-    """``(rows(ids) -> (len(ids), D) float32 tensor, N, D, device)`` for a database given as an array, a tensor
-    or an object with ``shape`` and ``take(ids)`` (a database kept in parts). Only the rows asked for are read
-    and converted, so a float16 or non-contiguous database is never copied whole."""
+    """``(rows(ids, out=None) -> (len(ids), D) float32 tensor, N, D, device)`` for a database given as an array, a
+    tensor or an object with ``shape`` and ``take(ids)`` (a database kept in parts). Only the rows asked for are
+    read and converted, so a float16 or non-contiguous database is never copied whole; ``out`` (a contiguous
+    float32 tensor of the result's size) is filled instead of allocating, where the storage allows it."""
     if hasattr(x, "take") and not isinstance(x, (np.ndarray, torch.Tensor)):
         n, d = x.shape
 
-        def rows(ids: torch.Tensor) -> torch.Tensor:
+        def rows(ids: torch.Tensor, out=None) -> torch.Tensor:
             return torch.from_numpy(np.ascontiguousarray(x.take(ids.cpu().numpy()), np.float32)).to(ids.device)
         return rows, n, d, None
     if not isinstance(x, (np.ndarray, torch.Tensor)):
@@ -104,11 +105,16 @@ def database_rows(x):
     check_floating(x, "x")
     check_tensor(x, "x", ndim=2)
     if isinstance(x, np.ndarray):
-        def rows(ids: torch.Tensor) -> torch.Tensor:
+        def rows(ids: torch.Tensor, out=None) -> torch.Tensor:
+            if out is not None and x.dtype == np.float32:
+                np.take(x, ids.cpu().numpy(), axis=0, out=out.numpy())
+                return out
             return torch.from_numpy(np.ascontiguousarray(x[ids.cpu().numpy()], np.float32)).to(ids.device)
         return rows, x.shape[0], x.shape[1], torch.device("cpu")
 
-    def rows(ids: torch.Tensor) -> torch.Tensor:
+    def rows(ids: torch.Tensor, out=None) -> torch.Tensor:
+        if out is not None and x.dtype == torch.float32:
+            return torch.index_select(x, 0, ids.to(x.device), out=out)
         return torch.index_select(x, 0, ids.to(x.device)).float()
     return rows, x.shape[0], x.shape[1], x.device
 
@@ -168,9 +174,11 @@ def rerank_shortlist(q, x, ranks, M: int, scores_fn, chunk: int | None = None, m
     d = qt.shape[1]
     new_head = torch.empty_like(head)
     step = chunk or _query_chunk(M, d)
+    # one buffer for every chunk's candidates: a fresh allocation per chunk costs page faults
+    buffer = torch.empty(min(step, head.shape[0]) * M * d, dtype=torch.float32, device=qt.device)
     for s in range(0, head.shape[0], step):
         top = head[s:s + step]
-        cands = rows(top.reshape(-1)).view(top.shape[0], M, d)
+        cands = rows(top.reshape(-1), out=buffer[:top.numel() * d].view(-1, d)).view(top.shape[0], M, d)
         _check_candidates(cands, top)
         scores = scores_fn(qt[s:s + step], cands, top, rows)
         if not bool(torch.isfinite(scores).all()):
@@ -287,7 +295,13 @@ def check_shortlist(q: torch.Tensor, n: int, d: int, ranks: torch.Tensor, M) -> 
 
 
 def _check_candidates(cands: torch.Tensor, top: torch.Tensor) -> None:
-    """ValueError naming the shortlisted database rows that are not finite or not unit-norm."""
+    """ValueError naming the shortlisted database rows that are not finite or not unit-norm.
+
+    One pass computes the row norms (a NaN or inf makes its norm non-finite); the rows are searched for the
+    reason only when a norm is off."""
+    norms = cands.norm(dim=-1)
+    if bool(((norms - 1).abs() <= UNIT_NORM_TOLERANCE).all()):
+        return
     bad = ~torch.isfinite(cands).all(-1)
     if bool(bad.any()):
         raise ValueError(f"x: database descriptor(s) {torch.unique(top[bad])[:10].tolist()} among the top-M "
