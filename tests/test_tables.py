@@ -52,3 +52,15 @@ def test_a_figure_shows_in_a_jupyter_kernel(monkeypatch):
     NotebookClient(nb, kernel_name="python3", timeout=120).execute()
     kinds = [set(out.get("data", {})) for out in nb.cells[0].outputs if out.output_type == "display_data"]
     assert any("image/png" in k for k in kinds), f"no image in the cell's outputs: {nb.cells[0].outputs}"
+
+
+def test_paper_column_only_where_the_paper_has_a_number():
+    import pandas as pd
+    from sglib.experiments.tables import PAPER_R101_RERANK_HARD, RERANK_ROW, with_paper_column
+    table = pd.DataFrame({"Easy": [1.0, 2.0], "Medium": [3.0, 4.0], "Hard": [5.0, 6.0]}, index=["GeM (p=3)", RERANK_ROW])
+    ours = with_paper_column(table, "roxford5k", checkpoint="cvnet.pyth", depth=101)
+    assert ours.loc[RERANK_ROW, "paper Hard"] == PAPER_R101_RERANK_HARD["roxford5k"]
+    assert ours.loc["GeM (p=3)", "paper Hard"] == "n/a" and not ours.isna().any().any()
+    for kwargs in ({"checkpoint": None}, {"checkpoint": "x", "depth": 50}):
+        assert (with_paper_column(table, "roxford5k", **kwargs)["paper Hard"] == "n/a").all()
+    assert (with_paper_column(table, "synthetic_views", "x")["paper Hard"] == "n/a").all()

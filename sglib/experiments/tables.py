@@ -47,6 +47,17 @@ WHITENING_SHRINKAGE = 0.3
 TRAIN_SPLIT = "synthetic_views_train"
 
 
+def with_paper_column(table: pd.DataFrame, dataset: str, checkpoint=None, depth: int = 101) -> pd.DataFrame:
+    """``table`` (rows = modules, columns Easy / Medium / Hard) plus ``paper Hard``: the paper's figure where it
+    reports one for this setting (CVNet ResNet-101 + SuperGlobal reranking on ROxford / RParis, the
+    :data:`RERANK_ROW`), ``"n/a"`` in every other cell (never NaN)."""
+    out = table.copy()
+    out["paper Hard"] = "n/a"
+    if checkpoint is not None and depth == 101 and dataset in PAPER_R101_RERANK_HARD and RERANK_ROW in out.index:
+        out.loc[RERANK_ROW, "paper Hard"] = PAPER_R101_RERANK_HARD[dataset]
+    return out
+
+
 def with_rows(grid: dict, rows: dict) -> dict:
     """``grid`` (see :func:`sglib.experiments.ablations.pooling_grid`) plus each row's setting, keyed by row name."""
     return {**grid, **{name: ({"family": "module"}, st) for name, st in rows.items()}}
@@ -150,4 +161,5 @@ def paper_table(dataset, cache_root, checkpoint=None, depth: int = 101, backbone
 
 
 __all__ = ["MODULE_SETTINGS", "RERANK_ROW", "CVNET_ROWS", "RELU_PLUS_ROW", "PAPER_R101_RERANK_HARD", "with_rows",
+           "with_paper_column",
            "module_table", "map_table", "training_images", "fit_training_whitening", "paper_table"]

@@ -15,6 +15,7 @@ from .._checks import check_int
 from ..evaluation.protocol import revisited, summary
 from ..evaluation.retrieval import evaluate_retrieval, rank_database
 from ..method.rerank import DEFAULT_BETA, DEFAULT_K, DEFAULT_M
+from .ablation_plots import FAMILIES, FAMILY_PLOTS, GEM_P3
 from .plots import plot_before_after, plot_training_curves
 from .reranking import method_rerank_fn
 
@@ -202,4 +203,56 @@ class TuningExplorer(_View):
         return widgets.VBox([self.picker, self.output])
 
 
-__all__ = ["LossCurves", "run_summary", "RerankExplorer", "TuningExplorer"]
+class SettingExplorer(_View):
+    """A family picker and a setting slider over the pooling grid (notebook 01): the chosen setting's E/M/H mAP
+    beside GeM p = 3 with the difference, and its family's figure with the setting highlighted.
+
+    Args:
+        scores: :func:`sglib.experiments.ablations.score_grid` over :func:`~sglib.experiments.ablations.pooling_grid`
+            (rows keyed by setting, a ``family`` column; includes ``"gem p=3"``).
+    """
+
+    def __init__(self, scores: pd.DataFrame):
+        import ipywidgets as widgets
+        if GEM_P3 not in scores.index or not {"family", "easy", "medium", "hard"} <= set(scores.columns):
+            raise ValueError("SettingExplorer: expected score_grid(...) over pooling_grid(), with the 'gem p=3' row")
+        self.scores = scores
+        self.family = widgets.Dropdown(options=[f for f in FAMILIES if (scores.family == f).any()], value="gem",
+                                       description="family")
+        self.setting = widgets.SelectionSlider(options=self._settings("gem"), value=GEM_P3, description="setting",
+                                               continuous_update=False, layout=widgets.Layout(width="60%"))
+        self.family.observe(lambda change: self._switch(change["new"]), "value")
+        self.setting.observe(lambda change: self.show(), "value")
+        self.table = None
+
+    def _settings(self, family: str) -> list:
+        return list(self.scores.index[self.scores.family == family])
+
+    def _switch(self, family: str) -> None:
+        before = self.setting.value
+        self.setting.options = self._settings(family)      # resets the value, whose observer re-renders
+        if self.setting.value == before:
+            self.show()
+
+    def render(self, key: str):
+        """(table: rows the setting and GeM p = 3 and their difference, columns E/M/H; the family's figure)."""
+        if key not in self.scores.index:
+            raise ValueError(f"SettingExplorer: no setting {key!r} in the grid")
+        cols = ["easy", "medium", "hard"]
+        row, base = self.scores.loc[key], self.scores.loc[GEM_P3]
+        table = pd.DataFrame([row[cols], base[cols], row[cols] - base[cols]],
+                             index=[f"chosen: {key}", f"baseline: {GEM_P3}", "difference (points)"])
+        table.columns = [c.capitalize() for c in table.columns]
+        return table.astype(float).round(2), FAMILY_PLOTS[row.family](self.scores, highlight=key)
+
+    def show(self) -> None:
+        self.table, fig = self.render(self.setting.value)
+        self._display(self.table, fig)
+
+    def widget(self):
+        import ipywidgets as widgets
+        self.show()
+        return widgets.VBox([self.family, self.setting, self.output])
+
+
+__all__ = ["LossCurves", "run_summary", "RerankExplorer", "TuningExplorer", "SettingExplorer"]
