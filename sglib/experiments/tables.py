@@ -52,7 +52,7 @@ def with_paper_column(table: pd.DataFrame, dataset: str, checkpoint=None, depth:
     reports one for this setting (CVNet ResNet-101 + SuperGlobal reranking on ROxford / RParis, the
     :data:`RERANK_ROW`), ``"n/a"`` in every other cell (never NaN)."""
     out = table.copy()
-    out["paper Hard"] = "n/a"
+    out["paper Hard"] = pd.Series("n/a", index=out.index, dtype=object)
     if checkpoint is not None and depth == 101 and dataset in PAPER_R101_RERANK_HARD and RERANK_ROW in out.index:
         out.loc[RERANK_ROW, "paper Hard"] = PAPER_R101_RERANK_HARD[dataset]
     return out
