@@ -11,7 +11,7 @@ DATA_ROOT ?= data
 export OMP_WAIT_POLICY := PASSIVE
 export SGLIB_THREADS
 
-.PHONY: setup test demo bench data clean-cache
+.PHONY: setup test demo bench data clean-cache lab html
 
 setup: $(STAMP)
 
@@ -42,3 +42,17 @@ bench: data
 
 clean-cache:
 	rm -rf $(DATA_ROOT)/cache
+
+# JupyterLab on the project's environment, in notebooks/, with the same thread settings as `make demo`
+# (SGLIB_THREADS, passive OpenMP waits), so the notebooks reuse the feature cache `make demo` filled.
+lab: setup
+	cd notebooks && ../$(PY) -m jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root,)
+
+# The notebooks executed once (CI parameters) and rendered to docs/*.html for reading without running anything.
+html: setup
+	mkdir -p docs
+	MPLBACKEND=module://matplotlib_inline.backend_inline $(PY) -m jupyter nbconvert --to html --execute \
+		--ExecutePreprocessor.timeout=3600 --ExecutePreprocessor.kernel_name=python3 \
+		--ExecutePreprocessor.store_widget_state=True --output-dir docs notebooks/*.ipynb
+	$(PY) -m sglib.experiments.docs_check docs
+
