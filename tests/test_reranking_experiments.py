@@ -235,3 +235,29 @@ def test_timing_and_plot_checks():
     assert len(fig.axes[0].collections) == 2
     with pytest.raises(ValueError, match="lacks column"):
         plot_accuracy_latency(table, "hard")
+
+
+def test_distractor_explorer_follows_n_and_nprobe():
+    from sglib.evaluation.retrieval import RerankSettings
+    from sglib.experiments.widgets import DistractorExplorer, positives_kept
+    from sglib.scale.search import build_index, knn
+    q, x, gnd = synthetic_problem(8)
+    rng = np.random.default_rng(0)
+    dis = rng.standard_normal((2000, x.shape[1])).astype(np.float32)
+    dis /= np.linalg.norm(dis, axis=1, keepdims=True)
+    xb = np.concatenate([x, dis])
+    index = build_index(xb, "ivfpq", nlist=32, m=8, refine=None, seed=0)
+    _, exact = knn(q, xb, 50)
+    view = DistractorExplorer(q, x, gnd, [dis[:300], dis[300:]], [0, 300, 2000], index, exact, [1, 32],
+                              RerankSettings(M=60, K=3))
+    a = view.render(0, 1)
+    b = view.render(2000, 32)
+    assert not a.isna().any().any() and a.loc["N = 0, global", "recall@k"] == "n/a"
+    assert a.loc["N = 0, global", "Medium"] == evaluate_retrieval(q, x, gnd).summary()["medium"]
+    assert b.loc["N = 2,000, global", "Medium"] <= a.loc["N = 0, global", "Medium"]
+    assert a.loc["IVF nprobe = 1", "recall@k"] < b.loc["IVF nprobe = 32", "recall@k"]
+    assert positives_kept(exact, exact, gnd) == 1.0
+    view.N.value = 300                                             # the slider re-renders
+    assert view.table.index[0] == "N = 300, global"
+    with pytest.raises(ValueError, match="at most the 2000"):
+        DistractorExplorer(q, x, gnd, [dis], [5000], index, exact, [1], None)

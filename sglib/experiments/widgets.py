@@ -255,4 +255,79 @@ class SettingExplorer(_View):
         return widgets.VBox([self.family, self.setting, self.output])
 
 
-__all__ = ["LossCurves", "run_summary", "RerankExplorer", "TuningExplorer", "SettingExplorer"]
+def positives_kept(approx_ids: np.ndarray, exact_ids: np.ndarray, gnd: list) -> float:
+    """Of the positives (easy + hard) in each query's exact top-k, the share the approximate top-k also returns."""
+    found = wanted = 0
+    for i, g in enumerate(gnd):
+        pos = (set(g["easy"]) | set(g["hard"])) & set(exact_ids[i].tolist())
+        found += len(pos & set(approx_ids[i].tolist()))
+        wanted += len(pos)
+    return found / max(1, wanted)
+
+
+class DistractorExplorer(_View):
+    """Sliders for the number of distractors N and the IVF index's ``nprobe`` (notebook 04), from cached vectors.
+
+    N: E/M/H mAP with N distractors (real crops first, then simulated) without and with reranking, re-evaluated
+    with :func:`sglib.evaluation.streaming.evaluate_with_distractors`. nprobe: recall@k of the IVF index over
+    the largest database against exact search, the positives it keeps and its time per query.
+
+    Args:
+        q, x: queries and benchmark database; gnd: ground truth; distractors: list of (n_i, D) arrays appended
+            in order (real, then simulated); sizes: the N values offered; index: a faiss IVF index over
+            ``x + distractors[:max(sizes)]`` (:func:`sglib.scale.search.build_index`); exact_ids: (nq, k) exact
+            top-k over the same vectors; nprobes: the values offered; rerank: RerankSettings for the reranked rows.
+    """
+
+    def __init__(self, q, x, gnd, distractors, sizes, index, exact_ids, nprobes, rerank):
+        import ipywidgets as widgets
+        self.q, self.x, self.gnd, self.rerank = q, x, gnd, rerank
+        self.distractors, self.index, self.exact_ids = list(distractors), index, exact_ids
+        total = sum(len(d) for d in self.distractors)
+        if not sizes or max(sizes) > total:
+            raise ValueError(f"DistractorExplorer: sizes must be non-empty and at most the {total} distractors given")
+        self.N = widgets.SelectionSlider(options=list(sizes), value=sizes[0], description="N",
+                                         continuous_update=False)
+        self.nprobe = widgets.SelectionSlider(options=list(nprobes), value=nprobes[0], description="nprobe",
+                                              continuous_update=False)
+        for control in (self.N, self.nprobe):
+            control.observe(lambda change: self.show(), "value")
+        self.table = None
+
+    def _first(self, n: int) -> list:
+        parts, left = [], n
+        for d in self.distractors:
+            parts.append(d[:min(left, len(d))])
+            left -= len(parts[-1])
+        return [p for p in parts if len(p)]
+
+    def render(self, n: int, nprobe: int) -> pd.DataFrame:
+        """One table: mAP rows at N distractors (global, + rerank) and the index row at ``nprobe``."""
+        from ..evaluation.streaming import evaluate_with_distractors
+        from ..scale.search import recall_at_k, search_index
+        from ..timing import measure
+        rows = {}
+        for label, rr in (("global", None), ("+ rerank", self.rerank)):
+            res = evaluate_with_distractors(self.q, self.x, self._first(n) or None, self.gnd, rerank=rr).summary()
+            rows[f"N = {n:,}, {label}"] = {p.capitalize(): v for p, v in res.items()}
+        k = self.exact_ids.shape[1]
+        found = []
+        t = measure({"s": lambda: found.append(search_index(self.index, self.q, k, nprobe=nprobe)[1])}, repeats=1)
+        approx = found[-1]
+        rows[f"IVF nprobe = {nprobe}"] = {"recall@k": round(recall_at_k(approx, self.exact_ids, k), 3),
+                                          "positives kept": round(positives_kept(approx, self.exact_ids, self.gnd), 3),
+                                          "ms / query": round(1000 * t["s"].median / len(self.q), 3)}
+        return pd.DataFrame.from_dict(rows, orient="index").astype(object).where(lambda d: d.notna(), "n/a")
+
+    def show(self) -> None:
+        self.table = self.render(self.N.value, self.nprobe.value)
+        self._display(self.table)
+
+    def widget(self):
+        import ipywidgets as widgets
+        self.show()
+        return widgets.VBox([self.N, self.nprobe, self.output])
+
+
+__all__ = ["LossCurves", "run_summary", "RerankExplorer", "TuningExplorer", "SettingExplorer", "DistractorExplorer",
+           "positives_kept"]
