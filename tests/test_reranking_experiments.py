@@ -148,6 +148,14 @@ def test_timing_harness_interleaves_and_fits_slopes():
     assert list(table["size"]) == [1000, 100000] and slope > 0.5
 
 
+def test_growth_with_a_parameter():
+    q, x, _ = synthetic_problem(9)
+    table, slope = costs.growth_with_parameter(q, x, "superglobal", "K", [2, 8], M=60, repeats=1)
+    assert list(table["size"]) == [2, 8] and (table.median_ms > 0).all() and np.isfinite(slope)
+    with pytest.raises(ValueError, match="no parameter 'k1'"):
+        costs.growth_with_parameter(q, x, "superglobal", "k1", [2, 8], M=60, repeats=1)
+
+
 def test_simulated_database_and_growth():
     q, x, _ = synthetic_problem(6)
     db = costs.simulated_database(x, 500)

@@ -14,7 +14,7 @@ import pandas as pd
 
 from ..evaluation.protocol import revisited, summary
 from ..evaluation.retrieval import rank_database
-from ..rerankers import RERANKERS, database_graph, graph_neighbours
+from ..rerankers import RERANKERS, check_methods, database_graph, graph_neighbours
 from ..scale.search import knn
 from ..timing import growth, measure
 from .reranking import compare_rerankers, method_rerank_fn
@@ -130,6 +130,17 @@ def growth_with_shortlist(q, x, methods, Ms, repeats: int = 3, graph=None) -> di
     return out
 
 
+def growth_with_parameter(q, x, method: str, param: str, values, M: int = 400, repeats: int = 3,
+                          graph=None) -> tuple[pd.DataFrame, float]:
+    """Rerank time of all queries against one parameter of ``method`` (e.g. SuperGlobal's K): ``(table, slope)``."""
+    ranks = rank_database(q, x)
+    m = min(M, x.shape[0])
+    if param not in RERANKERS[check_methods([method])[0]].defaults:
+        raise ValueError(f"param: {method} has no parameter {param!r} (it has {sorted(RERANKERS[method].defaults)})")
+    return growth(lambda v: (lambda fn=method_rerank_fn(method, {param: v}, graph): fn(q, x, ranks, m)), list(values),
+                  repeats)
+
+
 def simulated_database(x: np.ndarray, n: int, seed: int = 0, noise: float = 0.5) -> np.ndarray:
     """A SIMULATED database of ``n`` unit rows for timing only: the real rows, then noisy copies of random real rows.
 
@@ -155,4 +166,4 @@ def growth_with_database(q, x, sizes, M: int = 400, repeats: int = 3, seed: int 
 
 
 __all__ = ["extraction_ms", "search_ms", "local_query_features_ms", "lightglue_costs", "local_verification", "cost_table",
-           "growth_with_shortlist", "simulated_database", "growth_with_database"]
+           "growth_with_shortlist", "growth_with_parameter", "simulated_database", "growth_with_database"]
