@@ -60,3 +60,12 @@ def test_setting_explorer_callback(scores):
         view.render("gem p=99")
     with pytest.raises(ValueError, match="gem p=3"):
         SettingExplorer(scores.drop(index="gem p=3"))
+
+
+def test_shown_figures_are_closed_so_no_stale_copy_is_drawn_below_the_widget(scores):
+    import matplotlib.pyplot as plt
+    plt.close("all")
+    view = SettingExplorer(scores)
+    view.widget()
+    view.setting.value = "gem p=8"
+    assert plt.get_fignums() == [], "a displayed figure left open is drawn again by the inline backend"

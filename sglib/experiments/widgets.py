@@ -31,7 +31,26 @@ def run_summary(log: pd.DataFrame) -> pd.Series:
                       "loss, last 10 steps": round(float(steps.loss.tail(10).mean()), 3)})
 
 
-class LossCurves:
+class _View:
+    """An ipywidgets Output that shows what ``render`` returns.
+
+    A figure is closed as soon as it is displayed in the Output: left open, the notebook's inline backend would
+    also draw it below the widget at the end of the cell, a copy that no longer follows the controls."""
+
+    def _display(self, *items) -> None:
+        import ipywidgets as widgets
+        from IPython.display import display
+        if not hasattr(self, "output"):
+            self.output = widgets.Output()
+        with self.output:
+            self.output.clear_output(wait=True)
+            display(*items)
+        for item in items:
+            if isinstance(item, plt.Figure):
+                plt.close(item)
+
+
+class LossCurves(_View):
     """A loss picker over saved training logs: the chosen run's curves in bold beside the others, and its summary.
 
     Example (in a notebook)::
@@ -58,34 +77,13 @@ class LossCurves:
         return plot_training_curves(self.logs, highlight=loss), summary.loc[[loss]]
 
     def show(self, loss: str) -> None:
-        from IPython.display import display
-        if self.figure is not None:
-            plt.close(self.figure)
         self.figure, self.summary = self.render(loss)
-        with self.output:
-            self.output.clear_output(wait=True)
-            display(self.figure, self.summary)
+        self._display(self.figure, self.summary)
 
     def widget(self):
         import ipywidgets as widgets
         self.show(self.picker.value)
         return widgets.VBox([self.picker, self.output])
-
-
-class _View:
-    """An ipywidgets Output that shows what ``render`` returns (figures closed when replaced)."""
-
-    def _display(self, *items) -> None:
-        import ipywidgets as widgets
-        from IPython.display import display
-        if not hasattr(self, "output"):
-            self.output = widgets.Output()
-        for old in getattr(self, "_figures", []):
-            plt.close(old)
-        self._figures = [i for i in items if isinstance(i, plt.Figure)]
-        with self.output:
-            self.output.clear_output(wait=True)
-            display(*items)
 
 
 class RerankExplorer(_View):
