@@ -320,6 +320,37 @@ CELLS_JS = r"""
 }
 """
 
+# per cell with images: the share of "ink" (opaque, not near-white pixels) of each rendered image. A matplotlib
+# figure with axes has a few % at least (the axes frame alone is ~0.7 % of a 6x4 in figure); a figure whose
+# content is missing, blank or drawn off the canvas has a few thousandths (e.g. only a clipped title).
+IMAGE_INK_JS = r"""
+(maxSide) => {
+  const panel = document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden)');
+  const cells = Array.from(panel.querySelectorAll('.jp-Notebook .jp-Cell'));
+  const result = {};
+  cells.forEach((c, i) => {
+    const imgs = Array.from(c.querySelectorAll('.jp-Cell-outputWrapper img'))
+        .filter(im => im.complete && im.naturalWidth > 0);
+    if (!imgs.length) return;
+    result[i] = imgs.map(im => {
+      const scale = Math.min(1, maxSide / Math.max(im.naturalWidth, im.naturalHeight));
+      const w = Math.max(1, Math.round(im.naturalWidth * scale)), h = Math.max(1, Math.round(im.naturalHeight * scale));
+      const canvas = document.createElement('canvas');
+      canvas.width = w; canvas.height = h;
+      const ctx = canvas.getContext('2d', {willReadFrequently: true});
+      try { ctx.drawImage(im, 0, 0, w, h); } catch (e) { return -1; }
+      let d; try { d = ctx.getImageData(0, 0, w, h).data; } catch (e) { return -1; }   // cross-origin: unknown
+      let ink = 0;
+      for (let k = 0; k < d.length; k += 4)
+        if (d[k + 3] > 32 && Math.min(d[k], d[k + 1], d[k + 2]) < 200) ink++;
+      return ink / (w * h);
+    });
+  });
+  return result;
+}
+"""
+MIN_INK = 0.005    # below: the image is reported as an empty figure
+
 # wait until every image of the page is decoded and two frames are painted (before a screenshot)
 IMAGES_PAINTED_JS = r"""
 async () => {

@@ -11,8 +11,8 @@ Environment:
   SGLIB_BROWSER_ROOT       folder holding the notebooks (default: notebooks/); used to check that the test
                            catches a broken copy of a notebook.
   SGLIB_BROWSER_TIMEOUT    seconds allowed for Run All of one notebook (default 1200).
-  SGLIB_BROWSER_STRICT=1   also fail on notes (a figure outside a widget left stale after moving its control);
-                           by default they are warnings.
+  SGLIB_BROWSER_STRICT=0   only warn on notes (a figure outside a widget left stale after moving its control;
+                           by default they fail);
   SGLIB_CHROMIUM           the Chromium binary (default: chromium on PATH, /usr/bin/chromium).
 The browser is the system Chromium (apt-get install chromium); Playwright never downloads one here.
 The test is skipped only when Chromium cannot be found or started.
@@ -29,14 +29,15 @@ import warnings
 
 import pytest
 
-from browser import (CELLS_JS, FIGURE_REPR, IMAGES_PAINTED_JS, INSTALL_HINT, OUTPUT_SIGNATURE_JS, WIDGET_FAILURE_TEXT, WIDGET_REPR,
+from browser import (CELLS_JS, FIGURE_REPR, IMAGE_INK_JS, IMAGES_PAINTED_JS, INSTALL_HINT, MIN_INK,
+                     OUTPUT_SIGNATURE_JS, WIDGET_FAILURE_TEXT, WIDGET_REPR,
                      JupyterLab, expectations, find_chromium, launch_args)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NB_ROOT = pathlib.Path(os.environ.get("SGLIB_BROWSER_ROOT", ROOT / "notebooks")).resolve()
 ARTIFACTS = pathlib.Path(os.environ.get("SGLIB_BROWSER_ARTIFACTS", ROOT / "test-artifacts" / "browser"))
 RUN_TIMEOUT = float(os.environ.get("SGLIB_BROWSER_TIMEOUT", "1200"))
-STRICT = os.environ.get("SGLIB_BROWSER_STRICT", "0") == "1"   # notes (stale figures) fail the test too
+STRICT = os.environ.get("SGLIB_BROWSER_STRICT", "1") == "1"   # notes (stale figures) fail the test too
 WIDGET_TIMEOUT = 90.0      # seconds for a widget to render, or to show the result of a moved control
 
 
@@ -50,8 +51,9 @@ def _selected_notebooks() -> list:
     chosen = []
     for w in (w.strip() for w in wanted.split(",") if w.strip()):
         hits = [a for a in available if a in (w, w + ".ipynb") or a.startswith(w.removesuffix(".ipynb") + "_")]
-        if not hits:   # a typo must not turn into a silent pass
-            chosen.append(pytest.param(w, marks=pytest.mark.xfail(strict=True, reason=f"no notebook {w!r}"), id=w))
+        if not hits:   # a typo must not turn into a silent pass: a collection error
+            raise ValueError(f"SGLIB_BROWSER_NOTEBOOKS names {w!r}: no such notebook in {NB_ROOT} "
+                             f"(have {', '.join(available)})")
         chosen += [h for h in hits if h not in chosen]
     return chosen
 
@@ -150,6 +152,20 @@ def _signature(page, index: int) -> dict:
     return page.evaluate(OUTPUT_SIGNATURE_JS, index)
 
 
+def _empty_figures(page, only: int | None = None, after: str = "") -> list:
+    """Images that are (almost) blank: a figure whose content did not draw."""
+    page.evaluate(IMAGES_PAINTED_JS)
+    found = []
+    for i, inks in page.evaluate(IMAGE_INK_JS, 600).items():
+        if only is not None and int(i) != only:
+            continue
+        for k, ink in enumerate(inks):
+            if 0 <= ink < MIN_INK:
+                found.append(f"cell {i}: image {k + 1} of {len(inks)} is nearly empty{after} ({100 * ink:.2f} % of its "
+                             f"pixels drawn, a figure has {100 * MIN_INK:.1f} % or more)")
+    return found
+
+
 def _screenshot(page, index: int, path) -> None:
     """The page with cell ``index`` at the top, once every image is decoded and painted."""
     page.evaluate("i => document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod-hidden) "
@@ -229,6 +245,7 @@ def test_notebook_in_browser(notebook, browser, lab):
             if c["images"] < 1:
                 problems.append(f"cell {i} draws a figure but shows no rendered image "
                                 f"({c['broken_images']} broken <img>; output text: {c['text'][:200]!r})")
+        problems += _empty_figures(page)
         for c in cells:
             m = FIGURE_REPR.search(c["text"])
             if m:
@@ -279,6 +296,7 @@ def test_notebook_in_browser(notebook, browser, lab):
                 problems.append(f"cell {i} shows a figure as text {m.group(0)!r} after {action}")
             if after["broken_images"]:
                 problems.append(f"cell {i} has {after['broken_images']} broken image(s) after {action}")
+            problems += _empty_figures(page, only=i, after=f" after {action}")
             stale = [src for src in after["loose_images"] if src in cells[i]["loose_images"]]
             if changed and stale:
                 notes.append(f"cell {i}: {len(stale)} figure(s) shown below the widget, outside it, stay as they were "

@@ -34,20 +34,29 @@ def run_summary(log: pd.DataFrame) -> pd.Series:
 class _View:
     """An ipywidgets Output that shows what ``render`` returns.
 
-    A figure is closed as soon as it is displayed in the Output: left open, the notebook's inline backend would
+    A figure is drawn to a PNG and closed before it is shown: left open, the notebook's inline backend would
     also draw it below the widget at the end of the cell, a copy that no longer follows the controls."""
 
     def _display(self, *items) -> None:
+        import io
+
         import ipywidgets as widgets
-        from IPython.display import display
+        from IPython.display import Image, display
         if not hasattr(self, "output"):
             self.output = widgets.Output()
-        with self.output:
-            self.output.clear_output(wait=True)
-            display(*items)
+        shown = []
         for item in items:
             if isinstance(item, plt.Figure):
+                # drawn to PNG here, whole, then closed: nothing is left to the backend of whatever
+                # kernel runs the callback (the browser test saw figures come back blank otherwise)
+                buffer = io.BytesIO()
+                item.savefig(buffer, format="png", dpi=80, bbox_inches="tight")
                 plt.close(item)
+                item = Image(data=buffer.getvalue(), format="png")
+            shown.append(item)
+        with self.output:
+            self.output.clear_output(wait=True)
+            display(*shown)
 
 
 class LossCurves(_View):
