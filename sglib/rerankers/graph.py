@@ -63,10 +63,18 @@ class DatabaseGraph:
         """The same graph with each node's first ``k`` neighbours (``k <= self.k``)."""
         k = check_int(k, "k", 1, self.k, what=f"(the graph holds {self.k} neighbours per node; build it with a "
                                               "larger k)")
-        return DatabaseGraph(self.ids[:, :k], self.sims[:, :k])
+        return self._derived(self.ids[:, :k], self.sims[:, :k])
 
     def to(self, device) -> "DatabaseGraph":
-        return DatabaseGraph(self.ids.to(device), self.sims.to(device))
+        return self._derived(self.ids.to(device), self.sims.to(device))
+
+    @classmethod
+    def _derived(cls, ids: torch.Tensor, sims: torch.Tensor) -> "DatabaseGraph":
+        # a slice or copy of a checked graph: not checked again (a pass over N x k per rerank call)
+        graph = object.__new__(cls)
+        object.__setattr__(graph, "ids", ids)
+        object.__setattr__(graph, "sims", sims)
+        return graph
 
     def nbytes(self) -> int:
         return self.ids.numel() * 8 + self.sims.numel() * 4
