@@ -1,4 +1,4 @@
-"""Command line: ``python -m sglib {evaluate,train,download,build-data,demo,stability}``.
+"""Command line: ``python -m sglib {evaluate,train,download,build-data,demo,stability,report}``.
 
 Every flag's value is checked when the command line is parsed, before any data or model is read;
 an expected failure (bad file, missing data, failed download) ends in one line on stderr and exit
@@ -358,12 +358,17 @@ def _add_train_study(sub):
     p.add_argument("--results", default="results", help="writes training_PLAN.json and training_PLAN/LOSS_log.csv")
     p.add_argument("--plan", choices=("full", "ci"), default="full",
                    help="full: the README's study (3 losses, 300 steps); ci: ArcFace, 60 steps (minutes)")
+    p.add_argument("--losses", nargs="+", choices=("arcface", "curricularface", "softmax"), default=None,
+                   help="train only these of the plan's losses (same configuration otherwise)")
 
 
 def cmd_train_study(args):
+    import dataclasses
     import shutil
     from .experiments import training_study as ts
     plan = ts.FULL_STUDY if args.plan == "full" else ts.CI_STUDY
+    if args.losses is not None:
+        plan = dataclasses.replace(plan, losses=tuple(dict.fromkeys(args.losses)))
     out = Path(args.results)
     (out / f"training_{plan.name}").mkdir(parents=True, exist_ok=True)   # before the long run: fail now
     folders = ts.train_study_runs(args.data_root, plan, args.runs)
@@ -451,6 +456,28 @@ def cmd_stability(args):
     print(f"wrote {out / 'stability.json'}, {out / 'stability.md'}, {out / 'rerank_gain.png'}")
 
 
+def _add_report(sub):
+    p = sub.add_parser("report", help="rewrite the README's generated blocks (tables, claims) from results/*.json")
+    p.add_argument("--check", action="store_true",
+                   help="rewrite nothing; exit 1 naming each block that differs from its results file")
+    p.add_argument("--readme", default="README.md")
+    p.add_argument("--results", default="results", help="the folder holding demo.json, stability.json, ...")
+
+
+def cmd_report(args):
+    from .experiments import report
+    if not args.check:
+        changed = report.update(args.readme, args.results)
+        print(f"{args.readme}: rewrote {', '.join(changed)}" if changed else f"{args.readme}: already in sync")
+        return
+    differences = report.check(args.readme, args.results)
+    for message in differences:
+        print(message, file=sys.stderr)
+    if differences:
+        raise SystemExit(1)   # a stale README is a failed check (exit 1), not an input error (exit 2)
+    print(f"{args.readme}: every generated block matches {args.results}")
+
+
 def cmd_build_data(args):
     from .embedded import build_all
     for name, path in build_all(args.data_root, seed=args.seed).items():
@@ -460,6 +487,41 @@ def cmd_build_data(args):
 def cmd_demo(args):
     from .demo import run_demo
     run_demo(args.data_root, args.results, args.backbone, whiten=not args.no_whitening)
+
+
+def _add_benchmark_checks(sub):
+    p = sub.add_parser("design-check", help="does shared context drive the embedded benchmark's rankings? the "
+                                            "whitening's and reranking's effects and every ladder step of one build")
+    p.add_argument("--data-root", default="data")
+    p.add_argument("--name", default="synthetic_views", help="a synthetic_views build under DATA_ROOT/datasets")
+    p.add_argument("--label", default="current", help="the key this build's report is stored under")
+    p.add_argument("--json", default="results/benchmark_design.json",
+                   help="results file; other labels already in it are kept")
+    p = sub.add_parser("rerankers", help="every reranker at its defaults on both embedded benchmarks, and each "
+                                         "one tuned on validation queries and scored on test queries")
+    p.add_argument("--data-root", default="data")
+    p.add_argument("--json", default="results/rerankers.json")
+
+
+def cmd_rerankers(args):
+    from .experiments.reranking import reranker_study
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)   # before the long run: an unwritable folder fails now
+    result = reranker_study(args.data_root)
+    out.write_text(json.dumps(result, indent=1))
+    print(json.dumps(result["tuning"], indent=1))
+    print(f"wrote {out}")
+
+
+def cmd_design_check(args):
+    from .experiments.benchmark_design import measure_design
+    out = Path(args.json)
+    record = json.loads(out.read_text()) if out.is_file() else {}
+    out.parent.mkdir(parents=True, exist_ok=True)   # before the long run: an unwritable folder fails now
+    record[args.label] = measure_design(args.data_root, args.name)
+    out.write_text(json.dumps(record, indent=1, sort_keys=True))
+    print(json.dumps({k: record[args.label][k] for k in ("context", "effects")}, indent=1))
+    print(f"wrote {out} [{args.label!r}]")
 
 
 class _OneLineErrors(argparse.ArgumentParser):
@@ -492,13 +554,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_download(sub)
     _add_data_and_demo(sub)
     _add_stability(sub)
+    _add_report(sub)
+    _add_benchmark_checks(sub)
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     commands = {"evaluate": cmd_evaluate, "train": cmd_train, "train-study": cmd_train_study, "download": cmd_download, "build-data": cmd_build_data, "demo": cmd_demo,
-                "stability": cmd_stability}
+                "stability": cmd_stability, "report": cmd_report, "design-check": cmd_design_check,
+                "rerankers": cmd_rerankers}
     try:
         configure_threads(args.threads)
         commands[args.command](args)

@@ -12,7 +12,8 @@ from sglib.embedded import synthetic_views as sv
 from sglib.data.revisitop import read_revisitop_gnd
 
 TINY = dict(n_landmark_scenes=6, views_per_landmark=8, n_distractor_views=12, n_distractor_scenes=3,
-            n_background_scenes=4, train_views_per_class=2, n_train_scenes=3, max_side=160, progress=False)
+            n_background_scenes=4, n_train_background_scenes=3, train_views_per_class=2, n_train_scenes=3,
+            max_side=160, progress=False)
 
 
 @pytest.fixture(scope="session")
@@ -178,12 +179,44 @@ def test_synthetic_roles_are_disjoint_and_training_classes_are_scenes(tiny, phot
             assert not sets[a] & sets[b], (a, b)
     scene = {p.key: p.scene for p in photos}
     train = (path.parent / "synthetic_views_train" / "train.csv").read_text().splitlines()
-    assert train[0] == "image,label,photo" and len(train) == 1 + 3 * TINY["train_views_per_class"]
+    assert train[0] == "image,label,photo,context" and len(train) == 1 + 3 * TINY["train_views_per_class"]
     rows = [line.split(",") for line in train[1:]]
     assert {r[2] for r in rows} <= sets["train"]
     assert len({r[1] for r in rows}) == 3
     for label in {r[1] for r in rows}:
         assert len({scene[r[2]] for r in rows if r[1] == label}) == 1  # a class is one scene
+
+
+def test_no_photo_or_scene_of_a_test_image_is_in_the_training_split(tiny, photos):
+    """Every photo drawn into a test image (landmark, distractor, context, occluder) and every photo drawn into a
+    training image (its class's photo, context, occluders) come from disjoint sets of photos and of scenes."""
+    _, path = tiny
+    meta = json.loads((path / "meta_synthetic_views.json").read_text())
+    test = {k for m in meta["queries"] + meta["database"] for k in (m["photo"], m["background"], *m["occluder_photos"])}
+    rows = (path.parent / "synthetic_views_train" / "train.csv").read_text().splitlines()[1:]
+    train = {k for r in rows for k in [r.split(",")[2], *r.split(",")[3].split(";")]}
+    assert len(test) > 10 and len(train) > 5
+    assert set(meta["roles"]["backgrounds"]) <= test and set(meta["roles"]["train_backgrounds"]) & train
+    scene = {p.key: p.scene for p in photos}
+    assert not test & train, sorted(test & train)
+    assert not {scene[k] for k in test} & {scene[k] for k in train}
+
+
+def test_context_sharing_counts_negatives_on_the_query_context():
+    """Recomputed by hand: query 0 on context 'A'; its negatives in rank order are db 1 (A), 2 (B), 3 (A), 4 (B)
+    (db 0 is its positive): the first 2 negatives share A half the time, all negatives half the time."""
+    from sglib.experiments.benchmark_design import context_sharing
+    meta = {"queries": [{"background": "A"}, {"background": "B"}],
+            "database": [{"background": b} for b in "AABAB"]}
+    gnd = [{"easy": [0], "hard": [], "junk": []}, {"easy": [], "hard": [2], "junk": [4]}]
+    ranks = np.array([[0, 1, 2, 3, 4], [2, 4, 0, 1, 3]])
+    out = context_sharing(meta, ranks, gnd, top=2)
+    # query 1 (context B): negatives 0 (A), 1 (A), 3 (A): top-2 share 0, all 0
+    assert out == {"top": 0.25, "chance": 0.25, "lift": 1.0}
+    out = context_sharing(meta, ranks, gnd, top=1)
+    assert out["top"] == 0.5 and out["lift"] == 2.0
+    with pytest.raises(ValueError, match="do not match"):
+        context_sharing(meta, ranks[:, :4], gnd)
 
 
 def test_easy_and_hard_dials_make_easy_views_easier(tiny):

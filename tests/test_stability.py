@@ -21,42 +21,44 @@ def _maps(values):
 
 
 def test_module_effects_are_row_differences_in_ablation_order():
-    maps = _maps({("a", 0): [40, 41, 40.5, 46, 50], ("b", 0): [30, 29, 31, 35, 33]})
+    maps = _maps({("a", 0): [40, 43, 44, 43.5, 49, 53], ("b", 0): [30, 32, 31, 33, 37, 35]})
     maps = maps.sample(frac=1.0, random_state=0)        # row order in the frame must not matter
     eff = st.module_effects(maps)
     assert list(eff.module.unique()) == ROWS[1:]
     a = eff[eff.pool == "a"].set_index("module")
-    for prev, row, expect in zip(ROWS, ROWS[1:], [1, -0.5, 5.5, 4]):
+    for prev, row, expect in zip(ROWS, ROWS[1:], [3, 1, -0.5, 5.5, 4]):
         assert a.loc[row, "medium"] == pytest.approx(expect) and a.loc[row, "hard"] == pytest.approx(expect), prev
 
 
 def test_effect_summary_flags_sign_flips():
-    maps = _maps({("a", 0): [40, 41, 40.5, 46, 50], ("b", 0): [30, 29, 31, 35, 33], ("a", 1): [35, 36, 36, 40, 41]})
+    maps = _maps({("a", 0): [40, 43, 44, 43.5, 49, 53], ("b", 0): [30, 32, 31, 33, 37, 35],
+                  ("a", 1): [35, 37, 38, 38, 42, 43]})
     summary = st.effect_summary(st.module_effects(maps))
     scale = summary.loc["+ Scale-GeM", "Medium"]
     assert scale["mean"] == pytest.approx(np.mean([5.5, 4, 4]), abs=0.005)
     assert scale["std"] == pytest.approx(np.std([5.5, 4, 4]), abs=0.005)  # rounded to 0.01
     assert scale["sign holds"]
-    assert not summary.loc["GeM+", "Medium"]["sign holds"]          # +1, -1, +1
+    assert not summary.loc["+ GeM+", "Medium"]["sign holds"]        # +1, -1, +1
+    assert summary.loc["+ multi-scale", "Medium"]["sign holds"]     # +3, +2, +2
     assert not summary.loc[RERANK_ROW, "Medium"]["sign holds"]      # +4, -2, +1
     text = st.markdown_effects(summary)
-    assert "+ Scale-GeM | +4.5" in text and "(sign flips)" in text.split("GeM+ |")[1].split("\n")[0]
+    assert "+ Scale-GeM | +4.5" in text and "(sign flips)" in text.split("+ GeM+ |")[1].split("\n")[0]
     wide = st.build_maps_table(maps)
-    assert wide.loc[("b", 0), ("GeM+", "medium")] == 29 and not wide.isna().any().any()
+    assert wide.loc[("b", 0), ("+ GeM+", "medium")] == 31 and not wide.isna().any().any()
 
 
 def test_empty_or_missing_effects():
     with pytest.raises(ValueError, match="no measured rows"):
         st.module_effects(pd.DataFrame(columns=["pool", "seed", "row", "easy", "medium", "hard"]))
-    maps = _maps({("a", 0): [40, 41, 42, 43, 44], ("b", 0): [30, 31, 32, 33, 34]})
-    maps.loc[(maps.pool == "b") & (maps.row == "GeM+"), "medium"] = np.nan
+    maps = _maps({("a", 0): [40, 41, 42, 43, 44, 45], ("b", 0): [30, 31, 32, 33, 34, 35]})
+    maps.loc[(maps.pool == "b") & (maps.row == "+ GeM+"), "medium"] = np.nan
     summary = st.effect_summary(st.module_effects(maps))
-    assert not summary.loc["GeM+", ("Medium", "sign holds")]
+    assert not summary.loc["+ GeM+", ("Medium", "sign holds")]
 
 
 def test_zero_effect_is_not_a_held_sign():
-    maps = _maps({("a", 0): [40, 40, 41, 42, 43], ("b", 0): [30, 31, 32, 33, 34]})
-    assert not st.effect_summary(st.module_effects(maps)).loc["GeM+", "Medium"]["sign holds"]
+    maps = _maps({("a", 0): [40, 40, 41, 42, 43, 44], ("b", 0): [30, 31, 32, 33, 34, 35]})
+    assert not st.effect_summary(st.module_effects(maps)).loc["+ multi-scale", "Medium"]["sign holds"]
 
 
 def test_rerank_gain_correlation():
@@ -127,3 +129,15 @@ def test_rerank_grid_rows_match_single_evaluations():
     assert grid.loc["no rerank", "medium"] == base["medium"] and grid.index[0] == "no rerank"
     expect = evaluate_retrieval(q, x, gnd, RerankSettings(M=20, K=3, beta=0.15)).summary()
     assert grid.loc["K=3, beta=0.15", "hard"] == expect["hard"]
+
+
+def test_module_effects_refuse_a_ladder_with_a_gap():
+    """Rows from another ladder (a missing step, or a name the ladder lacks) would turn two changes into one
+    "effect": refused, naming the build."""
+    maps = _maps({("a", 0): [40, 43, 44, 43.5, 49, 53]})
+    with pytest.raises(ValueError, match=r"build \(a, 0\).*another ladder"):
+        st.module_effects(maps[maps.row != "+ multi-scale"])
+    renamed = maps.replace({"row": {"+ GeM+": "GeM+"}})
+    with pytest.raises(ValueError, match="another ladder"):
+        st.module_effects(renamed)
+    assert len(st.module_effects(maps[maps.row.isin(ROWS[:3])])) == 2    # a start of the ladder is fine

@@ -1,5 +1,6 @@
 """Experiment code shared by the notebooks and ``make demo``: the training-split whitening and figures."""
 import nbformat
+import pandas as pd
 import pytest
 import torch
 from nbclient import NotebookClient
@@ -55,7 +56,6 @@ def test_a_figure_shows_in_a_jupyter_kernel(monkeypatch):
 
 
 def test_paper_column_only_where_the_paper_has_a_number():
-    import pandas as pd
     from sglib.experiments.tables import PAPER_R101_RERANK_HARD, RERANK_ROW, with_paper_column
     table = pd.DataFrame({"Easy": [1.0, 2.0], "Medium": [3.0, 4.0], "Hard": [5.0, 6.0]}, index=["GeM (p=3)", RERANK_ROW])
     ours = with_paper_column(table, "roxford5k", checkpoint="cvnet.pyth", depth=101)
@@ -64,3 +64,55 @@ def test_paper_column_only_where_the_paper_has_a_number():
     for kwargs in ({"checkpoint": None}, {"checkpoint": "x", "depth": 50}):
         assert (with_paper_column(table, "roxford5k", **kwargs)["paper Hard"] == "n/a").all()
     assert (with_paper_column(table, "synthetic_views", "x")["paper Hard"] == "n/a").all()
+
+
+def test_module_ladder_changes_one_thing_per_row():
+    """The paper's ladder: every row differs from the row before in exactly one setting (with one scale the
+    aggregation over scales means nothing, so it is not counted), and Scale-GeM is the mean -> max step."""
+    import dataclasses
+    from sglib.experiments.tables import MODULE_SETTINGS, MULTISCALE_ROW, SCALE_GEM_ROW
+
+    def effective(st):
+        d = dataclasses.asdict(st)
+        if len(st.scales) == 1:
+            d["scale_agg"] = None
+        if not st.regional:
+            d.pop("regional_p"), d.pop("regional_kernel")
+        return d
+
+    rows = list(MODULE_SETTINGS.items())
+    for (prev_name, prev), (name, st) in zip(rows, rows[1:]):
+        a, b = effective(prev), effective(st)
+        changed = {k for k in set(a) & set(b) if a[k] != b[k]}   # regional_p / kernel exist only when it is on
+        if name == MULTISCALE_ROW:
+            changed -= {"scale_agg"}          # one scale -> 3 scales brings an aggregation with it
+        assert len(changed) == 1, (prev_name, name, changed)
+    assert MODULE_SETTINGS[SCALE_GEM_ROW].scale_agg == "max"
+    assert effective(rows[-2][1])["scale_agg"] == "mean" and len(rows[-2][1].scales) == 3
+
+
+def test_ladder_effects_and_their_words(tmp_path):
+    import json
+    from sglib.experiments.tables import committed_table, effect_words, ladder_effects
+    table = pd.DataFrame({"Easy": [80.0, 82.5, 82.2], "Medium": [60.0, 59.0, 61.0], "Hard": [30.0, 30.4, 29.0]},
+                         index=["a", "b", "c"])
+    eff = ladder_effects(table)
+    assert list(eff.index) == ["b", "c"] and eff.loc["b", "Easy"] == 2.5 and eff.loc["c", "Hard"] == -1.4
+    words = effect_words(eff)
+    assert words.loc["b", "Easy"] == "gains +2.5" and words.loc["b", "Hard"] == "no effect"
+    assert words.loc["b", "Medium"] == "costs -1.0"
+    (tmp_path / "demo.json").write_text(json.dumps({"bench": {"a": {"easy": 1, "medium": 2, "hard": 3}}}))
+    assert committed_table(tmp_path, "bench").loc["a", "Hard"] == 3
+    with pytest.raises(ValueError, match="run make demo"):
+        committed_table(tmp_path, "other")
+
+
+def test_page_banner_names_the_run_size_and_its_sources(tmp_path):
+    from sglib.experiments.pages import banner_text
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "x.json").write_text("{}")
+    small = banner_text(False, "python -m sglib x", ["results/x.json"], root=tmp_path)
+    assert "CI-size run" in small and "`results/x.json`" in small and "python -m sglib x" in small
+    assert "Full-size run" in banner_text(True, "cmd", [], root=tmp_path)
+    with pytest.raises(ValueError, match="run `cmd`"):
+        banner_text(False, "cmd", ["results/missing.json"], root=tmp_path)

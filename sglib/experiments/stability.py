@@ -4,8 +4,8 @@ One *build* is a ``synthetic_views`` benchmark rendered from one photo pool (``'
 :func:`sglib.embedded.synthetic_views.split_pools`: no scene is in both) with one seed, and its own training
 split. On each build, :func:`run_stability` measures
 
-* the paper's module rows (GeM, GeM+, + Regional-GeM, + Scale-GeM, + rerank; the whitening is fitted on that
-  build's training split), so each module's *effect* (row minus the row before) can be compared across builds
+* the paper's module rows (:data:`~sglib.experiments.tables.MODULE_SETTINGS`, one change per row, + rerank; the
+  whitening is fitted on that build's training split), so each module's *effect* (row minus the row before) can be compared across builds
   (:func:`module_effects`, :func:`effect_summary`);
 * reranking's gain on several base rankings (whitened Scale-GeM, whitened and raw single-scale GeM, for each
   backbone of the plan, at several K), with each base ranking's precision (mP@10, Hard mAP), for the
@@ -29,9 +29,9 @@ import pandas as pd
 from ..evaluation.protocol import PROTOCOLS
 from ..evaluation.retrieval import RerankSettings, evaluate_retrieval
 from .ablations import grid_features
-from .tables import MODULE_SETTINGS, RERANK_ROW, WHITENING_SETTINGS, fit_training_whitening
+from .tables import BASE_ROW, MODULE_SETTINGS, RERANK_ROW, SCALE_GEM_ROW, WHITENING_SETTINGS, fit_training_whitening
 
-BASE_GEM = "GeM (p=3)"
+BASE_GEM = BASE_ROW
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,13 +93,14 @@ class StabilityPlan:
 FULL_PLAN = StabilityPlan(
     name="full",
     build=(("n_landmark_scenes", 20), ("views_per_landmark", 14), ("n_distractor_views", 100),
-           ("n_distractor_scenes", 8), ("n_background_scenes", 6)),
+           ("n_distractor_scenes", 8), ("n_background_scenes", 10), ("n_train_background_scenes", 6)),
     backbones=("efficientnet_lite0", "mobilenet_v2"))
 # The notebook's CI run: the same builds, smaller and at a lower resolution (a few minutes on 2 cores).
 CI_PLAN = StabilityPlan(
     name="ci",
     build=(("n_landmark_scenes", 8), ("views_per_landmark", 10), ("n_distractor_views", 40),
-           ("n_distractor_scenes", 4), ("n_background_scenes", 4), ("train_views_per_class", 4),
+           ("n_distractor_scenes", 4), ("n_background_scenes", 6), ("n_train_background_scenes", 3),
+           ("train_views_per_class", 4),
            ("n_train_scenes", 14), ("max_side", 256)))
 
 
@@ -219,7 +220,12 @@ def module_effects(maps: pd.DataFrame) -> pd.DataFrame:
         raise ValueError("module_effects: no measured rows (run_stability measured no build)")
     for (pool, seed), build in maps.groupby(["pool", "seed"], sort=True):
         build = build.set_index("row")
-        order = [r for r in list(MODULE_SETTINGS) + [RERANK_ROW] if r in build.index]
+        ladder = list(MODULE_SETTINGS) + [RERANK_ROW]
+        order = [r for r in ladder if r in build.index]
+        if order != ladder[:len(order)] or len(order) != len(build.index):
+            # a row's effect is only its own change when the row before it in the ladder was measured too
+            raise ValueError(f"module_effects: build ({pool}, {seed}) has rows {list(build.index)}, not a start of the "
+                             f"ladder {ladder}: measured with another ladder? run `python -m sglib stability` again")
         for prev, row in zip(order, order[1:]):
             out.append({"pool": pool, "seed": seed, "module": row,
                         **{p: round(build.loc[row, p] - build.loc[prev, p], 2) for p in PROTOCOLS}})

@@ -1,9 +1,18 @@
 """The paper's module-by-module tables and the training-split whitening, shared by ``make demo`` and the notebooks.
 
-Rows follow the paper's ablation order, each adding one module to the row before it: GeM (p = 3),
-GeM+, + Regional-GeM, + Scale-GeM, + SuperGlobal reranking. One extraction serves every row and the
-whole ablation grid (:func:`sglib.experiments.ablations.pooling_grid`), so the notebooks and the demo
-share a single cached feature set.
+Rows follow the paper's ablation order and each changes ONE thing from the row before it (the paper's
+baseline, CVNet's global descriptor, is already multi-scale with mean aggregation; Scale-GeM is the change
+from mean to max over scales):
+
+1. GeM (p = 3) at one scale: the network's single-scale baseline;
+2. + multi-scale: the paper's 3 scales (1/sqrt 2, 1, sqrt 2), descriptors averaged;
+3. + GeM+: p = 4.6 instead of 3;
+4. + Regional-GeM;
+5. + Scale-GeM: max over the 3 scales instead of the mean;
+6. + SuperGlobal reranking of row 5.
+
+One extraction serves every row and the whole ablation grid (:func:`sglib.experiments.ablations.pooling_grid`),
+so the notebooks and the demo share a single cached feature set.
 """
 from __future__ import annotations
 
@@ -17,24 +26,30 @@ import pandas as pd
 
 from ..evaluation.retrieval import RerankSettings, evaluate_retrieval
 from ..evaluation.protocol import summary
-from ..method.descriptors import SCALES, DescriptorSettings
+from ..method.descriptors import GEM_PLUS_P, SCALES, DescriptorSettings
 from ..models.whitening import Whitening, fit_learned_whitening
 from ..scale.extract import build_extractor, cache_key, cached_features, image_fingerprint
 from .ablations import grid_features, pooling_grid
 
+BASE_ROW = "GeM (p=3)"
+MULTISCALE_ROW = "+ multi-scale"
+GEM_PLUS_ROW = "+ GeM+"
+REGIONAL_ROW = "+ Regional-GeM"
+SCALE_GEM_ROW = "+ Scale-GeM"
 MODULE_SETTINGS = {
-    "GeM (p=3)": DescriptorSettings(scales=(1.0,), gem_p=3.0, regional=False),
-    "GeM+": DescriptorSettings(scales=(1.0,), gem_p=4.6, regional=False),
-    "+ Regional-GeM": DescriptorSettings(scales=(1.0,), gem_p=4.6, regional=True),
-    "+ Scale-GeM": DescriptorSettings(scales=SCALES[3], gem_p=4.6, regional=True, scale_agg="max"),
+    BASE_ROW: DescriptorSettings(scales=SCALES[1], gem_p=3.0, regional=False),
+    MULTISCALE_ROW: DescriptorSettings(scales=SCALES[3], gem_p=3.0, regional=False, scale_agg="mean"),
+    GEM_PLUS_ROW: DescriptorSettings(scales=SCALES[3], gem_p=GEM_PLUS_P, regional=False, scale_agg="mean"),
+    REGIONAL_ROW: DescriptorSettings(scales=SCALES[3], gem_p=GEM_PLUS_P, regional=True, scale_agg="mean"),
+    SCALE_GEM_ROW: DescriptorSettings(scales=SCALES[3], gem_p=GEM_PLUS_P, regional=True, scale_agg="max"),
 }
 RERANK_ROW = "+ SuperGlobal rerank"
 # CVNet's own global descriptor (learned p, mean over 3 scales, ReLU+ off), then SuperGlobal's modules one by one
 CVNET_ROWS = {
     "CVNet global (baseline)": DescriptorSettings(scales=SCALES[3], gem_p=None, regional=False, scale_agg="mean"),
-    "+ GeM+": DescriptorSettings(scales=SCALES[3], gem_p=4.6, regional=False, scale_agg="mean"),
-    "+ Regional-GeM": DescriptorSettings(scales=SCALES[3], gem_p=4.6, regional=True, scale_agg="mean"),
-    "+ Scale-GeM": DescriptorSettings(scales=SCALES[3], gem_p=4.6, regional=True, scale_agg="max"),
+    GEM_PLUS_ROW: MODULE_SETTINGS[GEM_PLUS_ROW],
+    REGIONAL_ROW: MODULE_SETTINGS[REGIONAL_ROW],
+    SCALE_GEM_ROW: MODULE_SETTINGS[SCALE_GEM_ROW],
 }
 RELU_PLUS_ROW = "+ ReLU+"
 # What the paper reports with CVNet's ResNet-101 and reranking (mAP, %); see ../shared/spec/superglobal.md
@@ -90,6 +105,32 @@ def map_table(per_benchmark: dict) -> pd.DataFrame:
     return pd.concat(frames, axis=1).round(1)
 
 
+def ladder_effects(table: pd.DataFrame) -> pd.DataFrame:
+    """Each module's effect in a module table: its row minus the row before (mAP points), first row dropped.
+
+    Args:
+        table: rows in ladder order (e.g. one benchmark of :func:`map_table`), columns Easy / Medium / Hard.
+    """
+    return table.astype(float).diff().iloc[1:].round(2)
+
+
+def effect_words(effects: pd.DataFrame, noise: float = 0.5) -> pd.DataFrame:
+    """:func:`ladder_effects` in words: "gains +x.x", "costs -x.x", or "no effect" within ``noise`` points."""
+    def word(v):
+        return "no effect" if abs(v) < noise else (f"gains {v:+.1f}" if v > 0 else f"costs {v:+.1f}")
+    return effects.apply(lambda col: col.map(word))
+
+
+def committed_table(results_dir, benchmark: str) -> pd.DataFrame:
+    """The module table of ``benchmark`` that ``make demo`` wrote to ``results_dir/demo.json`` (mAP %, rows in
+    ladder order, columns Easy / Medium / Hard)."""
+    path = Path(results_dir) / "demo.json"
+    record = json.loads(path.read_text())
+    if benchmark not in record:
+        raise ValueError(f"{path} has no results for {benchmark!r} (it has {sorted(record)}): run make demo")
+    return pd.DataFrame(record[benchmark]).T.rename(columns=str.capitalize)[["Easy", "Medium", "Hard"]]
+
+
 def training_images(data_root, split: str = TRAIN_SPLIT) -> tuple[list[str], np.ndarray]:
     """Paths and integer labels of a synthetic-views training split (disjoint from its benchmark)."""
     folder = Path(data_root) / "datasets" / split
@@ -101,7 +142,8 @@ def training_images(data_root, split: str = TRAIN_SPLIT) -> tuple[list[str], np.
     return [str(folder / "jpg" / f"{r['image']}.jpg") for r in rows], np.array([names.index(r["label"]) for r in rows])
 
 
-def fit_training_whitening(model, data_root, cache_root, progress: bool = True, split: str = TRAIN_SPLIT) -> Whitening:
+def fit_training_whitening(model, data_root, cache_root, progress: bool = True, split: str = TRAIN_SPLIT,
+                           max_side: int | None = None) -> Whitening:
     """Supervised (Lw) whitening of ``model``'s backbone, fitted on the training split's GeM (p = 3) vectors.
 
     Views of the same training scene are the matching pairs. Plays the part of CVNet's trained
@@ -109,6 +151,8 @@ def fit_training_whitening(model, data_root, cache_root, progress: bool = True, 
     ``model.head`` holds, so fitting twice gives the same whitening. The shrinkage
     (:data:`WHITENING_SHRINKAGE`) makes the rank-deficient intra-pair covariance invertible; without it,
     directions the few training pairs never vary along are amplified without bound.
+
+    ``max_side`` downscales the training images as the test images are (None: as stored).
 
     Returns:
         a :class:`~sglib.models.whitening.Whitening` whose ``source`` names its inputs (features'
@@ -118,7 +162,7 @@ def fit_training_whitening(model, data_root, cache_root, progress: bool = True, 
         raise ValueError(f"{type(model).__name__} has its own trained head: the training-split whitening is for "
                          "ImageNet backbones")
     paths, labels = training_images(data_root, split)
-    extractor = build_extractor(model.with_head(None), {"gem3": WHITENING_SETTINGS})
+    extractor = build_extractor(model.with_head(None), {"gem3": WHITENING_SETTINGS}, max_side=max_side)
     feats = cached_features(cache_root, paths, extractor, progress=progress)
     i, j = np.triu_indices(len(labels), k=1)
     same = labels[i] == labels[j]
@@ -148,7 +192,7 @@ def paper_table(dataset, cache_root, checkpoint=None, depth: int = 101, backbone
                                   progress=progress)
         del results[RERANK_ROW]
         on = load_cvnet(checkpoint, depth=depth, relu_plus=True, device=device)
-        with_relu, _ = module_table(on, dataset, cache_root, {RELU_PLUS_ROW: CVNET_ROWS["+ Scale-GeM"]}, rerank,
+        with_relu, _ = module_table(on, dataset, cache_root, {RELU_PLUS_ROW: CVNET_ROWS[SCALE_GEM_ROW]}, rerank,
                                     grid={}, max_side=max_side, progress=progress)
         results.update(with_relu)
     else:
@@ -160,6 +204,7 @@ def paper_table(dataset, cache_root, checkpoint=None, depth: int = 101, backbone
     return map_table({dataset.name: results})[dataset.name]
 
 
-__all__ = ["MODULE_SETTINGS", "RERANK_ROW", "CVNET_ROWS", "RELU_PLUS_ROW", "PAPER_R101_RERANK_HARD", "with_rows",
-           "with_paper_column",
-           "module_table", "map_table", "training_images", "fit_training_whitening", "paper_table"]
+__all__ = ["BASE_ROW", "MULTISCALE_ROW", "GEM_PLUS_ROW", "REGIONAL_ROW", "SCALE_GEM_ROW", "MODULE_SETTINGS",
+           "RERANK_ROW", "CVNET_ROWS", "RELU_PLUS_ROW", "PAPER_R101_RERANK_HARD", "with_rows", "with_paper_column",
+           "module_table", "map_table", "ladder_effects", "effect_words", "committed_table", "training_images",
+           "fit_training_whitening", "paper_table"]

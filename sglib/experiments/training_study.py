@@ -8,7 +8,8 @@ same configuration otherwise, then evaluates on ``synthetic_views`` (never seen 
   training split's whitening) and after training, with the trained p, single scale, no Regional-GeM;
 * the off-the-shelf backbone with the demo's head (the whitening fitted on the whole training split at
   full resolution), the baseline that fine-tuning must beat;
-* the module table (GeM p=3, GeM+, + Regional-GeM, + Scale-GeM, + rerank) of each trained network;
+* the module table (:data:`~sglib.experiments.tables.MODULE_SETTINGS`, one change per row, + rerank) of each
+  trained network;
 * a sweep of the test-time p (single scale, no Regional-GeM) of each trained network.
 
 Results go to ``results/training_<plan>.json`` (:class:`StudyResult`); each run's folder keeps its
@@ -25,10 +26,11 @@ import pandas as pd
 
 from ..evaluation.retrieval import RerankSettings, evaluate_retrieval
 from ..method.descriptors import DescriptorSettings
+from ..embedded.synthetic_views import FORMAT_VERSION
 from ..training.data import embedded_training_set
 from ..training.loop import TrainConfig, read_log, train
 from .ablations import GEM_PS, grid_features, pooling_grid
-from .tables import MODULE_SETTINGS, RERANK_ROW, fit_training_whitening, with_rows
+from .tables import BASE_ROW, MODULE_SETTINGS, RERANK_ROW, fit_training_whitening, with_rows
 
 TRAINED_P_ROW = "GeM (trained p)"
 TRAINED_P = DescriptorSettings(scales=(1.0,), gem_p=None, regional=False)
@@ -146,13 +148,14 @@ def evaluate_study(data_root, plan: StudyPlan, runs_root, cache_root, rerank: Re
     maps = pd.DataFrame(rows).set_index(["network", "setting"])
     return StudyResult(maps, learned, {"name": plan.name, "losses": list(plan.losses),
                                        "config": plan.config.as_dict(), "val_classes": plan.val_classes,
+                                       "benchmark_format": FORMAT_VERSION,
                                        "max_side": plan.max_side, "gem_ps": list(plan.gem_ps)})
 
 
 def before_after(result: StudyResult) -> pd.DataFrame:
     """Medium / Hard mAP with the same pooling (trained p, single scale): the baseline, then each loss before and after."""
     m = result.maps
-    rows = {BASELINE + " (GeM p=3)": m.loc[(BASELINE, "GeM (p=3)")]}
+    rows = {BASELINE + " (GeM p=3)": m.loc[(BASELINE, BASE_ROW)]}
     for loss in result.learned_p:
         rows[f"{loss}: before"] = m.loc[(f"{loss}: before training", TRAINED_P_ROW)]
         rows[f"{loss}: after"] = m.loc[(f"{loss}: fine-tuned", TRAINED_P_ROW)]
@@ -192,6 +195,29 @@ def p_finding(result: StudyResult) -> pd.DataFrame:
     return pd.DataFrame(rows).T
 
 
+def findings(result: StudyResult) -> list[str]:
+    """What a study measured, as sentences whose every number is read from ``result`` (signed, so each reads right
+    whichever way it went): where p went, the learned p against the best test-time p, GeM+ against the learned p,
+    the gain over the off-the-shelf baseline with the same pooling, and each module's effect on each network."""
+    from .tables import effect_words, ladder_effects
+    finding, ba = p_finding(result), before_after(result)
+    base = ba.loc[BASELINE + f" ({BASE_ROW})"]
+    p0 = result.plan["config"]["p_init"]
+    out = []
+    for loss, row in finding.iterrows():
+        gain = ba.loc[f"{loss}: after"] - base
+        where = "below" if row["learned p"] < row["best test p"] else "at or above"
+        out.append(f"{loss}: p went from {p0:g} to {row['learned p']:.2f}, {where} the best test-time p "
+                   f"({row['best test p']:g}); GeM+ (4.6) minus the learned p: {row['GeM+ - learned p (mAP)']:+.2f} "
+                   f"Medium mAP; fine-tuned minus off the shelf (same pooling): Medium {gain.medium:+.1f}, "
+                   f"Hard {gain.hard:+.1f}")
+    modules = module_rows(result)
+    for net in modules.columns.levels[0]:
+        words = effect_words(ladder_effects(modules[net].rename(columns=str.capitalize)))
+        out.append(f"{net}, Medium: " + "; ".join(f"{row} {w}" for row, w in words["Medium"].items()))
+    return out
+
+
 def training_logs(plan: StudyPlan, runs_root) -> dict:
     """``{loss: log DataFrame}`` of the plan's runs that exist."""
     return {loss: read_log(run_dir(runs_root, plan, loss)) for loss in plan.losses
@@ -199,4 +225,4 @@ def training_logs(plan: StudyPlan, runs_root) -> dict:
 
 
 __all__ = ["StudyPlan", "FULL_STUDY", "CI_STUDY", "StudyResult", "train_study_runs", "evaluate_study", "before_after",
-           "module_rows", "p_sweep", "p_finding", "training_logs", "run_dir", "TRAINED_P_ROW", "BASELINE"]
+           "module_rows", "p_sweep", "p_finding", "findings", "training_logs", "run_dir", "TRAINED_P_ROW", "BASELINE"]

@@ -4,7 +4,7 @@ augmentations that depend only on (seed, step, position), so a resumed or distri
 Layouts read:
 
 * the embedded training split, ``DATA_ROOT/datasets/synthetic_views_train/{train.csv, jpg/}``
-  (``train.csv``: ``image,label,photo``; class = scene; disjoint from every test photo);
+  (``train.csv``: ``image,label,photo,context``; class = scene; no photo or scene of a test image);
 * Google Landmarks v2, ``ROOT/train.csv`` (``id,url,landmark_id``) or ``ROOT/train_clean.csv``
   (``landmark_id,images`` with space-separated ids), images at ``ROOT/train/a/b/c/abc....jpg``
   (the first three characters of the id name the folders).
