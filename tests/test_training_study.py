@@ -102,3 +102,20 @@ def test_loss_picker_callback_changes_what_is_shown():
     assert s["val mAP at start"] == 50.0 and s["val mAP at end"] == 70.0 and s["steps"] == 40
     with pytest.raises(ValueError, match="no training logs"):
         LossCurves({})
+
+
+def test_findings_read_every_number_from_the_result():
+    r = synthetic_result()
+    r.plan["config"] = {"p_init": 3.0}
+    lines = ts.findings(r)
+    assert len(lines) == 2 * len(r.learned_p) + 1            # a sentence per loss, then per network
+    ba, finding = ts.before_after(r), ts.p_finding(r)
+    gain = ba.loc["softmax: after"] - ba.iloc[0]
+    softmax = lines[1]
+    assert softmax.startswith("softmax: p went from 3 to 3.40, at or above")   # 3.4 learned: signed wording
+    assert f"Medium {gain.medium:+.1f}, Hard {gain.hard:+.1f}" in softmax
+    assert f"{finding.loc['softmax', 'GeM+ - learned p (mAP)']:+.2f} Medium mAP" in softmax
+    mods = ts.module_rows(r)[ts.BASELINE]
+    step = mods.loc[RERANK_ROW, "medium"] - mods.loc[list(MODULE_SETTINGS)[-1], "medium"]
+    word = "no effect" if abs(round(step, 2)) < 0.5 else f"{'gains' if step > 0 else 'costs'} {step:+.1f}"
+    assert lines[2].startswith(f"{ts.BASELINE}, Medium: ") and lines[2].endswith(f"{RERANK_ROW} {word}")

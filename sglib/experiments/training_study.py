@@ -201,7 +201,7 @@ def findings(result: StudyResult) -> list[str]:
     the gain over the off-the-shelf baseline with the same pooling, and each module's effect on each network."""
     from .tables import effect_words, ladder_effects
     finding, ba = p_finding(result), before_after(result)
-    base = ba.loc[BASELINE + f" ({BASE_ROW})"]
+    base = ba.iloc[0]                              # the off-the-shelf baseline
     p0 = result.plan["config"]["p_init"]
     out = []
     for loss, row in finding.iterrows():
