@@ -1,4 +1,5 @@
-"""Command line: ``python -m sglib {evaluate,train,download,build-data,demo,stability,report}``.
+"""Command line: ``python -m sglib {evaluate,train,train-study,download,build-data,demo,stability,report,
+design-check,rerankers}``.
 
 Every flag's value is checked when the command line is parsed, before any data or model is read;
 an expected failure (bad file, missing data, failed download) ends in one line on stderr and exit

@@ -217,6 +217,8 @@ def test_context_sharing_counts_negatives_on_the_query_context():
     assert out["top"] == 0.5 and out["lift"] == 2.0
     with pytest.raises(ValueError, match="do not match"):
         context_sharing(meta, ranks[:, :4], gnd)
+    with pytest.raises(ValueError, match=r"gnd\[1\] names database ids outside \[0, 5\)"):
+        context_sharing(meta, ranks, [gnd[0], {"easy": [], "hard": [5], "junk": []}])
 
 
 def test_easy_and_hard_dials_make_easy_views_easier(tiny):

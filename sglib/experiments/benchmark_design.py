@@ -39,6 +39,10 @@ def context_sharing(meta: dict, ranks: np.ndarray, gnd: list, top: int = 10) -> 
                          f"{len(queries)} queries and {len(database)} images do not match")
     if any("background" not in m for m in (*queries, *database)):
         raise ValueError("context_sharing: meta has no 'background' per image (a build older than format 3?)")
+    for i, g in enumerate(gnd):
+        ids = np.concatenate([np.asarray(g[key], dtype=np.int64).ravel() for key in ("easy", "hard", "junk")])
+        if ids.size and (ids.min() < 0 or ids.max() >= len(database)):
+            raise ValueError(f"context_sharing: gnd[{i}] names database ids outside [0, {len(database)})")
     backgrounds = np.array([m["background"] for m in database])
     top_shares, chances = [], []
     for i, g in enumerate(gnd):
@@ -106,9 +110,11 @@ def measure_design(data_root, name: str = "synthetic_views", backbone: str = "ef
     raw = grid_features(model.with_head(None), dataset, cache, {"gem": ({}, WHITENING_SETTINGS)}, progress=progress)
     model.head = fit_training_whitening(model, data_root, cache, progress, split=f"{name}_train")
     rows = MODULE_SETTINGS if rows is None else rows
-    ladder = grid_features(model, dataset, cache, {row: ({}, st) for row, st in rows.items()}, progress=progress)
-    white = grid_features(model, dataset, cache, {"gem": ({}, WHITENING_SETTINGS)}, progress=progress)["gem"]
-    report = design_report(*raw["gem"], *white, dataset.gnd, meta, ladder, rerank)
+    # the whitened GeM and every ladder row from one pass over the images
+    feats = grid_features(model, dataset, cache, {"whitened gem": ({}, WHITENING_SETTINGS),
+                                                  **{row: ({}, st) for row, st in rows.items()}}, progress=progress)
+    white = feats.pop("whitened gem")
+    report = design_report(*raw["gem"], *white, dataset.gnd, meta, feats, rerank)
     report["build"] = {"name": name, "queries": dataset.n_queries, "database": dataset.n_db, "backbone": backbone}
     return report
 

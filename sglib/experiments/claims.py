@@ -134,7 +134,7 @@ def measured_prefix(maps: pd.DataFrame) -> list:
     return prefix
 
 
-def ladder_effects(maps: pd.DataFrame, row: str) -> tuple:
+def row_effects(maps: pd.DataFrame, row: str) -> tuple:
     """``(the row before row in the ladder, row's effect in each build)`` from a stability ``maps`` table.
 
     Raises:
@@ -145,7 +145,7 @@ def ladder_effects(maps: pd.DataFrame, row: str) -> tuple:
         raise Absent(f"row {row!r} (not in the current ladder)")
     wanted = order[:order.index(row) + 1]
     if len(wanted) < 2:
-        raise ValueError(f"ladder_effects: {row!r} is the ladder's baseline, it has no effect")
+        raise ValueError(f"row_effects: {row!r} is the ladder's baseline, it has no effect")
     prefix = measured_prefix(maps)
     if len(prefix) < len(wanted):
         raise Absent(f"row {wanted[len(prefix)]!r}")
@@ -156,7 +156,7 @@ def ladder_effects(maps: pd.DataFrame, row: str) -> tuple:
 # ------------------------------------------------------------------------------------- readers
 
 def _module_fields(maps: pd.DataFrame, row: str) -> dict:
-    prev, effects = ladder_effects(maps, row)
+    prev, effects = row_effects(maps, row)
     return {"row": row, "prev": prev, "n": len(effects), **spreads(effects, row)}
 
 
@@ -337,5 +337,5 @@ def assess_all(results_dir, claims=CLAIMS) -> list:
 
 __all__ = ["Claim", "Assessment", "Spread", "Absent", "CLAIMS", "SOURCE_COMMANDS", "MIN_EFFECT", "VERDICT_RULE",
            "REPRODUCED", "NOT_REPRODUCED", "REVERSED", "NOT_MEASURABLE", "spreads", "verdict_of", "ladder", "builds",
-           "measured_prefix", "ladder_effects", "read_module_effect", "read_rerank", "read_fine_tuning",
+           "measured_prefix", "row_effects", "read_module_effect", "read_rerank", "read_fine_tuning",
            "read_gem_plus_fine_tuned", "loss_name", "loss_names", "source_path", "assess", "assess_all"]

@@ -170,14 +170,13 @@ def _medium_hard(values: dict, signed: bool = True) -> str:
     return f"{form.format(values['medium'])} / {form.format(values['hard'])}"
 
 
-def _finetune_gain(path: Path, loss: str = "arcface") -> dict | None:
-    """Medium / Hard of ``loss``'s fine-tuned network minus the off-the-shelf baseline (same pooling), or None."""
+def _finetune_gain(path: Path, benchmark_format: int, loss: str = "arcface") -> dict | None:
+    """Medium / Hard of ``loss``'s fine-tuned network minus the off-the-shelf baseline (same pooling), or None
+    when ``path`` holds no such study of that benchmark format (a study without the field is of format 2)."""
     if not path.is_file():
         return None
     result = StudyResult.load(path)
-    if "format2" not in path.parts and result.plan.get("benchmark_format") is None:
-        return None     # a study of format 2 left in place of format 3's
-    if loss not in result.learned_p:
+    if result.plan.get("benchmark_format", 2) != benchmark_format or loss not in result.learned_p:
         return None
     table = before_after(result)
     return (table.loc[f"{loss}: after"] - table.iloc[0]).to_dict()
@@ -218,7 +217,8 @@ def design_comparison(results_dir) -> str:
     last = f"rerank on {cl.ladder()[-2]}"
     row(f"ladder: {cl.ladder()[-1]}", lambda d: _medium_hard(d["effects"][last]) if last in d["effects"] else "—")
     extra = {"format 2": "format2/", "format 3": ""}
-    gains = {k: _finetune_gain(Path(results_dir) / extra[k] / "training_full.json") for k in labels}
+    gains = {k: _finetune_gain(Path(results_dir) / extra[k] / "training_full.json", int(k.split()[-1]))
+             for k in labels}
     lines.append("| fine-tuning with ArcFace, minus off the shelf (same pooling) | "
                  + " | ".join(_medium_hard(g) if g else "not measured" for g in gains.values()) + " |")
     stab = {k: Path(results_dir) / extra[k] / "stability.json" for k in labels}
