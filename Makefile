@@ -1,4 +1,4 @@
-# `make demo`: set up and run the main job on the embedded default benchmark.
+# `make demo`: set up and run the main job on the bundled default benchmark.
 # `make test`: set up if needed and run every test, notebooks included.
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -43,7 +43,7 @@ data: setup
 test: setup
 	$(PY) -m pytest tests -q -p no:cacheprovider --ignore=tests/test_browser.py
 	$(PY) -m pytest --nbval-lax notebooks -q -p no:cacheprovider
-	# 06 again on the second embedded benchmark: its claims are checked on the data each run uses
+	# 06 again on the second bundled benchmark: its claims are checked on the data each run uses
 	SGLIB_DATASET=multiview_real $(PY) -m pytest --nbval-lax notebooks/06_reproduce_paper.ipynb -q -p no:cacheprovider
 	$(PY) -m pytest tests/test_browser.py -q -p no:cacheprovider
 
@@ -64,11 +64,13 @@ clean-cache:
 lab: setup
 	cd notebooks && ../$(PY) -m jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-# The notebooks executed once (CI parameters) and rendered to docs/*.html for reading without running anything.
+# The notebooks executed once (CI parameters) and rendered to docs/*.html for reading without running anything,
+# then shrunk by tools/shrink_docs.py; tests/test_docs.py keeps docs/ under 3 MB.
 html: setup
 	mkdir -p docs
 	MPLBACKEND=module://matplotlib_inline.backend_inline $(PY) -m jupyter nbconvert --to html --execute \
 		--ExecutePreprocessor.timeout=3600 --ExecutePreprocessor.kernel_name=python3 \
 		--ExecutePreprocessor.store_widget_state=True --output-dir docs notebooks/*.ipynb
-	$(PY) -m sglib.experiments.docs_check docs
+	$(PY) tools/shrink_docs.py docs
+	$(PY) tools/docs_check.py docs
 

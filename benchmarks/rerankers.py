@@ -1,4 +1,4 @@
-"""Per-query latency of every reranker on the embedded benchmark, and SuperGlobal's speed-up over SIFT + RANSAC.
+"""Per-query latency of every reranker on the bundled benchmark, and SuperGlobal's speed-up over SIFT + RANSAC.
 
 Real descriptors: the ``+ Scale-GeM`` row of ``synthetic_views`` (EfficientNet-Lite0, cached by ``make data`` /
 ``make demo``). All methods are timed side by side in one run, interleaved, median of ``--repeats``
@@ -47,7 +47,7 @@ def main():
           f"faster per query ({sg['rerank ms']:.2f} vs {lv['rerank ms']:.1f} ms), whole query "
           f"{lv['total ms'] / sg['total ms']:.1f}x, {lv['bytes/image'] / sg['bytes/image']:.1f}x fewer bytes per image")
     if args.lightglue_pairs:
-        from sglib.evaluation.retrieval import rank_database
+        from sglib.evaluate.retrieval import rank_database
         lg = costs.lightglue_costs(dataset, rank_database(q, x), args.lightglue_pairs)
         per_query = lg["match ms"] * args.top_k
         print(f"ALIKED + LightGlue ({args.lightglue_pairs} pairs measured): {lg['features ms']:.0f} ms per image, "

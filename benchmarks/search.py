@@ -19,7 +19,7 @@ other jobs on a shared machine slow both sides alike. Prints:
      (``faiss.cvar.distance_compute_blas_threshold``), times and ratios to knn;
   3. IVF-PQ (fast-scan 4-bit PQ codes, fp16 refine) swept over nprobe at a fixed k_factor; the first
      nprobe reaching recall@100 >= 0.95 is then timed interleaved with exact knn: the speed-up;
-  4. memory-light ``sglib.evaluation.streaming.revisited_from_scores`` vs full arg-sort +
+  4. memory-light ``sglib.evaluate.streaming.revisited_from_scores`` vs full arg-sort +
      ``sglib.evaluate.revisited`` at the 70 revisited-Oxford queries, asserting identical numbers
      (N database items; 100,000 with --quick, which changes nothing else);
   with the peak resident-memory increase of each step (RSS sampled every 5 ms), then one line per
@@ -58,8 +58,8 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sglib.data.revisitop import read_revisitop_gnd  # noqa: E402
 from sglib import evaluate  # noqa: E402
-from sglib.evaluation import streaming  # noqa: E402
-from sglib.scale import search  # noqa: E402
+from sglib.evaluate import streaming  # noqa: E402
+from sglib import search  # noqa: E402
 
 SHARED = Path(os.environ.get("SGLIB_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
 GND = SHARED / "revisitop" / "gnd_roxford5k.pkl"

@@ -1,6 +1,6 @@
 """Training throughput (images/s) of `sglib train`, measured side by side in one run.
 
-Each configuration trains the same network on the embedded training split (`make data` builds it)
+Each configuration trains the same network on the bundled training split (`make data` builds it)
 for a few steps through sglib.training.train itself (data loading, augmentation, forward, backward,
 optimizer), and reports the median images/s of the steps after the warm-up ones, read from the
 run's log. Configurations: CPU (float32); on a GPU, float32 and mixed precision (bfloat16 where
@@ -16,7 +16,7 @@ import tempfile
 import torch
 
 from sglib.runtime import configure_threads
-from sglib.training import TrainConfig, embedded_training_set, read_log, train
+from sglib.training import TrainConfig, bundled_training_set, read_log, train
 
 WARMUP_STEPS = 3     # first steps pay for worker start-up and allocator growth
 
@@ -40,7 +40,7 @@ def main():
     p.add_argument("--backbone", default="efficientnet_lite0")
     args = p.parse_args()
     configure_threads(args.threads)
-    data = embedded_training_set(args.data_root)
+    data = bundled_training_set(args.data_root)
     base = dict(backbone=args.backbone, steps=args.steps, batch_size=args.batch_size, image_size=args.image_size,
                 warmup_steps=1, val_every=10_000, checkpoint_every=10_000, projection_init="random")
     rows = [("cpu float32", "cpu", TrainConfig(**base, amp=False))]

@@ -1,6 +1,6 @@
-"""``make demo``: the embedded default end to end.
+"""``make demo``: the bundled default end to end.
 
-Builds the embedded benchmarks from real photos (:mod:`sglib.embedded`), loads the pretrained
+Builds the bundled benchmarks from real photos (:mod:`sglib.bundled`), loads the pretrained
 EfficientNet-Lite0, fits its whitening on the disjoint training split, extracts once (cached), and
 prints E/M/H mAP for GeM (p = 3), GeM+, + Regional-GeM, + Scale-GeM and + SuperGlobal reranking on
 both benchmarks (:mod:`sglib.experiments.tables`).
@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from .evaluation.retrieval import RerankSettings, retrieve
-from .experiments.tables import MODULE_SETTINGS, fit_training_whitening, map_table, module_table
+from .evaluate.retrieval import RerankSettings, retrieve
+from .experiments.tables import MODULE_SETTINGS, map_table, module_table
+from .bundled.whitening import fit_training_whitening
 
 BENCHMARKS = ("synthetic_views", "multiview_real")
 
@@ -27,7 +28,7 @@ def run_demo(data_root="data", results_dir="results", backbone: str = "efficient
     and ``results_dir/demo_retrievals.png``. Returns the table.
     """
     from .data.revisitop import load_revisitop
-    from .embedded import build_all
+    from .bundled import build_all
     from .experiments.plots import plot_retrievals
     from .models import load_backbone
 

@@ -79,9 +79,9 @@ def measure(fns: Mapping[str, Callable[[], object]], repeats: int = 5, warmup: i
 def loglog_slope(sizes: Sequence[float], seconds: Sequence[float]) -> float:
     """Least-squares slope of log(seconds) against log(size): 1 for linear growth, 2 for quadratic."""
     sizes, seconds = np.asarray(sizes, float), np.asarray(seconds, float)
-    if len(sizes) != len(seconds) or len(np.unique(sizes)) < 2 or not (np.isfinite(sizes).all() and
-                                                                       np.isfinite(seconds).all()) \
-            or (sizes <= 0).any() or (seconds <= 0).any():
+    if (len(sizes) != len(seconds) or len(np.unique(sizes)) < 2 or not (np.isfinite(sizes).all() and
+                                                                       np.isfinite(seconds).all())
+            or (sizes <= 0).any() or (seconds <= 0).any()):
         raise ValueError(f"loglog_slope: need >= 2 distinct positive finite sizes and as many positive finite times, "
                          f"got {sizes.tolist()}, {seconds.tolist()}")
     return float(np.polyfit(np.log(sizes), np.log(seconds), 1)[0])

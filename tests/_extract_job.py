@@ -13,7 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from sglib.scale.extract import Extractor, extract_features, read_image_list
+from sglib.scale.extract import Extractor, extract_features
+from sglib.scale.shards import read_image_list
 from sglib.method.pooling import gem
 from sglib.data.preprocess import load_network_input
 

@@ -41,7 +41,7 @@ def gnd_roxford():
 @pytest.fixture(scope="session")
 def photos():
     """All manifest photos, fetched once into data/photo_cache (shared with `make demo` and the notebooks)."""
-    from sglib.embedded.photos import fetch_all
+    from sglib.bundled.photos import fetch_all
     return fetch_all(PHOTO_CACHE)
 
 

@@ -14,12 +14,12 @@ import torch
 
 import sglib
 from sglib.cli import _nan_to_none
-from sglib.evaluation.retrieval import RerankSettings, evaluate_retrieval
-from sglib.evaluation.protocol import revisited
+from sglib.evaluate.retrieval import RerankSettings, evaluate_retrieval
+from sglib.evaluate.protocol import revisited
 from sglib.method.descriptors import DescriptorSettings
 from sglib.models import CheckpointError, SuperGlobalNet, load_cvnet
-from sglib.scale.extract import (Extractor, build_extractor, extract_features, failed_images, finalize_job,
-                                 prepare_job)
+from sglib.scale.extract import Extractor, build_extractor, extract_features
+from sglib.scale.shards import failed_images, finalize_job, prepare_job
 
 from test_extract import write_synthetic_images
 
@@ -117,7 +117,7 @@ def test_a_live_writers_temporary_file_is_left_alone(tmp_path):
                    {"name": "channel-mean"})
     out = tmp_path / "out"
     extract_features(out, paths, ex, shard_size=1, progress=False)
-    from sglib.scale.extract import _HOST
+    from sglib.scale.shards import _HOST
     live = out / f".shard_00000.npy.{_HOST}.{os.getpid()}.tmp"          # this process is alive
     dead = out / f".shard_00001.npy.{_HOST}.{2 ** 22 + 12345}.tmp"       # no such process
     live.write_bytes(b"in flight")
@@ -219,7 +219,7 @@ def test_ground_truth_beyond_the_database_is_refused_when_the_whole_database_is_
     gnd = [{"easy": [0], "hard": [11], "junk": []}]
     with pytest.raises(ValueError, match=r"gnd\[0\]\['hard'\].*\[0, N=5\).*same dataset"):
         evaluate_retrieval(x[:1], x[:5], gnd)
-    from sglib.evaluation.streaming import evaluate_with_distractors
+    from sglib.evaluate.streaming import evaluate_with_distractors
     with pytest.raises(ValueError, match="same dataset"):
         evaluate_with_distractors(x[:1], x[:5], None, gnd)
     with pytest.raises(ValueError, match="RerankSettings"):
@@ -246,18 +246,6 @@ def test_extractor_counts_must_be_integers(field, value):
         Extractor(lambda x: x, lambda p, b: p, {"name": "n"}, **{field: value})
 
 
-def test_aliases_are_the_same_modules_and_reload_keeps_their_names():
-    import importlib
-    import sys
-    import sglib.evaluate.streaming
-    import sglib.search
-    assert sys.modules["sglib.evaluate.streaming"] is sglib.evaluation.streaming
-    # the module keeps its own spec, so importlib.reload (and notebook autoreload) reloads the real module
-    assert sglib.search is sglib.scale.search and sglib.scale.search.__spec__.name == "sglib.scale.search"
-    importlib.reload(sglib)
-    assert sum(type(f).__name__ == "_AliasFinder" for f in sys.meta_path) == 1
-
-
 @pytest.mark.parametrize("args,words", [
     (["--json", "{file}/sub/r.json"], "is a file, so nothing can be created under it"),
     (["--cache", ""], "expected a path, got an empty string"),
@@ -281,7 +269,8 @@ def test_cli_refuses_backbone_flags_with_a_checkpoint(tmp_path, capsys):
 
 
 def test_damaged_cache_folder_is_rebuilt_by_cached_features(tmp_path):
-    from sglib.scale.extract import cache_key, cached_features, shard_path
+    from sglib.scale.extract import cache_key, cached_features
+    from sglib.scale.shards import shard_path
     paths = write_synthetic_images(tmp_path / "img", 3)
     ex = Extractor(lambda x: x.mean(dim=(2, 3)), lambda p, b: sglib.data.preprocess.load_network_input(p, b),
                    {"name": "channel-mean"})
@@ -297,7 +286,7 @@ def test_damaged_cache_folder_is_rebuilt_by_cached_features(tmp_path):
 
 def test_paths_that_cannot_be_listed_and_non_integer_ids_are_refused(tmp_path):
     from sglib.scale.extract import cached_features
-    from sglib.scale.search import Database
+    from sglib.search import Database
     ex = Extractor(lambda x: x, lambda p, b: p, {"name": "n"})
     with pytest.raises(ValueError, match="tab or line break"):
         cached_features(tmp_path, [str(tmp_path / "a\tb.png")], ex)

@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 from scipy.ndimage import binary_dilation
 
-from sglib.embedded import build_multiview_real, build_synthetic_views
-from sglib.embedded import synthetic_views as sv
+from sglib.bundled import build_multiview_real, build_synthetic_views
+from sglib.bundled import synthetic_views as sv
 from sglib.data.revisitop import read_revisitop_gnd
 
 TINY = dict(n_landmark_scenes=6, views_per_landmark=8, n_distractor_views=12, n_distractor_scenes=3,
@@ -271,8 +271,8 @@ def test_multiview_real_gnd(photos, tmp_path):
         assert len(positives) == group_of.count(q["group"]) - 1
         W, H = Image.open(path / "jpg" / f"{q['name']}.jpg").size
         assert list(g["bbx"]) == [0, 0, W, H]
-        assert (path / "jpg" / f"{q['name']}.jpg").read_bytes() == \
-            (path / "jpg" / f"{gnd['imlist'][q['db_index']]}.jpg").read_bytes()
+        assert ((path / "jpg" / f"{q['name']}.jpg").read_bytes() ==
+            (path / "jpg" / f"{gnd['imlist'][q['db_index']]}.jpg").read_bytes())
     # Chartres, whose facade looks like Notre-Dame's, is a distractor only; Notre-Dame matches only Notre-Dame
     index = {d["photo"]: i for i, d in enumerate(meta["database"])}
     chartres, notre_dame = index["vismatch/chartres.jpg"], index["vismatch/notre_dame.jpg"]

@@ -280,8 +280,8 @@ def test_notebook_in_browser(notebook, browser, lab):
             while time.time() < deadline:   # changed, images loaded, kernel idle, and the same 1 s later
                 time.sleep(1.0)
                 sig = _signature(page, i)
-                if sig["shown"] != before_sig["shown"] and sig["pending"] == 0 and sig == last and \
-                        _kernel_state(lab, notebook) == "idle":
+                if (sig["shown"] != before_sig["shown"] and sig["pending"] == 0 and sig == last and
+                        _kernel_state(lab, notebook) == "idle"):
                     changed = True
                     break
                 last = sig

@@ -20,7 +20,7 @@ from sglib.experiments import claims as cl
 from sglib.experiments import report
 from sglib.experiments.stability import StabilityResult
 from sglib.experiments.tables import BASE_ROW, GEM_PLUS_ROW, REGIONAL_ROW, RERANK_ROW, SCALE_GEM_ROW
-from sglib.embedded.synthetic_views import FORMAT_VERSION
+from sglib.bundled.synthetic_views import FORMAT_VERSION
 from sglib.experiments.training_study import BASELINE, TRAINED_P_ROW, StudyResult
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,8 +98,8 @@ def test_committed_readme_is_what_the_committed_results_give():
     assert r.returncode == 0, f"README.md is out of date with results/ (run python -m sglib report):\n{r.stderr}"
     text = README.read_text(encoding="utf-8")
     assert report.render(text, ROOT / "results")[0] == text   # same files, same bytes
-    assert set(m.group("name") for m in report.GENERATED_BLOCK.finditer(text)) == set(report.BLOCKS), \
-        "every block report can write is in the README"
+    assert set(m.group("name") for m in report.GENERATED_BLOCK.finditer(text)) == set(report.BLOCKS), (
+        "every block report can write is in the README")
 
 
 # ------------------------------------------------------------------------------------- (b) one digit changed
@@ -178,13 +178,13 @@ def test_rerank_claim_reports_the_raw_descriptors(tmp_path):
 
 def test_a_missing_ladder_row_is_not_measured_from_it_on(tmp_path):
     results = write_stability(tmp_path / "results", drop=(RERANK_ROW,))
-    assert cl.assess(claim("rerank"), results).verdict == \
-        f"not measured (row '{RERANK_ROW}' absent from results/stability.json)"
+    assert (cl.assess(claim("rerank"), results).verdict ==
+        f"not measured (row '{RERANK_ROW}' absent from results/stability.json)")
     assert cl.assess(claim("scale-gem"), results).verdict == cl.REPRODUCED
     results = write_stability(tmp_path / "other" / "results", drop=(GEM_PLUS_ROW,))
     for claim_id in ("gem-plus", "regional-gem", "scale-gem", "rerank"):   # every row after it changes meaning
-        assert cl.assess(claim(claim_id), results).verdict == \
-            f"not measured (row '{GEM_PLUS_ROW}' absent from results/stability.json)"
+        assert (cl.assess(claim(claim_id), results).verdict ==
+            f"not measured (row '{GEM_PLUS_ROW}' absent from results/stability.json)")
 
 
 def test_a_missing_file_is_not_measured(tmp_path):

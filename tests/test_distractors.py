@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sglib.embedded.crops import crop_boxes, distractor_photo_pool, write_distractor_crops
-from sglib.embedded.photos import Photo
-from sglib.evaluation.retrieval import RerankSettings, evaluate_retrieval
-from sglib.evaluation.streaming import evaluate_with_distractors
+from sglib.bundled.crops import crop_boxes, distractor_photo_pool, write_distractor_crops
+from sglib.bundled.photos import Photo
+from sglib.evaluate.retrieval import RerankSettings, evaluate_retrieval
+from sglib.evaluate.streaming import evaluate_with_distractors
 from sglib.scale.distractors import SIM_BLOCK, fit_gaussian, simulated_distractors
-from sglib.scale.search import Database, knn
+from sglib.search import Database, knn
 
 from conftest import ROOT
 

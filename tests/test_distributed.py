@@ -1,4 +1,4 @@
-"""torchrun extraction (sglib.scale.distributed): two CPU processes (gloo) give the single-process result,
+"""torchrun extraction (`torchrun -m sglib extract`, sglib.scale.distributed): two CPU processes (gloo) give the single-process result,
 into the cache folder that the CLI and the notebooks then read without a forward pass.
 
 The images are synthetic (seeded noise PNGs) and the checkpoint is a synthetic, randomly initialised
@@ -18,8 +18,8 @@ from sglib import cli
 from sglib.data.revisitop import load_revisitop
 from sglib.method.descriptors import DescriptorSettings
 from sglib.models import SuperGlobalNet, load_cvnet
-from sglib.scale.extract import (build_extractor, cache_key, dataset_features, extract_features, failed_images,
-                                 load_features, read_manifest, write_image_list)
+from sglib.scale.extract import build_extractor, cache_key, dataset_features, extract_features
+from sglib.scale.shards import failed_images, load_features, read_manifest, write_image_list
 
 from test_extract import write_synthetic_images
 
@@ -43,7 +43,7 @@ def synthetic_checkpoint(tmp_path_factory):
 
 def torchrun(nproc, list_file, where, checkpoint, *extra):
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--nnodes=1",
-           "--master_addr=127.0.0.1", f"--master_port={free_port()}", "-m", "sglib.scale.distributed",
+           "--master_addr=127.0.0.1", f"--master_port={free_port()}", "-m", "sglib", "extract",
            "--images", str(list_file), *where, "--checkpoint", str(checkpoint),
            "--scales", "0.7071,1.0", "--device", "cpu", "--shard-size", "2", "--num-workers", "1", *extra]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}

@@ -175,8 +175,8 @@ def test_paris_archives_are_flattened(server, tmp_path):
     server.files["/vgg/parisbuildings/paris_2-v1.tgz"] = tgz({path_of(n): images[n] for n in imlist[2:] + qimlist})
     server.files["/gnd/rparis6k/gnd_rparis6k.pkl"] = synthetic_gnd_bytes(tmp_path, imlist, qimlist)
     ds = download_revisitop("rparis6k", tmp_path, **urls(server), **FAST)
-    assert sorted(p.name for p in (tmp_path / "datasets" / "rparis6k" / "jpg").iterdir()) == \
-        sorted(f"{n}.jpg" for n in imlist + qimlist)
+    assert (sorted(p.name for p in (tmp_path / "datasets" / "rparis6k" / "jpg").iterdir()) ==
+        sorted(f"{n}.jpg" for n in imlist + qimlist))
     assert ds.query_path(0).read_bytes() == images["paris_louvre_000002"]
 
 

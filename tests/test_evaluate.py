@@ -4,8 +4,8 @@ import pickle
 import numpy as np
 import pytest
 
-from sglib.evaluation.protocol import PROTOCOLS, protocol_sets, results_table, revisited, summary
-from sglib.evaluation.shortlist import junk_to_end
+from sglib.evaluate.protocol import PROTOCOLS, protocol_sets, results_table, revisited, summary
+from sglib.evaluate.shortlist import junk_to_end
 from conftest import DATA, REVISITOP
 
 

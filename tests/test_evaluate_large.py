@@ -1,11 +1,11 @@
-"""sglib.evaluation.streaming against sglib.evaluate.revisited on the full stable arg-sort ranking."""
+"""sglib.evaluate.streaming against sglib.evaluate.revisited on the full stable arg-sort ranking."""
 
 import numpy as np
 import pytest
 import torch
 
-from sglib.evaluation import streaming as el
-from sglib.evaluation.protocol import PROTOCOLS, revisited
+from sglib.evaluate import streaming as el
+from sglib.evaluate.protocol import PROTOCOLS, revisited
 
 
 

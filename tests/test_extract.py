@@ -16,9 +16,9 @@ import torch
 from PIL import Image
 
 from sglib.method.descriptors import DescriptorSettings
-from sglib.scale.extract import (Extractor, cache_key, cached_features, extract_features, failed_images, finalize_job,
-                           job_status, load_features, build_extractor, prepare_job, read_image_list, read_manifest,
-                           run_shards, shard_path, write_image_list)
+from sglib.scale.extract import Extractor, build_extractor, cache_key, cached_features, extract_features, run_shards
+from sglib.scale.shards import (failed_images, finalize_job, job_status, load_features, prepare_job, read_image_list,
+                                read_manifest, shard_path, write_image_list)
 from sglib.models import SuperGlobalNet
 from sglib.data.preprocess import load_network_input
 

@@ -1,11 +1,14 @@
 """The notebooks' outputs policy: committed without outputs (``make html`` renders executed copies into docs/),
 one kernel, a ``parameters`` cell, no absolute paths; and the checker of the rendered pages."""
 import json
+import sys
 from pathlib import Path
 
 import pytest
 
-from sglib.experiments.docs_check import check_page
+# the docs checker is a repository tool, not part of the library
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+from docs_check import check_page  # noqa: E402
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 
@@ -14,9 +17,9 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.i
 def test_committed_without_outputs_one_kernel_and_parameters(path):
     nb = json.loads(path.read_text())
     code = [c for c in nb["cells"] if c["cell_type"] == "code"]
-    assert all(not c.get("outputs") and c.get("execution_count") is None for c in code), \
-        f"{path.name} holds outputs: clear them (jupyter nbconvert --clear-output --inplace {path.name}); " \
-        "`make html` renders executed copies"
+    assert all(not c.get("outputs") and c.get("execution_count") is None for c in code), (
+        f"{path.name} holds outputs: clear them (jupyter nbconvert --clear-output --inplace {path.name}); "
+        "`make html` renders executed copies")
     assert nb["metadata"]["kernelspec"]["name"] == "python3", f"{path.name}: use the python3 kernel"
     assert any("parameters" in c.get("metadata", {}).get("tags", []) for c in code), f"{path.name}: no parameters cell"
     source = "".join("".join(c["source"]) for c in nb["cells"])

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from conftest import PHOTO_CACHE
-from sglib.embedded.photos import PhotoChecksumError, fetch_all, load_manifest, manifest_digest, verify_photo
+from sglib.bundled.photos import PhotoChecksumError, fetch_all, load_manifest, manifest_digest, verify_photo
 
 
 
@@ -65,6 +65,8 @@ def test_manifest_digest_changes_with_content():
     m2["sources"][0]["files"][0]["sha256"] = "0" * 64
     assert manifest_digest(m) != manifest_digest(m2)
     assert manifest_digest(m) == manifest_digest(json.loads(json.dumps(m)))
+    m2 = {**m, "description": m["description"] + " Reworded."}   # wording: nothing to rebuild
+    assert manifest_digest(m) == manifest_digest(m2)
 
 
 def _rcc(files: dict, version: int = 2) -> bytes:
@@ -111,7 +113,7 @@ def _rcc(files: dict, version: int = 2) -> bytes:
 
 @pytest.mark.parametrize("version", [1, 2])
 def test_rcc_members_are_read_back(version):
-    from sglib.embedded.photos import read_rcc_member
+    from sglib.bundled.photos import read_rcc_member
     files = {"gcompris/a/one.webp": (b"first file", False), "gcompris/a/two.txt": (b"x" * 300, True),
              "gcompris/b.bin": (bytes(range(256)), False)}
     bundle = _rcc(files, version)
@@ -140,7 +142,7 @@ def test_photo_kinds_and_scenes(photos):
 def test_rcc_damage_is_a_value_error():
     """Truncated, corrupt or unknown-version bundles raise ValueError naming the problem, never struct/zlib errors."""
     import struct
-    from sglib.embedded.photos import read_rcc_member
+    from sglib.bundled.photos import read_rcc_member
     files = {"d/one.bin": (b"abc" * 50, False), "d/two.bin": (b"xyz" * 100, True)}
     bundle = _rcc(files)
     for cut in range(20, len(bundle), 7):

@@ -7,10 +7,10 @@ import torch
 from sglib.experiments.ablations import pooling_grid
 from sglib.data.revisitop import load_revisitop
 from sglib.experiments.tables import CVNET_ROWS, RELU_PLUS_ROW, RERANK_ROW, map_table, paper_table, with_rows
-from sglib.evaluation.protocol import revisited
+from sglib.evaluate.protocol import revisited
 from sglib.method.descriptors import SCALES, DescriptorSettings
-from sglib.evaluation.retrieval import RerankSettings, RetrievalResult, evaluate_retrieval, rank_database, retrieve
-from sglib.evaluation.shortlist import junk_to_end
+from sglib.evaluate.retrieval import RerankSettings, RetrievalResult, evaluate_retrieval, rank_database, retrieve
+from sglib.evaluate.shortlist import junk_to_end
 from sglib.method.rerank import superglobal
 from sglib.models import SuperGlobalNet, load_cvnet
 from sglib.scale.extract import build_extractor, cache_key, cached_features, split_settings
@@ -103,7 +103,7 @@ def test_paper_table_with_cvnet_checkpoint(tiny_dataset, golden_checkpoint, tmp_
     assert list(table.columns) == ["Easy", "Medium", "Hard"]
     assert ((table.values >= 0) & (table.values <= 100)).all()
     # the baseline row is CVNet's own global descriptor, recomputed here directly
-    from sglib.evaluation.protocol import summary
+    from sglib.evaluate.protocol import summary
     from sglib.data.preprocess import load_network_input
     net = load_cvnet(golden_checkpoint, depth=50, relu_plus=False)
     st = CVNET_ROWS["CVNet global (baseline)"]

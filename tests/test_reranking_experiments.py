@@ -9,7 +9,7 @@ import torch
 
 from sglib import timing
 from sglib.data.revisitop import load_revisitop
-from sglib.evaluation.retrieval import evaluate_reranker, evaluate_retrieval
+from sglib.evaluate.retrieval import evaluate_reranker, evaluate_retrieval
 from sglib.experiments import costs, reranking as rr
 from sglib.experiments.widgets import RerankExplorer, TuningExplorer
 from sglib.method.rerank_reference import superglobal_steps
@@ -246,9 +246,9 @@ def test_timing_and_plot_checks():
 
 
 def test_distractor_explorer_follows_n_and_nprobe():
-    from sglib.evaluation.retrieval import RerankSettings
+    from sglib.evaluate.retrieval import RerankSettings
     from sglib.experiments.widgets import DistractorExplorer, positives_kept
-    from sglib.scale.search import build_index, knn
+    from sglib.search import build_index, knn
     q, x, gnd = synthetic_problem(8)
     rng = np.random.default_rng(0)
     dis = rng.standard_normal((2000, x.shape[1])).astype(np.float32)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from sglib.scale import search
+from sglib import search
 
 
 def naive_topk(q, x, k):

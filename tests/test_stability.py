@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from sglib.cli import build_parser
-from sglib.evaluation.retrieval import RerankSettings
+from sglib.evaluate.retrieval import RerankSettings
 from sglib.experiments import stability as st
 from sglib.experiments.tables import MODULE_SETTINGS, RERANK_ROW
 
@@ -115,7 +115,7 @@ def test_cli_stability_flags():
 
 
 def test_rerank_grid_rows_match_single_evaluations():
-    from sglib.evaluation.retrieval import evaluate_retrieval
+    from sglib.evaluate.retrieval import evaluate_retrieval
     from sglib.experiments.ablations import rerank_grid
     rng = np.random.default_rng(0)
     x = rng.standard_normal((60, 8)).astype(np.float32)

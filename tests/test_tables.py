@@ -5,8 +5,8 @@ import pytest
 import torch
 from nbclient import NotebookClient
 
-from sglib.embedded import build_synthetic_views
-from sglib.experiments.tables import fit_training_whitening, training_images
+from sglib.bundled import build_synthetic_views
+from sglib.bundled.whitening import fit_training_whitening, training_images
 from sglib.models import load_backbone
 from sglib.scale.extract import model_key
 

@@ -3,7 +3,7 @@ CLI evaluates, and bad input.
 
 Images here are SYNTHETIC (seeded noise and colour blobs); the network is the packaged, pretrained
 EfficientNet-Lite0 at tiny crop sizes: the tests check the mechanics, not what training achieves
-(notebook 02 measures that on the embedded benchmark).
+(notebook 02 measures that on the bundled benchmark).
 """
 import csv
 import json
@@ -22,7 +22,7 @@ from PIL import Image
 
 from sglib import cli
 from sglib.models import CheckpointError, load_trained
-from sglib.training import (Augmentation, TrainConfig, TrainingSet, class_map, embedded_training_set,
+from sglib.training import (Augmentation, TrainConfig, TrainingSet, class_map, bundled_training_set,
                             gldv2_training_set, lr_factor, train)
 from sglib.training.data import batch_indices, gldv2_image_path, sample_seed
 from sglib.training.loop import LOG_COLUMNS, TIMING_COLUMNS
@@ -31,8 +31,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 N_CLASSES, PER_CLASS = 6, 4
 
 
-def write_embedded_split(data_root: pathlib.Path, bad: int | None = None) -> pathlib.Path:
-    """A SYNTHETIC training split in the embedded layout: per class a colour-blob prototype with noise."""
+def write_bundled_split(data_root: pathlib.Path, bad: int | None = None) -> pathlib.Path:
+    """A SYNTHETIC training split in the bundled layout: per class a colour-blob prototype with noise."""
     folder = data_root / "datasets" / "synthetic_views_train"
     (folder / "jpg").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
@@ -63,13 +63,13 @@ CLI_FLAGS = ["--dim", "16", "--steps", "8", "--warmup-steps", "2", "--batch-size
 
 @pytest.fixture(scope="module")
 def split_root(tmp_path_factory):
-    return write_embedded_split(tmp_path_factory.mktemp("train_data"))
+    return write_bundled_split(tmp_path_factory.mktemp("train_data"))
 
 
 @pytest.fixture(scope="module")
 def bad_split_root(tmp_path_factory):
     """The same split with one image (c1_v1) replaced by bytes that are not an image."""
-    return write_embedded_split(tmp_path_factory.mktemp("bad_train_data"), bad=5)
+    return write_bundled_split(tmp_path_factory.mktemp("bad_train_data"), bad=5)
 
 
 def run_cli(*args, env_extra=None, **kwargs):
@@ -128,7 +128,7 @@ def test_gldv2_layout_both_csvs_missing_images_and_class_filter(tmp_path, capsys
 
 
 def test_batches_and_augmentations_depend_only_on_seed_step_position(split_root):
-    data = embedded_training_set(split_root)
+    data = bundled_training_set(split_root)
     assert (data.n_classes, len(data)) == (N_CLASSES, N_CLASSES * PER_CLASS)
     epoch = np.concatenate([batch_indices(len(data), 5, 1, s) for s in range(4)])   # 24 // 5 = 4 batches
     assert len(set(epoch.tolist())) == 20
@@ -235,7 +235,7 @@ def test_two_torchrun_processes_equal_one_on_the_union_of_batches(bad_split_root
 
 
 def test_checkpoint_loads_in_cli_evaluate_and_as_a_backbone(split_root, tiny_dataset, tmp_path):
-    data, val = embedded_training_set(split_root).split_classes(2, seed=0)
+    data, val = bundled_training_set(split_root).split_classes(2, seed=0)
     run = train(data, TrainConfig(**TINY), tmp_path / "run", val, num_workers=0, progress=False)
     model = load_trained(tmp_path / "run" / "model.pt")
     assert float(model.gem_p) == pytest.approx(float(run.model.gem_p)) and model.descriptor_dim == 16
@@ -248,7 +248,7 @@ def test_checkpoint_loads_in_cli_evaluate_and_as_a_backbone(split_root, tiny_dat
               "--no-rerank", "--num-workers", "0", "--cache", str(tmp_path / "cache")]
     for which in ("model.pt", "checkpoint.pt"):
         out = tmp_path / f"{which}.json"
-        assert cli.main([*common, "--checkpoint", str(tmp_path / "run" / which), "--learned-p", "--json", str(out)]) == 0
+        assert cli.main([*common, "--checkpoint", str(tmp_path / "run" / which), "--gem-p", "learned", "--json", str(out)]) == 0
         record = json.loads(out.read_text())
         assert record["settings"]["gem_p"] is None and 0 <= record["map"]["medium"] <= 100
     assert cli.main([*common, "--backbone", "efficientnet_lite0", "--json", str(tmp_path / "base.json")]) == 0
@@ -263,7 +263,7 @@ def test_checkpoint_loads_in_cli_evaluate_and_as_a_backbone(split_root, tiny_dat
 
 
 def test_bad_runs_are_refused_with_the_reason(split_root, tmp_path):
-    data, val = embedded_training_set(split_root).split_classes(2, seed=0)
+    data, val = bundled_training_set(split_root).split_classes(2, seed=0)
     train(data, TrainConfig(**{**TINY, "steps": 2}), tmp_path / "run", val, num_workers=0, progress=False)
     with pytest.raises(ValueError, match=r"another configuration.*'margin': \(0.2, 0.3\)"):
         train(data, TrainConfig(**{**TINY, "steps": 2, "margin": 0.3}), tmp_path / "run", val, num_workers=0,
@@ -293,7 +293,7 @@ def test_bad_runs_are_refused_with_the_reason(split_root, tmp_path):
 
 def test_an_unreadable_training_image_is_logged_and_replaced(bad_split_root, tmp_path):
     from sglib.training.data import AugmentedImages
-    data = embedded_training_set(bad_split_root)
+    data = bundled_training_set(bad_split_root)
     image, label, failed = AugmentedImages(data, Augmentation(size=40))[(5, 1)]
     assert failed == [5] and label == data.labels[6] and image.shape == (3, 40, 40)   # the next image stands in
     run = train(data, TrainConfig(**{**TINY, "steps": 6, "batch_size": 8}), tmp_path / "run", num_workers=0,
@@ -306,7 +306,7 @@ def test_an_unreadable_training_image_is_logged_and_replaced(bad_split_root, tmp
 
 
 def test_a_diverging_run_stops_with_the_reason_and_keeps_its_checkpoint(split_root, tmp_path):
-    data = embedded_training_set(split_root)
+    data = bundled_training_set(split_root)
     config = TrainConfig(**{**TINY, "lr": 1e30, "optimizer": "sgd", "clip_grad": 1e30})
     with pytest.raises(ValueError, match="training diverged at step .*lower the learning rate"):
         train(data, config, tmp_path / "run", num_workers=0, progress=False)
@@ -314,7 +314,7 @@ def test_a_diverging_run_stops_with_the_reason_and_keeps_its_checkpoint(split_ro
 
 
 def test_a_restart_before_the_first_checkpoint_starts_a_clean_log(split_root, tmp_path):
-    data, val = embedded_training_set(split_root).split_classes(2, seed=0)
+    data, val = bundled_training_set(split_root).split_classes(2, seed=0)
     config = TrainConfig(**{**TINY, "steps": 2})
     train(data, config, tmp_path / "run", val, num_workers=0, progress=False)
     (tmp_path / "run" / "checkpoint.pt").unlink()
@@ -329,7 +329,7 @@ def test_a_cvnet_layout_resnet_fine_tunes_from_its_checkpoint(split_root, tmp_pa
     from sglib.models.cvnet import load_cvnet
     torch.manual_seed(0)
     torch.save({"model_state": SuperGlobalNet(depth=50).state_dict()}, tmp_path / "synthetic_R50.pyth")
-    data = embedded_training_set(split_root)
+    data = bundled_training_set(split_root)
     config = TrainConfig(**{**TINY, "dim": 2048, "steps": 2, "val_every": 2}, backbone="cvnet-r50",
                          weights=str(tmp_path / "synthetic_R50.pyth"), trainable_fraction=0.2)
     assert config.head_init == "keep"
@@ -345,6 +345,7 @@ def test_a_cvnet_layout_resnet_fine_tunes_from_its_checkpoint(split_root, tmp_pa
     with pytest.raises(ValueError, match="pass its file as weights"):
         TrainConfig(backbone="cvnet_r101")
     with pytest.raises(ValueError, match="dim must be 2048"):
-        TrainConfig(backbone="cvnet_r50", weights="x.pyth")
+        TrainConfig(backbone="cvnet_r50", weights="x.pyth", dim=512)
+    assert TrainConfig(backbone="cvnet_r50", weights="x.pyth").dim == 2048 and TrainConfig().dim == 512
     with pytest.raises(ValueError, match="has none"):
         TrainConfig(projection_init="keep")

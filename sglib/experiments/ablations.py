@@ -11,7 +11,7 @@ import itertools
 
 import pandas as pd
 
-from ..evaluation.retrieval import RerankSettings, evaluate_retrieval
+from ..evaluate.retrieval import RerankSettings, evaluate_retrieval
 from ..method.descriptors import GEM_PLUS_P, SCALES, DescriptorSettings
 from ..scale.extract import build_extractor, dataset_features, split_settings
 

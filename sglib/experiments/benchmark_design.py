@@ -1,9 +1,9 @@
-"""Is the embedded benchmark measuring landmarks, or its own rendering? Checks of a ``synthetic_views`` build.
+"""Is the bundled benchmark measuring landmarks, or its own rendering? Checks of a ``synthetic_views`` build.
 
 Every view is pasted into context cut from a small set of background photos, so two unrelated images can be
 similar because they share a context photo, a similarity no real landmark collection has. A whitening or a
 network fitted on the same context photos learns to remove it, which is why the training split must have its
-own (:func:`sglib.embedded.synthetic_views.assign_roles`). :func:`context_sharing` measures how much the shared
+own (:func:`sglib.bundled.synthetic_views.assign_roles`). :func:`context_sharing` measures how much the shared
 context drives a ranking; :func:`design_report` puts it beside the numbers it can distort (the whitening's
 effect, reranking with and without it, every ladder row), the side-by-side table of two builds.
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..evaluation.retrieval import RerankSettings, evaluate_retrieval, rank_database
+from ..evaluate.retrieval import RerankSettings, evaluate_retrieval, rank_database
 
 
 def context_sharing(meta: dict, ranks: np.ndarray, gnd: list, top: int = 10) -> dict:
@@ -101,7 +101,8 @@ def measure_design(data_root, name: str = "synthetic_views", backbone: str = "ef
     from ..data.revisitop import load_revisitop
     from ..models import load_backbone
     from .ablations import grid_features
-    from .tables import MODULE_SETTINGS, WHITENING_SETTINGS, fit_training_whitening
+    from .tables import MODULE_SETTINGS
+    from ..bundled.whitening import WHITENING_SETTINGS, fit_training_whitening
     data_root = Path(data_root)
     cache = data_root / "cache"
     dataset = load_revisitop(data_root, name, require_images=True)

@@ -29,7 +29,7 @@ from typing import Callable
 
 import pandas as pd
 
-from ..evaluation.protocol import PROTOCOLS
+from ..evaluate.protocol import PROTOCOLS
 from ..method.descriptors import GEM_PLUS_P
 from ..method.losses import LOSSES
 from . import tables
@@ -197,7 +197,7 @@ def loss_names(result: StudyResult) -> str:
 
 def _study(path: Path) -> tuple:
     """``(result, before_after(result))`` of a training study, or Absent naming the row it lacks."""
-    from ..embedded.synthetic_views import FORMAT_VERSION
+    from ..bundled.synthetic_views import FORMAT_VERSION
     result = StudyResult.load(path)
     if result.plan.get("benchmark_format") != FORMAT_VERSION:
         # a study of an older benchmark format (format 2 trained on the test images' context photos)

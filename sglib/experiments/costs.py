@@ -12,10 +12,10 @@ import os
 import numpy as np
 import pandas as pd
 
-from ..evaluation.protocol import revisited, summary
-from ..evaluation.retrieval import rank_database
+from ..evaluate.protocol import revisited, summary
+from ..evaluate.retrieval import rank_database
 from ..rerankers import RERANKERS, check_methods, database_graph, graph_neighbours
-from ..scale.search import knn
+from ..search import knn
 from ..timing import growth, measure
 from .reranking import compare_rerankers, method_rerank_fn
 
@@ -148,8 +148,8 @@ def simulated_database(x: np.ndarray, n: int, seed: int = 0, noise: float = 0.5)
     """
     rng = np.random.default_rng(seed)
     extra = max(0, n - len(x))
-    copies = x[rng.integers(0, len(x), extra)] + noise * rng.standard_normal((extra, x.shape[1])).astype(np.float32) \
-        / np.sqrt(x.shape[1])
+    copies = (x[rng.integers(0, len(x), extra)] + noise * rng.standard_normal((extra, x.shape[1])).astype(np.float32)
+        / np.sqrt(x.shape[1]))
     out = np.concatenate([x[:n], copies]).astype(np.float32)
     return out / np.linalg.norm(out, axis=1, keepdims=True)
 

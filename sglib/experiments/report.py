@@ -22,8 +22,8 @@ import re
 from pathlib import Path
 from typing import Callable
 
-from ..evaluation.protocol import PROTOCOLS
-from ..embedded.synthetic_views import FORMAT_VERSION
+from ..evaluate.protocol import PROTOCOLS
+from ..bundled.synthetic_views import FORMAT_VERSION
 from ..method.descriptors import GEM_PLUS_P
 from . import claims as cl
 from .stability import StabilityResult, effect_summary, markdown_effects, module_effects
@@ -75,8 +75,8 @@ def ladder_note(rows, source: str) -> str:
     unknown = [r for r in rows if r not in ladder]
     if not missing and not unknown:
         return ""
-    parts = ([f"lacks {', '.join(f'`{r}`' for r in missing)}"] if missing else []) + \
-            ([f"has {', '.join(f'`{r}`' for r in unknown)}, which the current ladder does not"] if unknown else [])
+    parts = (([f"lacks {', '.join(f'`{r}`' for r in missing)}"] if missing else []) +
+            ([f"has {', '.join(f'`{r}`' for r in unknown)}, which the current ladder does not"] if unknown else []))
     return (f"*`{source}` was written with another ladder than `sglib.experiments.tables.MODULE_SETTINGS`: it "
             f"{' and '.join(parts)}; `{cl.SOURCE_COMMANDS[source]}` writes it again.*")
 
@@ -250,7 +250,7 @@ def rerank_gain(results_dir) -> str:
 
 
 def rerankers_table(results_dir) -> str:
-    """Every reranker at its defaults on both embedded benchmarks, then each one tuned on validation queries and
+    """Every reranker at its defaults on both bundled benchmarks, then each one tuned on validation queries and
     scored on disjoint test queries (``python -m sglib rerankers``)."""
     source = "results/rerankers.json"
     data = json.loads(_path(results_dir, source).read_text())

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from .._checks import check_int
-from ..evaluation.retrieval import evaluate_reranker, evaluate_retrieval, rank_database
+from ..evaluate.retrieval import evaluate_reranker, evaluate_retrieval, rank_database
 from ..method.rerank import DEFAULT_BETA, DEFAULT_K
 from ..method.rerank_reference import superglobal_steps
 from ..rerankers import RERANKERS, DatabaseGraph, check_methods, database_graph, graph_neighbours, rerank
@@ -33,7 +33,7 @@ TUNING_GRID = {
 
 def benchmark_descriptors(data_root, name: str = "synthetic_views", backbone: str = "efficientnet_lite0",
                           crop_queries: bool = True, progress: bool = False, **benchmark_kwargs):
-    """The embedded benchmark ``name`` and its descriptors for every module row and pooling setting, cached.
+    """The bundled benchmark ``name`` and its descriptors for every module row and pooling setting, cached.
 
     The same extraction as ``make demo`` and notebooks 00/01 (their cache is reused): the backbone with the
     training-split whitening, every pooling setting from one pass.
@@ -42,10 +42,11 @@ def benchmark_descriptors(data_root, name: str = "synthetic_views", backbone: st
         ``(dataset, features)``: features ``{setting: (q (nq, D), x (N, D))}``, e.g. ``features[DESCRIPTOR_ROW]``.
     """
     from ..data.revisitop import load_revisitop
-    from ..embedded import build_all
+    from ..bundled import build_all
     from ..models import load_backbone
     from .ablations import grid_features, pooling_grid
-    from .tables import MODULE_SETTINGS, fit_training_whitening, with_rows
+    from .tables import MODULE_SETTINGS, with_rows
+    from ..bundled.whitening import fit_training_whitening
 
     build_all(data_root, progress=progress, **benchmark_kwargs)
     dataset = load_revisitop(data_root, name, require_images=True)
@@ -58,7 +59,7 @@ def benchmark_descriptors(data_root, name: str = "synthetic_views", backbone: st
 
 
 def method_rerank_fn(method: str, params: dict | None = None, graph: DatabaseGraph | None = None):
-    """``(q, x, ranks, M) -> ranks`` for :func:`sglib.evaluation.retrieval.evaluate_reranker`."""
+    """``(q, x, ranks, M) -> ranks`` for :func:`sglib.evaluate.retrieval.evaluate_reranker`."""
     params = dict(params or {})
     graph = graph if RERANKERS[check_methods([method])[0]].uses_graph else None
     return lambda q, x, ranks, m: rerank(method, q, x, ranks, m, graph=graph, **params)
@@ -132,7 +133,7 @@ def rerank_story(q, x, gnd, qi: int, M: int = DEFAULT_M, K: int = DEFAULT_K, bet
 def per_query_gain(q, x, gnd, method: str = "superglobal", M: int = DEFAULT_M, params: dict | None = None,
                    protocol: str = "medium") -> pd.DataFrame:
     """Per query: its number of positives under ``protocol``, AP (%) before and after reranking, and the gain."""
-    from ..evaluation.protocol import PROTOCOLS, protocol_sets
+    from ..evaluate.protocol import PROTOCOLS, protocol_sets
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol: expected one of {PROTOCOLS}, got {protocol!r}")
     before = evaluate_retrieval(q, x, gnd)[protocol]["aps"]

@@ -1,7 +1,7 @@
-"""Do the embedded benchmark's conclusions hold? Rebuild it with several seeds on two disjoint photo pools.
+"""Do the bundled benchmark's conclusions hold? Rebuild it with several seeds on two disjoint photo pools.
 
 One *build* is a ``synthetic_views`` benchmark rendered from one photo pool (``'a'`` or ``'b'``, see
-:func:`sglib.embedded.synthetic_views.split_pools`: no scene is in both) with one seed, and its own training
+:func:`sglib.bundled.synthetic_views.split_pools`: no scene is in both) with one seed, and its own training
 split. On each build, :func:`run_stability` measures
 
 * the paper's module rows (:data:`~sglib.experiments.tables.MODULE_SETTINGS`, one change per row, + rerank; the
@@ -26,10 +26,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..evaluation.protocol import PROTOCOLS
-from ..evaluation.retrieval import RerankSettings, evaluate_retrieval
+from ..evaluate.protocol import PROTOCOLS
+from ..evaluate.retrieval import RerankSettings, evaluate_retrieval
 from .ablations import grid_features
-from .tables import BASE_ROW, MODULE_SETTINGS, RERANK_ROW, SCALE_GEM_ROW, WHITENING_SETTINGS, fit_training_whitening
+from .tables import BASE_ROW, MODULE_SETTINGS, RERANK_ROW
+from ..bundled.whitening import WHITENING_SETTINGS, fit_training_whitening
 
 BASE_GEM = BASE_ROW
 
@@ -41,7 +42,7 @@ class StabilityPlan:
     Attributes:
         name: names the builds' folders (:func:`build_name`), so plans of other sizes do not overwrite each other.
         seeds, pools: every (pool, seed) pair is one build.
-        build: keyword arguments of :func:`sglib.embedded.synthetic_views.build_synthetic_views` (sizes), as
+        build: keyword arguments of :func:`sglib.bundled.synthetic_views.build_synthetic_views` (sizes), as
             ``(key, value)`` pairs (a dict is converted).
         backbones: ImageNet backbones of the rerank study; the module rows use the first.
         rerank: the reranking of the module table.
@@ -58,7 +59,7 @@ class StabilityPlan:
 
     def __post_init__(self):
         import inspect
-        from ..embedded.synthetic_views import build_synthetic_views
+        from ..bundled.synthetic_views import build_synthetic_views
         from ..models.imagenet import BACKBONES
         if isinstance(self.build, dict):
             object.__setattr__(self, "build", tuple(sorted(self.build.items())))
@@ -67,8 +68,8 @@ class StabilityPlan:
         seeds_ok = all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 0 for s in self.seeds)
         if not self.seeds or not seeds_ok or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"StabilityPlan.seeds: expected distinct integers >= 0, got {self.seeds!r}")
-        if isinstance(self.pools, str) or not self.pools or set(self.pools) - {"a", "b"} \
-                or len(set(self.pools)) != len(self.pools):
+        if (isinstance(self.pools, str) or not self.pools or set(self.pools) - {"a", "b"}
+                or len(set(self.pools)) != len(self.pools)):
             raise ValueError(f"StabilityPlan.pools: expected distinct pools from ('a', 'b'), got {self.pools!r}")
         if not self.backbones or set(self.backbones) - set(BACKBONES):
             raise ValueError(f"StabilityPlan.backbones: expected names from {sorted(BACKBONES)}, got {self.backbones!r}")
@@ -181,11 +182,11 @@ def run_stability(data_root, plan: StabilityPlan = FULL_PLAN, photos=None, progr
 
     Args:
         data_root: data root; photos are fetched into ``data_root/photo_cache`` when ``photos`` is None.
-        photos: the :class:`sglib.embedded.photos.Photo` list (default: the committed manifest's).
+        photos: the :class:`sglib.bundled.photos.Photo` list (default: the committed manifest's).
     """
     from ..data.revisitop import load_revisitop
-    from ..embedded.photos import fetch_all, manifest_digest
-    from ..embedded.synthetic_views import build_synthetic_views
+    from ..bundled.photos import fetch_all, manifest_digest
+    from ..bundled.synthetic_views import build_synthetic_views
     data_root = Path(data_root)
     photos = fetch_all(data_root / "photo_cache") if photos is None else photos
     map_rows, rerank_rows = [], []

@@ -1,4 +1,4 @@
-"""The paper's module-by-module tables and the training-split whitening, shared by ``make demo`` and the notebooks.
+"""The paper's module-by-module tables, shared by ``make demo`` and the notebooks.
 
 Rows follow the paper's ablation order and each changes ONE thing from the row before it (the paper's
 baseline, CVNet's global descriptor, is already multi-scale with mean aggregation; Scale-GeM is the change
@@ -16,19 +16,15 @@ so the notebooks and the demo share a single cached feature set.
 """
 from __future__ import annotations
 
-import csv
-import hashlib
 import json
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from ..evaluation.retrieval import RerankSettings, evaluate_retrieval
-from ..evaluation.protocol import summary
+from ..evaluate.retrieval import RerankSettings, evaluate_retrieval
+from ..evaluate.protocol import summary
 from ..method.descriptors import GEM_PLUS_P, SCALES, DescriptorSettings
-from ..models.whitening import Whitening, fit_learned_whitening
-from ..scale.extract import build_extractor, cache_key, cached_features, image_fingerprint
+from ..bundled.whitening import fit_training_whitening
 from .ablations import grid_features, pooling_grid
 
 BASE_ROW = "GeM (p=3)"
@@ -54,13 +50,6 @@ CVNET_ROWS = {
 RELU_PLUS_ROW = "+ ReLU+"
 # What the paper reports with CVNet's ResNet-101 and reranking (mAP, %); see ../shared/spec/superglobal.md
 PAPER_R101_RERANK_HARD = {"roxford5k": 80.2, "rparis6k": 86.7}
-
-WHITENING_SETTINGS = DescriptorSettings(scales=(1.0,), gem_p=3.0, regional=False)
-# the training split's pair differences span at most (images - classes) directions, fewer than the
-# descriptor size: shrinking their covariance towards the identity keeps the whitening well posed
-WHITENING_SHRINKAGE = 0.3
-TRAIN_SPLIT = "synthetic_views_train"
-
 
 def with_paper_column(table: pd.DataFrame, dataset: str, checkpoint=None, depth: int = 101) -> pd.DataFrame:
     """``table`` (rows = modules, columns Easy / Medium / Hard) plus ``paper Hard``: the paper's figure where it
@@ -131,50 +120,6 @@ def committed_table(results_dir, benchmark: str) -> pd.DataFrame:
     return pd.DataFrame(record[benchmark]).T.rename(columns=str.capitalize)[["Easy", "Medium", "Hard"]]
 
 
-def training_images(data_root, split: str = TRAIN_SPLIT) -> tuple[list[str], np.ndarray]:
-    """Paths and integer labels of a synthetic-views training split (disjoint from its benchmark)."""
-    folder = Path(data_root) / "datasets" / split
-    with open(folder / "train.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
-        raise ValueError(f"{folder / 'train.csv'} lists no training images")
-    names = sorted({r["label"] for r in rows})
-    return [str(folder / "jpg" / f"{r['image']}.jpg") for r in rows], np.array([names.index(r["label"]) for r in rows])
-
-
-def fit_training_whitening(model, data_root, cache_root, progress: bool = True, split: str = TRAIN_SPLIT,
-                           max_side: int | None = None) -> Whitening:
-    """Supervised (Lw) whitening of ``model``'s backbone, fitted on the training split's GeM (p = 3) vectors.
-
-    Views of the same training scene are the matching pairs. Plays the part of CVNet's trained
-    2048 x 2048 layer for a backbone that has none. The vectors are pooled without any head, whatever
-    ``model.head`` holds, so fitting twice gives the same whitening. The shrinkage
-    (:data:`WHITENING_SHRINKAGE`) makes the rank-deficient intra-pair covariance invertible; without it,
-    directions the few training pairs never vary along are amplified without bound.
-
-    ``max_side`` downscales the training images as the test images are (None: as stored).
-
-    Returns:
-        a :class:`~sglib.models.whitening.Whitening` whose ``source`` names its inputs (features'
-        cache key, the training images' sizes and times, the labels) and parameters.
-    """
-    if not hasattr(model, "with_head"):
-        raise ValueError(f"{type(model).__name__} has its own trained head: the training-split whitening is for "
-                         "ImageNet backbones")
-    paths, labels = training_images(data_root, split)
-    extractor = build_extractor(model.with_head(None), {"gem3": WHITENING_SETTINGS}, max_side=max_side)
-    feats = cached_features(cache_root, paths, extractor, progress=progress)
-    i, j = np.triu_indices(len(labels), k=1)
-    same = labels[i] == labels[j]
-    pairs = np.stack([i[same], j[same]], axis=1)
-    whitening = fit_learned_whitening(feats, pairs, shrinkage=WHITENING_SHRINKAGE)
-    inputs = hashlib.sha256(json.dumps([image_fingerprint(p) for p in paths]).encode()
-                            + labels.tobytes()).hexdigest()[:24]
-    whitening.source = (f"lw shrinkage={WHITENING_SHRINKAGE} features={cache_key(paths, extractor)} "
-                        f"images+labels={inputs}")
-    return whitening
-
-
 def paper_table(dataset, cache_root, checkpoint=None, depth: int = 101, backbone: str = "efficientnet_lite0",
                 data_root=None, rerank: RerankSettings = RerankSettings(), max_side: int | None = None,
                 device: str = "cpu", progress: bool = True) -> pd.DataFrame:
@@ -182,7 +127,7 @@ def paper_table(dataset, cache_root, checkpoint=None, depth: int = 101, backbone
 
     With a CVNet ``checkpoint``: :data:`CVNET_ROWS` with ReLU+ off (the reference's "off"), then the
     same last row with ReLU+ on, then reranking: the paper's setting. Without one: the ImageNet
-    ``backbone`` with the whitening fitted on the embedded training split (needs ``data_root``),
+    ``backbone`` with the whitening fitted on the bundled training split (needs ``data_root``),
     rows :data:`MODULE_SETTINGS` then reranking. The network runs on ``device``.
     """
     from ..models import load_backbone, load_cvnet
@@ -206,5 +151,4 @@ def paper_table(dataset, cache_root, checkpoint=None, depth: int = 101, backbone
 
 __all__ = ["BASE_ROW", "MULTISCALE_ROW", "GEM_PLUS_ROW", "REGIONAL_ROW", "SCALE_GEM_ROW", "MODULE_SETTINGS",
            "RERANK_ROW", "CVNET_ROWS", "RELU_PLUS_ROW", "PAPER_R101_RERANK_HARD", "with_rows", "with_paper_column",
-           "module_table", "map_table", "ladder_effects", "effect_words", "committed_table", "training_images",
-           "fit_training_whitening", "paper_table"]
+           "module_table", "map_table", "ladder_effects", "effect_words", "committed_table", "paper_table"]

@@ -1,7 +1,7 @@
-"""The paper's first observation, measured on the embedded benchmark: what GeM's p becomes when it is learned
+"""The paper's first observation, measured on the bundled benchmark: what GeM's p becomes when it is learned
 with a margin loss, against the p that is best at test time, and what fine-tuning does to every module.
 
-A study trains one network per loss (:mod:`sglib.training`) on the embedded training split, with the
+A study trains one network per loss (:mod:`sglib.training`) on the bundled training split, with the
 same configuration otherwise, then evaluates on ``synthetic_views`` (never seen in training):
 
 * each network before (``start.pt``: the off-the-shelf backbone with the projection initialised as the
@@ -24,13 +24,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..evaluation.retrieval import RerankSettings, evaluate_retrieval
+from ..evaluate.retrieval import RerankSettings, evaluate_retrieval
 from ..method.descriptors import DescriptorSettings
-from ..embedded.synthetic_views import FORMAT_VERSION
-from ..training.data import embedded_training_set
+from ..bundled.synthetic_views import FORMAT_VERSION
+from ..training.data import bundled_training_set
 from ..training.loop import TrainConfig, read_log, train
 from .ablations import GEM_PS, grid_features, pooling_grid
-from .tables import BASE_ROW, MODULE_SETTINGS, RERANK_ROW, fit_training_whitening, with_rows
+from .tables import BASE_ROW, MODULE_SETTINGS, RERANK_ROW, with_rows
+from ..bundled.whitening import fit_training_whitening
 
 TRAINED_P_ROW = "GeM (trained p)"
 TRAINED_P = DescriptorSettings(scales=(1.0,), gem_p=None, regional=False)
@@ -104,7 +105,7 @@ class StudyResult:
 
 def train_study_runs(data_root, plan: StudyPlan, runs_root, progress: bool = True) -> dict:
     """Train (or resume, or find finished) one network per loss; ``{loss: run folder}``."""
-    data, val = embedded_training_set(data_root).split_classes(plan.val_classes, seed=plan.config.seed)
+    data, val = bundled_training_set(data_root).split_classes(plan.val_classes, seed=plan.config.seed)
     out = {}
     for loss in plan.losses:
         out[loss] = run_dir(runs_root, plan, loss)

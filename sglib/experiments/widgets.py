@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 
 from .._checks import check_int
-from ..evaluation.protocol import revisited, summary
-from ..evaluation.retrieval import evaluate_retrieval, rank_database
+from ..evaluate.protocol import revisited, summary
+from ..evaluate.retrieval import evaluate_retrieval, rank_database
 from ..method.rerank import DEFAULT_BETA, DEFAULT_K, DEFAULT_M
 from .ablation_plots import FAMILIES, FAMILY_PLOTS, GEM_P3
 from .plots import plot_before_after, plot_training_curves
@@ -276,13 +276,13 @@ class DistractorExplorer(_View):
     """Sliders for the number of distractors N and the IVF index's ``nprobe`` (notebook 04), from cached vectors.
 
     N: E/M/H mAP with N distractors (real crops first, then simulated) without and with reranking, re-evaluated
-    with :func:`sglib.evaluation.streaming.evaluate_with_distractors`. nprobe: recall@k of the IVF index over
+    with :func:`sglib.evaluate.streaming.evaluate_with_distractors`. nprobe: recall@k of the IVF index over
     the largest database against exact search, the positives it keeps and its time per query.
 
     Args:
         q, x: queries and benchmark database; gnd: ground truth; distractors: list of (n_i, D) arrays appended
             in order (real, then simulated); sizes: the N values offered; index: a faiss IVF index over
-            ``x + distractors[:max(sizes)]`` (:func:`sglib.scale.search.build_index`); exact_ids: (nq, k) exact
+            ``x + distractors[:max(sizes)]`` (:func:`sglib.search.build_index`); exact_ids: (nq, k) exact
             top-k over the same vectors; nprobes: the values offered; rerank: RerankSettings for the reranked rows.
     """
 
@@ -310,8 +310,8 @@ class DistractorExplorer(_View):
 
     def render(self, n: int, nprobe: int) -> pd.DataFrame:
         """One table: mAP rows at N distractors (global, + rerank) and the index row at ``nprobe``."""
-        from ..evaluation.streaming import evaluate_with_distractors
-        from ..scale.search import recall_at_k, search_index
+        from ..evaluate.streaming import evaluate_with_distractors
+        from ..search import recall_at_k, search_index
         from ..timing import measure
         rows = {}
         for label, rr in (("global", None), ("+ rerank", self.rerank)):

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from . import pooling
 from .._checks import check_tensor
+from .._settings import setting
 
 SCALES = {1: (1.0,), 3: (0.7071, 1.0, 1.4142), 5: (0.5, 0.7071, 1.0, 1.4142, 2.0)}
 GEM_PLUS_P = 4.6
@@ -21,6 +22,36 @@ GEM_PLUS_P = 4.6
 # fixed p here (plain GeM p=3, the p sweeps) uses the GeM+ floor, so that rows of a sweep differ in p alone.
 FIXED_P_EPS = 1e-8
 LEARNED_P_EPS = 1e-6
+
+
+def parse_scales(text: str) -> tuple:
+    """``"1"``, ``"3"``, ``"5"`` (the usual scale sets) or a comma list such as ``"0.7071,1,1.4142"``."""
+    if text in ("1", "3", "5"):
+        return SCALES[int(text)]
+    try:
+        return tuple(float(s) for s in text.split(","))
+    except ValueError:
+        raise ValueError(f"expected 1, 3, 5 or a comma list of numbers like 0.7071,1,1.4142, got {text!r}") from None
+
+
+def parse_gem_p(text: str) -> float | None:
+    """A number, or ``"learned"`` (None: the model's learned p)."""
+    if text == "learned":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"expected a number or 'learned', got {text!r}") from None
+
+
+def parse_scale_agg(text: str) -> str | float:
+    """``"max"``, ``"mean"`` or a number."""
+    if text in ("max", "mean"):
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"expected max, mean or a number, got {text!r}") from None
 
 
 @dataclass(frozen=True)
@@ -31,12 +62,16 @@ class DescriptorSettings:
     scale_agg: "max" (Scale-GeM, p = inf), "mean" (plain average), or a number (Scale-GeM with finite p).
     """
 
-    scales: tuple = SCALES[3]
-    gem_p: float | None = GEM_PLUS_P
-    regional: bool = True
-    regional_p: float = 2.5
-    regional_kernel: int = 5
-    scale_agg: str | float = "max"
+    scales: tuple = setting(SCALES[3], "image scales: 1, 3, 5 or a comma list of factors such as 0.7071,1,1.4142",
+                            parse=parse_scales, metavar="{1,3,5,LIST}")
+    gem_p: float | None = setting(GEM_PLUS_P, "fixed GeM p (4.6 = GeM+; 3 = plain GeM), or 'learned': the "
+                                              "checkpoint's own p (CVNet's, or the one `sglib train` ended with)",
+                                  parse=parse_gem_p, metavar="{P,learned}")
+    regional: bool = setting(True, "Regional-GeM on the feature map")
+    regional_p: float = setting(2.5, "Regional-GeM's p")
+    regional_kernel: int = setting(5, "Regional-GeM's window, an odd number of feature-map cells")
+    scale_agg: str | float = setting("max", "how scales are combined: max (Scale-GeM), mean, or a finite p",
+                                     parse=parse_scale_agg, metavar="{max,mean,P}")
 
     def __post_init__(self):
         try:
@@ -49,8 +84,8 @@ class DescriptorSettings:
             raise ValueError(f"gem_p must be a finite number > 0 (or None for a learned p), got {self.gem_p!r}")
         if not _positive(self.regional_p):
             raise ValueError(f"regional_p must be a finite number > 0, got {self.regional_p!r}")
-        if isinstance(self.regional_kernel, bool) or not isinstance(self.regional_kernel, int) or \
-                self.regional_kernel < 1 or self.regional_kernel % 2 == 0:
+        if (isinstance(self.regional_kernel, bool) or not isinstance(self.regional_kernel, int) or
+                self.regional_kernel < 1 or self.regional_kernel % 2 == 0):
             raise ValueError(f"regional_kernel must be a positive odd integer, got {self.regional_kernel!r}")
         if not (self.scale_agg in ("max", "mean") or _positive(self.scale_agg)):
             raise ValueError(f"scale_agg must be 'max', 'mean' or a finite number > 0, got {self.scale_agg!r}")

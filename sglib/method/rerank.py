@@ -8,7 +8,7 @@ A straightforward per-query version that materialises everything lives in
 :mod:`sglib.method.rerank_reference` (the readable statement of the spec, and the test oracle).
 
 The database may also be any object with ``shape`` (N, D) and ``take(ids) -> (len(ids), D)`` rows
-(e.g. :class:`sglib.scale.search.Database`, several parts that are never concatenated): only the
+(e.g. :class:`sglib.search.Database`, several parts that are never concatenated): only the
 top-M rows of each query are read.
 """
 from __future__ import annotations
@@ -131,8 +131,8 @@ def check_unit_rows(v: torch.Tensor, name: str, ids: torch.Tensor | None = None)
     names the database rows of ``v`` in the message."""
     bad = ((v.norm(dim=-1) - 1).abs() > UNIT_NORM_TOLERANCE) & torch.isfinite(v).all(-1)
     if bool(bad.any()):
-        which = f"database row(s) {torch.unique(ids[bad])[:10].tolist()}" if ids is not None else \
-            f"row(s) {torch.nonzero(bad.reshape(-1)).flatten()[:10].tolist()}"
+        which = (f"database row(s) {torch.unique(ids[bad])[:10].tolist()}" if ids is not None else
+            f"row(s) {torch.nonzero(bad.reshape(-1)).flatten()[:10].tolist()}")
         norm = float(v.norm(dim=-1)[bad].flatten()[0])
         raise ValueError(f"{name}: {which} have L2 norm {norm:.4g}, not 1: rerankers expect L2-normalised descriptors "
                          f"(normalise them first, e.g. torch.nn.functional.normalize(v, dim=1))")

@@ -200,8 +200,8 @@ def _resnet(name: str, state: dict | None, label: str, weights_id: str) -> Image
     from torchvision import models
 
     net = getattr(models, name)(weights=None)
-    absent = set() if state is None else \
-        load_state_strict(net, state, label, f"torchvision {name}", optional_prefixes=("fc.",))
+    absent = (set() if state is None else
+        load_state_strict(net, state, label, f"torchvision {name}", optional_prefixes=("fc.",)))
     # layer4's output: after the last block's ReLU, 2048 channels, stride 32
     body = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4)
     classifier = None if absent else _pooled_classifier(net.fc)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..pooling import relu_plus as _relu_plus
+from ..method.pooling import relu_plus as _relu_plus
 
 DEPTHS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 RELU_PLUS_FLOOR = 0.014

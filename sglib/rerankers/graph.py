@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .._checks import check_int
-from ..scale.search import knn
+from ..search import knn
 
 SPOT_CHECK_NODES = 64          # rows whose stored similarities are recomputed when a graph meets a database
 
@@ -180,8 +180,8 @@ def graph_for(x, k, graph: DatabaseGraph | None, device=None) -> DatabaseGraph:
     graph = graph.truncated(k)
     nodes = np.unique(np.linspace(0, graph.n - 1, min(SPOT_CHECK_NODES, graph.n)).astype(np.int64))
     ids = graph.ids[nodes].cpu().numpy()
-    take = x.take if hasattr(x, "take") and not isinstance(x, (np.ndarray, torch.Tensor)) else \
-        (lambda i: (x[torch.from_numpy(i).to(x.device)] if isinstance(x, torch.Tensor) else x[i]))
+    take = (x.take if hasattr(x, "take") and not isinstance(x, (np.ndarray, torch.Tensor)) else
+        (lambda i: (x[torch.from_numpy(i).to(x.device)] if isinstance(x, torch.Tensor) else x[i])))
     rows = np.asarray(_as_numpy(take(nodes)), np.float64)
     nbrs = np.asarray(_as_numpy(take(ids.reshape(-1))), np.float64).reshape(len(nodes), graph.k, -1)
     expect = np.einsum("nd,nkd->nk", rows, nbrs)

@@ -1,3 +1,4 @@
-"""Working at scale: blocked exact and faiss approximate search (``search``), sharded resumable
-extraction and the feature cache (``extract``), extraction across processes (``distributed``), and
-distractors (``distractors``)."""
+"""Working at scale: the shard store of a descriptor extraction job (``shards``), the extractor, its
+resumable loop and the feature cache (``extract``), extraction across processes with ``torchrun -m sglib
+extract`` (``distributed``), and distractors (``distractors``). Exact and faiss search is the leaf
+:mod:`sglib.search`."""

@@ -7,14 +7,14 @@
   :func:`sglib.scale.extract.cached_features` reads::
 
       python -c "from sglib.data.revisitop import revisitop1m_image_paths as r1m; \\
-                 from sglib.scale.extract import write_image_list; \\
+                 from sglib.scale.shards import write_image_list; \\
                  write_image_list('r1m.txt', r1m('data', require_images=True))"
-      torchrun --nproc_per_node=8 -m sglib.scale.distributed --images r1m.txt --cache-root data/cache \\
+      torchrun --nproc_per_node=8 -m sglib extract --images r1m.txt --cache-root data/cache \\
           --checkpoint CVPR2022_CVNet_R101.pyth --depth 101 --max-side 1024
 
   A killed run resumes from its finished shards (see :mod:`sglib.scale.distributed`).
 
-* **Real photo crops** of photos no benchmark image shows: :mod:`sglib.embedded.crops`.
+* **Real photo crops** of photos no benchmark image shows: :mod:`sglib.bundled.crops`.
 
 * **SIMULATED distractors** (:func:`fit_gaussian`, :func:`simulated_distractors`): Gaussian vectors with
   the mean and covariance (eigen-spectrum) of real distractor descriptors, then L2-normalised;
@@ -24,7 +24,7 @@
   equal N before reading anything into simulated curves (notebook ``04_million_distractors``).
 
 Evaluation against a database extended by distractors, never concatenated nor sorted:
-:func:`sglib.evaluation.streaming.evaluate_with_distractors`.
+:func:`sglib.evaluate.streaming.evaluate_with_distractors`.
 
 Example (simulation only):
     >>> real = np.random.default_rng(0).standard_normal((500, 16)).astype(np.float32)
@@ -58,7 +58,7 @@ SIM_BLOCK = 8192                      # rows per random block: row i depends onl
 def revisitop1m_features(data_root, extractor: Extractor, cache_root, progress: bool = True) -> np.ndarray:
     """(1001001, D) descriptors of revisitop1m through :func:`sglib.scale.extract.cached_features`.
 
-    Reads what ``torchrun -m sglib.scale.distributed --cache-root`` (same images, same extractor) wrote;
+    Reads what ``torchrun -m sglib extract --cache-root`` (same images, same extractor) wrote;
     otherwise extracts here, resumably (GPU-hours for the full list).
     """
     paths = revisitop1m_image_paths(data_root, require_images=True)

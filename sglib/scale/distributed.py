@@ -1,35 +1,34 @@
 """Descriptor extraction split over processes and machines with ``torchrun``.
 
 Every process (rank) computes the shards ``k`` with ``k % world_size == rank`` into the same
-output folder (:mod:`sglib.scale.extract` layout); rank 0 creates the job before and checks and
+output folder (:mod:`sglib.scale.shards` layout); rank 0 creates the job before and checks and
 finalises it after the others are done. Backend: NCCL when the processes use GPUs, gloo on CPU.
 A killed run resumes from the finished shards, with any number of processes.
 
 One machine, two processes (CPU or two GPUs)::
 
-    torchrun --nproc_per_node=2 -m sglib.scale.distributed --images list.txt --out feats/ \\
+    torchrun --nproc_per_node=2 -m sglib extract --images list.txt --out feats/ \\
         --model cvnet --weights CVPR2022_CVNet_R50.pyth
 
 Two machines sharing a file system (``--out`` and the images on it; run on each, node_rank 0 and 1)::
 
     torchrun --nnodes=2 --node_rank=0 --nproc_per_node=4 --master_addr=HOST0 --master_port=29500 \\
-        -m sglib.scale.distributed --images list.txt --out /shared/feats --model cvnet --weights R50.pyth
+        -m sglib extract --images list.txt --out /shared/feats --model cvnet --weights R50.pyth
 
 Without a shared file system, run the same command on each machine into a local folder, copy
 all ``shard_*`` files into one folder holding the same ``manifest.json`` (it is identical
-everywhere) and call :func:`sglib.scale.extract.finalize_job` on it.
+everywhere) and call :func:`sglib.scale.shards.finalize_job` on it.
 
 ``--cache-root DIR`` instead of ``--out`` writes to the folder that
 :func:`sglib.scale.extract.cached_features` reads for the same images, model and settings: the
 extractor is :func:`sglib.scale.extract.build_extractor`'s, as in the CLI and the notebooks, so
 ``python -m sglib evaluate --cache DIR`` and the notebooks then extract nothing.
 
-The image list is a :func:`sglib.scale.extract.write_image_list` file (``PATH`` or ``PATH<TAB>x1 y1 x2 y2``
-per line). Read the result with :func:`sglib.scale.extract.load_features`.
+The image list is a :func:`sglib.scale.shards.write_image_list` file (``PATH`` or ``PATH<TAB>x1 y1 x2 y2``
+per line). Read the result with :func:`sglib.scale.shards.load_features`.
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import os
 from typing import Callable, Sequence
@@ -37,8 +36,8 @@ from typing import Callable, Sequence
 import torch
 import torch.distributed as dist
 
-from .extract import (DEFAULT_SHARD_SIZE, Extractor, build_extractor, cache_key, finalize_job, prepare_job,
-                      read_image_list, run_shards)
+from .extract import Extractor, cache_key, run_shards
+from .shards import DEFAULT_SHARD_SIZE, finalize_job, prepare_job
 
 
 def _barrier(device: torch.device) -> None:
@@ -101,46 +100,3 @@ def extract_distributed(out_dir, images: Sequence, make_extractor: Callable[[tor
         return {**finalize_job(out_dir), "out_dir": str(out_dir)} if rank == 0 else None
     finally:
         dist.destroy_process_group()
-
-
-def _parser() -> argparse.ArgumentParser:
-    from ..cli import add_descriptor_flags, add_model_flags, positive_int
-    p = argparse.ArgumentParser(prog="torchrun --nproc_per_node=N -m sglib.scale.distributed",
-                                description="Extract SuperGlobal descriptors of an image list, split over processes.")
-    p.add_argument("--images", required=True, help="image list file: PATH or PATH<TAB>x1 y1 x2 y2 per line")
-    where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("--out", help="output folder (shared by all ranks)")
-    where.add_argument("--cache-root", help="feature cache folder: write to the subfolder cached_features() reads")
-    add_model_flags(p, required=True)
-    add_descriptor_flags(p)
-    p.add_argument("--shard-size", type=positive_int("--shard-size"), default=DEFAULT_SHARD_SIZE)
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--overwrite", action="store_true", help="delete the job files already in --out")
-    p.add_argument("--retry-failed", action="store_true", help="recompute shards that had failed images")
-    p.add_argument("--timeout-hours", type=float, default=72.0)
-    p.add_argument("--no-progress", action="store_true")
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    from ..cli import descriptor_settings, load_model
-    args = _parser().parse_args(argv)
-    paths, boxes = read_image_list(args.images)
-    settings = descriptor_settings(args)
-
-    def make_extractor(dev: torch.device) -> Extractor:
-        return build_extractor(load_model(args, dev), settings, max_side=args.max_side,
-                               batch_size=args.batch_size, num_workers=args.num_workers)
-
-    manifest = extract_distributed(args.out, paths, make_extractor, boxes, cache_root=args.cache_root,
-                                   device=args.device,
-                                   shard_size=args.shard_size, overwrite=args.overwrite,
-                                   retry_failed=args.retry_failed, progress=not args.no_progress,
-                                   timeout_hours=args.timeout_hours)
-    if manifest is not None:
-        print(f"{manifest['out_dir']}: {manifest['n_images']} images, dim {manifest['dim']}, "
-              f"{manifest['n_failed']} failed (see failed.json)")
-
-
-if __name__ == "__main__":
-    main()

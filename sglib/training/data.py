@@ -1,9 +1,9 @@
-"""Training data: labelled image lists (the embedded split, or Google Landmarks v2), a seeded batch order and
+"""Training data: labelled image lists (the bundled split, or Google Landmarks v2), a seeded batch order and
 augmentations that depend only on (seed, step, position), so a resumed or distributed run sees the same pixels.
 
 Layouts read:
 
-* the embedded training split, ``DATA_ROOT/datasets/synthetic_views_train/{train.csv, jpg/}``
+* the bundled training split, ``DATA_ROOT/datasets/synthetic_views_train/{train.csv, jpg/}``
   (``train.csv``: ``image,label,photo,context``; class = scene; no photo or scene of a test image);
 * Google Landmarks v2, ``ROOT/train.csv`` (``id,url,landmark_id``) or ``ROOT/train_clean.csv``
   (``landmark_id,images`` with space-separated ids), images at ``ROOT/train/a/b/c/abc....jpg``
@@ -26,7 +26,7 @@ import torchvision.transforms.v2.functional as TF
 
 from ..data.preprocess import ImageReadError, load_image
 
-EMBEDDED_SPLIT = "synthetic_views_train"
+BUNDLED_SPLIT = "synthetic_views_train"
 
 
 @dataclass(frozen=True)
@@ -96,8 +96,8 @@ class TrainingSet:
                 self.subset([c for c in self.classes if c in held], f"{self.name} (validation classes)"))
 
 
-def embedded_training_set(data_root, split: str = EMBEDDED_SPLIT) -> TrainingSet:
-    """The embedded benchmark's training split (``python -m sglib build-data`` writes it)."""
+def bundled_training_set(data_root, split: str = BUNDLED_SPLIT) -> TrainingSet:
+    """The bundled benchmark's training split (``python -m sglib build-data`` writes it)."""
     folder = Path(data_root) / "datasets" / split
     if not (folder / "train.csv").is_file():
         raise ValueError(f"no training split at {folder}: run `python -m sglib build-data --data-root {data_root}` "
@@ -157,8 +157,8 @@ def gldv2_training_set(root, csv_name: str = "train_clean.csv", min_images_per_c
                         raise ValueError(f"image {i} listed twice (landmarks {seen[i]} and {landmark})")
                     seen[i] = landmark
             except (TypeError, ValueError, AttributeError) as exc:
-                why = exc if isinstance(exc, ValueError) and "invalid literal" not in str(exc) else \
-                    f"expected an integer landmark_id and image ids, got {dict(row)}"
+                why = (exc if isinstance(exc, ValueError) and "invalid literal" not in str(exc) else
+                    f"expected an integer landmark_id and image ids, got {dict(row)}")
                 raise ValueError(f"{path}:{line}: {why}") from None
             by_class.setdefault(landmark, []).extend(ids)
     images = {lm: [gldv2_image_path(root, i) for i in ids] for lm, ids in by_class.items()}
@@ -309,6 +309,6 @@ def collate(samples):
             [i for s in samples for i in s[2]])
 
 
-__all__ = ["TrainingSet", "EMBEDDED_SPLIT", "embedded_training_set", "gldv2_training_set", "gldv2_image_path",
+__all__ = ["TrainingSet", "BUNDLED_SPLIT", "bundled_training_set", "gldv2_training_set", "gldv2_image_path",
            "batch_indices", "sample_seed", "Augmentation", "AugmentedImages", "collate", "read_uint8",
            "resized_for_eval"]

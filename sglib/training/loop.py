@@ -57,6 +57,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .._settings import setting
 from ..method.losses import LOSSES, make_loss
 from ..method.pooling import gem
 from ..method.descriptors import LEARNED_P_EPS
@@ -74,8 +75,9 @@ LOG_COLUMNS = ("step", "epoch", "loss", "gem_p", "lr", "grad_norm", "images_per_
 # columns that depend on the machine's speed, not on the computation
 TIMING_COLUMNS = ("images_per_s",)
 FAILED_COLUMNS = ("step", "image")
-LW_SHRINKAGE = 0.3        # as the benchmark's training-split whitening (sglib.experiments.tables)
+LW_SHRINKAGE = 0.3        # as the benchmark's training-split whitening (sglib.bundled.whitening)
 LW_MAX_IMAGES = 2000      # the projection's initial whitening is fitted on at most this many images
+DEFAULT_DIM, CVNET_DIM = 512, 2048   # CVNet keeps its trained 2048 x 2048 head
 P_MAX = 20.0              # GeM p is kept in [1, P_MAX]: beyond, it is max pooling to float precision
 
 
@@ -88,42 +90,50 @@ class TrainConfig:
     face-recognition papers' 0.5 / 64 are the loss classes' own defaults.
     """
 
-    backbone: str = "efficientnet_lite0"
-    weights: str | None = None         # torchvision state dict for resnet50/101; None: the packaged file
-    loss: str = "arcface"
-    margin: float = 0.2
-    scale: float = 30.0
-    learn_p: bool = True
-    p_init: float = 3.0
-    dim: int = 512
-    projection_init: str = "auto"      # "lw" (the baseline's whitening), "random", "keep" (CVNet's head);
-                                       # auto: keep for CVNet, lw otherwise
-    optimizer: str = "adamw"
-    lr: float = 1e-4
-    head_lr_mult: float = 10.0
-    p_lr_mult: float = 10.0
-    weight_decay: float = 1e-4
-    momentum: float = 0.9              # SGD only
-    steps: int = 200
-    warmup_steps: int = 20
-    batch_size: int = 32
-    image_size: int = 224
-    trainable_fraction: float = 1.0    # of the backbone's parameter tensors, counted from the output end
-    clip_grad: float = 5.0
-    amp: bool = True                   # mixed precision on CUDA (bfloat16 where supported); ignored on CPU
-    seed: int = 0
-    val_every: int = 50
-    checkpoint_every: int = 50
+    backbone: str = setting("efficientnet_lite0", "an ImageNet backbone (efficientnet_lite0, mobilenet_v2, "
+                                                  "resnet50, resnet101), or cvnet_r50 / cvnet_r101 (fine-tunes a "
+                                                  "CVNet checkpoint)")
+    weights: str | None = setting(None, "initial weights: torchvision state dict for resnet50/101, CVNet checkpoint "
+                                        "for cvnet_r50/101 (default: the packaged ImageNet file)", parse=str)
+    loss: str = setting("arcface", f"margin loss: {', '.join(LOSSES)}", metavar="{" + ",".join(LOSSES) + "}")
+    margin: float = setting(0.2, "angular margin in radians (ArcFace, CurricularFace)")
+    scale: float = setting(30.0, "logit scale s")
+    learn_p: bool = setting(True, "learn GeM p (--no-learn-p keeps --p-init fixed, e.g. 4.6)")
+    p_init: float = setting(3.0, "GeM p to start from (a CVNet checkpoint learning p starts from its own)")
+    dim: int | None = setting(None, "descriptor size, the projection's output (default: 512; 2048 for "
+                                    "cvnet_r50/101, whose head is kept)", parse=int)
+    projection_init: str = setting("auto", "lw: the training split's whitening; random; keep: a CVNet "
+                                           "checkpoint's head (auto: keep for CVNet, lw otherwise)",
+                                   metavar="{auto,lw,random,keep}")
+    optimizer: str = setting("adamw", "adamw or sgd", metavar="{adamw,sgd}")
+    lr: float = setting(1e-4, "peak learning rate of the backbone")
+    head_lr_mult: float = setting(10.0, "learning-rate multiplier of the projection and the loss's class centres")
+    p_lr_mult: float = setting(10.0, "learning-rate multiplier of the learned p")
+    weight_decay: float = setting(1e-4, "weight decay")
+    momentum: float = setting(0.9, "SGD momentum (sgd only)")
+    steps: int = setting(200, "optimiser steps")
+    warmup_steps: int = setting(20, "linear warm-up steps before the cosine decay")
+    batch_size: int = setting(32, "global batch (split over torchrun processes)")
+    image_size: int = setting(224, "side of the square training crop")
+    trainable_fraction: float = setting(1.0, "fraction of the backbone's parameter tensors trained, counted from "
+                                             "the output end (1 = all)")
+    clip_grad: float = setting(5.0, "gradient-norm clip")
+    amp: bool = setting(True, "mixed precision on CUDA (bfloat16 where supported); ignored on CPU")
+    seed: int = setting(0, "seed of the initial head, the batches and the augmentations")
+    val_every: int = setting(50, "steps between validation mAPs")
+    checkpoint_every: int = setting(50, "steps between checkpoints")
 
     def __post_init__(self):
         key = str(self.backbone).lower().replace("-", "_")
         object.__setattr__(self, "backbone", key if key in CVNET_BACKBONES else backbone_key(key))
+        if self.dim is None:
+            object.__setattr__(self, "dim", CVNET_DIM if self.cvnet else DEFAULT_DIM)
         if self.cvnet:
             if self.weights is None:
                 raise ValueError(f"{key} starts from a CVNet checkpoint: pass its file as weights (--weights "
                                  f"CVPR2022_CVNet_R{CVNET_BACKBONES[key]}.pyth)")
-            if self.dim != 2048:
-                raise ValueError(f"{key} keeps CVNet's 2048 x 2048 head: dim must be 2048, got {self.dim}")
+            if self.dim != CVNET_DIM:
+                raise ValueError(f"{key} keeps CVNet's 2048 x 2048 head: dim must be {CVNET_DIM}, got {self.dim}")
         elif self.projection_init == "keep":
             raise ValueError(f"projection_init='keep' keeps a CVNet checkpoint's trained head; {key} has none: use "
                              "'auto', 'lw' or 'random'")
@@ -152,8 +162,8 @@ class TrainConfig:
                                   ("momentum", 0, 1, False), ("trainable_fraction", 0, 1, True),
                                   ("p_init", 1, P_MAX, True)):
             v = getattr(self, name)
-            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and \
-                lo <= v and (v <= hi if top else v < hi) and not (name == "trainable_fraction" and v == 0)
+            ok = (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and
+                lo <= v and (v <= hi if top else v < hi) and not (name == "trainable_fraction" and v == 0))
             if not ok:
                 raise ValueError(f"{name} must be a number in {'(' if name == 'trainable_fraction' else '['}{lo:g}, "
                                  f"{hi:g}{']' if top else ')'}, got {v!r}")
@@ -420,8 +430,8 @@ class TrainRun:
 def _resumable(path: Path, config: TrainConfig, data: TrainingSet) -> dict:
     """The checkpoint in ``path`` if it resumes this run; ValueError saying why not otherwise."""
     blob = read_training_file(path)
-    if blob is None or not isinstance(blob.get("state"), dict) or \
-            not {"loss", "optimizer", "scaler"} <= set(blob["state"]):
+    if (blob is None or not isinstance(blob.get("state"), dict) or
+            not {"loss", "optimizer", "scaler"} <= set(blob["state"])):
         raise ValueError(f"{path} is not a resumable sglib training checkpoint: train into another folder")
     if blob["config"] != config.as_dict() or blob.get("data") != data.fingerprint():
         diff = {k: (blob["config"].get(k), v) for k, v in config.as_dict().items() if blob["config"].get(k) != v}
@@ -453,7 +463,7 @@ def train(data: TrainingSet, config: TrainConfig, out_dir, val: TrainingSet | No
     """Train, or resume the run in ``out_dir`` where its last checkpoint left off; see the module docstring.
 
     Args:
-        data: training images and labels (:func:`~sglib.training.data.embedded_training_set`,
+        data: training images and labels (:func:`~sglib.training.data.bundled_training_set`,
             :func:`~sglib.training.data.gldv2_training_set`).
         val: held-out classes for the validation mAP (:meth:`TrainingSet.split_classes`), or None.
         device: ``cpu``, ``cuda`` or ``cuda:N`` (under torchrun, ``cuda`` means each process's LOCAL_RANK GPU).
@@ -464,15 +474,15 @@ def train(data: TrainingSet, config: TrainConfig, out_dir, val: TrainingSet | No
             or the batch size does not split over the processes.
 
     Example:
-        >>> from sglib.training import TrainConfig, embedded_training_set, train      # doctest: +SKIP
-        >>> data, val = embedded_training_set("data").split_classes(8, seed=0)        # doctest: +SKIP
+        >>> from sglib.training import TrainConfig, bundled_training_set, train      # doctest: +SKIP
+        >>> data, val = bundled_training_set("data").split_classes(8, seed=0)        # doctest: +SKIP
         >>> run = train(data, TrainConfig(steps=100), "runs/arcface", val)           # doctest: +SKIP
     """
     if not isinstance(config, TrainConfig):
         raise ValueError(f"config: expected a TrainConfig, got {type(config).__name__}")
     for name, value in (("data", data), ("val", val)):
         if not isinstance(value, TrainingSet) and not (name == "val" and value is None):
-            raise ValueError(f"{name}: expected a TrainingSet (sglib.training.embedded_training_set, "
+            raise ValueError(f"{name}: expected a TrainingSet (sglib.training.bundled_training_set, "
                              f"gldv2_training_set), got {type(value).__name__}")
     rank, world, dev = _distributed(device)
     if config.batch_size % world:
@@ -516,8 +526,8 @@ def train(data: TrainingSet, config: TrainConfig, out_dir, val: TrainingSet | No
         _atomic_save(_checkpoint(model, trainee, optimizer, scaler, config, data, 0, False), out / "start.pt")
     model.eval()                 # frozen batch-norm statistics, no drop-connect (see the module docstring)
     trainee.loss.train()
-    ddp = nn.parallel.DistributedDataParallel(trainee, device_ids=[dev.index] if dev.type == "cuda" else None) \
-        if world > 1 else trainee
+    ddp = (nn.parallel.DistributedDataParallel(trainee, device_ids=[dev.index] if dev.type == "cuda" else None)
+        if world > 1 else trainee)
     validator = _Validator(val, config, model.normalization) if val is not None and rank == 0 else None
 
     if rank == 0:

