@@ -53,7 +53,14 @@ def check_int(value, name: str, lo: int | None = None, hi: int | None = None, wh
     ok = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
     if ok and (lo is None or value >= lo) and (hi is None or value <= hi):
         return int(value)
-    bounds = f" in [{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]"
+    if lo is None and hi is None:
+        bounds = ""
+    elif hi is None:
+        bounds = f" >= {lo}"
+    elif lo is None:
+        bounds = f" <= {hi}"
+    else:
+        bounds = f" in [{lo}, {hi}]"
     raise ValueError(f"{name}: expected an integer{bounds}{' ' + what if what else ''}, got {value!r}")
 
 

@@ -23,6 +23,7 @@ between thread counts, as convolutions sum in another order.
 from __future__ import annotations
 
 import os
+import warnings
 import time
 
 
@@ -89,6 +90,11 @@ def configure_threads(n: int | None = None) -> int:
         n = int(env) if env else free_cpus()
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"threads: expected an integer >= 1, got {n!r}")
+    usable = available_cpus()
+    if n > usable:   # more threads than CPUs only makes them wait for each other
+        warnings.warn(f"{n} threads asked for, but this process may use {usable} CPU(s): using {usable}",
+                      stacklevel=2)
+        n = usable
     torch.set_num_threads(n)
     threadpool_limits(n, user_api="blas")
     faiss.omp_set_num_threads(n)

@@ -296,3 +296,46 @@ def test_paths_that_cannot_be_listed_and_non_integer_ids_are_refused(tmp_path):
         Database([unit_rows(5, 4)]).take(np.array([1.7]))
     with pytest.raises(ValueError, match="start < stop"):
         Database([unit_rows(5, 4)]).rows(3, 3)
+
+
+# ------------------------------------------------------------------------------- issue 21, second hostile pass
+
+@pytest.mark.parametrize("max_side", [0, 8, 15, 2.5, True])
+def test_network_input_refuses_a_max_side_below_16_at_the_source(max_side, tmp_path):
+    from PIL import Image
+    from sglib.data.preprocess import load_network_input
+    path = tmp_path / "synthetic.png"
+    Image.new("RGB", (64, 48)).save(path)
+    with pytest.raises(ValueError, match="max_side must be None or an integer >= 16"):
+        load_network_input(path, max_side=max_side)
+    assert load_network_input(path, max_side=16).ndim == 4   # the smallest accepted target still gives an input
+
+
+def test_pooling_never_returns_nan_for_inputs_it_accepts():
+    x = torch.rand(2, 3, 7, 6)
+    shifted = sglib.pooling.regional_gem(x - 0.5)
+    assert torch.isfinite(shifted).all()
+    # negative cells count as 0 in the power mean (gem floors them at eps), the identity half is kept
+    expected = 0.5 * sglib.pooling.regional_gem(torch.zeros_like(x)) + 0.5 * (x - 0.5)
+    floored = sglib.pooling.regional_gem((x - 0.5).clamp(min=0)) - 0.5 * (x - 0.5).clamp(min=0) + 0.5 * (x - 0.5)
+    assert torch.allclose(shifted, floored, atol=1e-6) and expected.shape == shifted.shape
+    with pytest.raises(ValueError, match="floor"):
+        sglib.pooling.relu_plus(x, floor=float("nan"))
+
+
+def test_integer_checks_name_the_missing_bound_plainly():
+    with pytest.raises(ValueError, match=r"M: expected an integer >= 1 \(the shortlist size\), got 20.0"):
+        sglib.rerank.superglobal(np.eye(4, dtype=np.float32), np.eye(4, dtype=np.float32),
+                                 np.tile(np.arange(4), (4, 1)), M=20.0)
+
+
+def test_more_threads_than_cpus_are_capped_with_a_warning(monkeypatch):
+    from sglib import runtime
+    monkeypatch.setenv("SGLIB_THREADS", "9999")
+    before = torch.get_num_threads()
+    try:
+        with pytest.warns(UserWarning, match="9999 threads asked for"):
+            n = runtime.configure_threads()
+        assert n == runtime.available_cpus() == torch.get_num_threads()
+    finally:
+        runtime.configure_threads(before)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from ..data.preprocess import MIN_MAX_SIDE
 from ..method.descriptors import DescriptorSettings
 
 RELU_PLUS = {"on": True, "off": False, "none": None}
@@ -182,7 +183,7 @@ def add_model_flags(p: argparse.ArgumentParser, required: bool = True) -> None:
 def add_descriptor_flags(p: argparse.ArgumentParser) -> None:
     """The SuperGlobal pooling settings and the extraction knobs."""
     add_settings_flags(p, DescriptorSettings)
-    p.add_argument("--max-side", type=positive_int("--max-side", 16), default=None,
+    p.add_argument("--max-side", type=positive_int("--max-side", MIN_MAX_SIDE), default=None,
                    help="downscale images larger than this (default: full size)")
     p.add_argument("--batch-size", type=positive_int("--batch-size"), default=1,
                    help="images of equal size described together (part of the cache key)")

@@ -24,6 +24,7 @@ MAX_PIXELS = 100_000_000
 ``SGLIB_MAX_PIXELS`` overrides it, the ``max_pixels`` argument overrides both."""
 
 MIN_SIDE = 32
+MIN_MAX_SIDE = 16   # the smallest downscaling target anywhere (CLI, build_extractor, here)
 """Default shorter side of :func:`to_network_input`: a network of stride 32 needs at least 32 px
 for one output cell."""
 
@@ -207,6 +208,10 @@ def to_network_input(image: np.ndarray, bbx=None, norm: Normalization = CVNET,
     if min_side is not None and (isinstance(min_side, bool) or not isinstance(min_side, (int, np.integer))
                                  or min_side < 1):
         raise ValueError(f"min_side must be None or an integer >= 1, got {min_side!r}")
+    if max_side is not None and (isinstance(max_side, bool) or not isinstance(max_side, (int, np.integer))
+                                 or max_side < MIN_MAX_SIDE):
+        raise ValueError(f"max_side must be None or an integer >= {MIN_MAX_SIDE} (below, the network sees no "
+                         f"more than a few feature-map cells), got {max_side!r}")
     image = crop_to_box(image, bbx)
     if max_side is not None and max(image.shape[:2]) > max_side:
         s = max_side / max(image.shape[:2])

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .._checks import check_float_tensor, check_positive
+from .._checks import check_float_tensor, check_positive, check_real
 
 __all__ = [
     "gem", "regional_gem", "scale_gem", "scale_mean", "relu_plus",
@@ -27,6 +27,7 @@ def relu_plus(x: torch.Tensor, floor: float = 0.014) -> torch.Tensor:
         tensor([0.0140, 0.0140, 0.5000])
     """
     check_float_tensor(x, "x", ndim=x.ndim if isinstance(x, torch.Tensor) else 0, nonempty=False)
+    check_real(floor, "relu_plus: floor")
     return torch.clamp(x, min=floor)
 
 
@@ -81,7 +82,8 @@ def regional_gem(x: torch.Tensor, p: float = 2.5, kernel: int = 5) -> torch.Tens
     pad = kernel // 2
     mode = "reflect" if min(x.shape[-2:]) > pad else "replicate"
     padded = F.pad(x, (pad, pad, pad, pad), mode=mode) if pad else x
-    pooled = F.lp_pool2d(padded / math.pow(kernel * kernel, 1.0 / p), norm_type=p,
+    # the power mean of a negative value is undefined (NaN for a fractional p): floor at 0, as gem floors at eps
+    pooled = F.lp_pool2d(padded.clamp(min=0) / math.pow(kernel * kernel, 1.0 / p), norm_type=p,
                          kernel_size=kernel, stride=1)
     return 0.5 * pooled + 0.5 * x
 

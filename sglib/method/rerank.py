@@ -256,7 +256,7 @@ def superglobal_candidates(q, cands, K: int = DEFAULT_K, beta: float = DEFAULT_B
 
 def check_superglobal_params(M, K, beta, sides: str = "both") -> None:
     """ValueError unless M, K are integers with 0 <= K < M, beta a finite number >= 0 and ``sides`` known."""
-    check_int(M, "M")
+    check_shortlist_size(M)
     check_int(K, "K")
     if not (0 < K + 1 <= M):
         raise ValueError(f"need 0 <= K < M (at least K + 1 candidates), got K={K}, M={M}")

@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..data.preprocess import MIN_SIDE, load_network_input
+from ..data.preprocess import MIN_MAX_SIDE, MIN_SIDE, load_network_input
 from ..method.descriptors import DescriptorSettings, combine_scales, pooled_vector, resize_input
 from .shards import (DEFAULT_SHARD_SIZE, FORMAT, canonical_json, finalize_job, has_job, image_fingerprint,
                      image_list_sha256, job_status, load_features, pending_shards, prepare_job, read_job,
@@ -325,8 +325,8 @@ def build_extractor(model: torch.nn.Module, settings: DescriptorSettings | Mappi
     for st in group:
         model._check_settings(st)
     if max_side is not None and (isinstance(max_side, bool) or not isinstance(max_side, (int, np.integer)) or
-                                 max_side < 16):
-        raise ValueError(f"max_side: expected an integer >= 16 or None, got {max_side!r}")
+                                 max_side < MIN_MAX_SIDE):
+        raise ValueError(f"max_side: expected an integer >= {MIN_MAX_SIDE} or None, got {max_side!r}")
     scales = sorted({s for st in group for s in st.scales})
     device = next(model.parameters()).device
     head, learned_p = model.descriptor_head, model.learned_p
