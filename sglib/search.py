@@ -21,6 +21,8 @@ import faiss
 import numpy as np
 import torch
 
+from ._checks import check_int, check_real
+
 INDEX_KINDS = ("flat", "flat_fp16", "ivfpq", "hnsw")
 
 
@@ -471,15 +473,31 @@ def search_index(index, q, k: int, *, nprobe: int | None = None, ef_search: int 
     if not 1 <= int(k) <= index.ntotal:
         raise ValueError(f"k must be in [1, ntotal={index.ntotal}], got {k}")
     if nprobe is not None:
-        faiss.extract_index_ivf(index).nprobe = int(nprobe)
+        _index_part(index, "nprobe", lambda: faiss.extract_index_ivf(index)).nprobe = check_int(
+            nprobe, "nprobe", 1, what="(IVF lists visited)")
     if ef_search is not None:
-        faiss.downcast_index(index).hnsw.efSearch = int(ef_search)
+        hnsw = getattr(faiss.downcast_index(index), "hnsw", None)
+        if hnsw is None:
+            raise ValueError(f"ef_search is a setting of HNSW indexes; this index is {type(index).__name__}")
+        hnsw.efSearch = check_int(ef_search, "ef_search", 1, what="(HNSW beam width)")
     if k_factor is not None:
-        faiss.downcast_index(index).k_factor = float(k_factor)
+        refine = faiss.downcast_index(index)
+        if not hasattr(refine, "k_factor"):
+            raise ValueError(f"k_factor is a setting of refined indexes; this index is {type(refine).__name__}")
+        refine.k_factor = check_real(k_factor, "k_factor", lo=1)
     scores, ids = index.search(qn, int(k))
     if isinstance(q, torch.Tensor):
         return torch.from_numpy(scores).to(q.device), torch.from_numpy(ids).to(q.device)
     return scores, ids
+
+
+def _index_part(index, setting: str, find):
+    """The part of ``index`` that holds ``setting``, or a ValueError naming the setting and the index type."""
+    try:
+        return find()
+    except RuntimeError:   # faiss: "not an IVF index"
+        raise ValueError(f"{setting} is a setting of IVF indexes; this index is "
+                         f"{type(faiss.downcast_index(index)).__name__}") from None
 
 
 def _checksum_path(path: str) -> str:

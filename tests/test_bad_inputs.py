@@ -339,3 +339,25 @@ def test_more_threads_than_cpus_are_capped_with_a_warning(monkeypatch):
         assert n == runtime.available_cpus() == torch.get_num_threads()
     finally:
         runtime.configure_threads(before)
+
+
+def test_describe_takes_float64_images_as_the_float32_network_would():
+    net = SuperGlobalNet(50).eval()
+    x = torch.rand(1, 3, 40, 48)
+    assert torch.equal(net.describe(x.double(), scales=(1.0,)), net.describe(x.double().float(), scales=(1.0,)))
+
+
+@pytest.mark.parametrize("kwargs,words", [
+    ({"nprobe": 0}, "nprobe: expected an integer >= 1"), ({"nprobe": -3}, "nprobe: expected an integer >= 1"),
+    ({"nprobe": 2.5}, "nprobe: expected an integer"), ({"ef_search": 10}, "ef_search is a setting of HNSW"),
+    ({"k_factor": 4}, "k_factor is a setting of refined indexes"),
+])
+def test_faiss_settings_are_checked_before_faiss_sees_them(kwargs, words):
+    from sglib.search import build_index, search_index
+    x = unit_rows(300, 16)
+    index = build_index(x, "ivfpq", nlist=4, m=4, nbits=4) if "nprobe" in kwargs else build_index(x, "flat")
+    with pytest.raises(ValueError, match=words):
+        search_index(index, x[:3], 5, **kwargs)
+    flat = build_index(x, "flat")
+    with pytest.raises(ValueError, match="nprobe is a setting of IVF indexes"):
+        search_index(flat, x[:3], 5, nprobe=4)

@@ -54,19 +54,24 @@ class Backbone:
             raise ValueError(f"{self.name} has no learned GeM exponent (gem_p=None): pass gem_p=3.0 "
                              "(plain GeM) or gem_p=4.6 (GeM+)")
 
+    def _network_input(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` on the network's device and in its dtype (float64 or float16 images work as float32 ones)."""
+        return x.to(self._device(), dtype=next(self.parameters()).dtype)
+
     @torch.no_grad()
     def describe_with(self, x: torch.Tensor, settings: DescriptorSettings = DescriptorSettings(),
                       normalize: bool = True) -> torch.Tensor:
         """SuperGlobal descriptor of network-ready images: (B, 3, H, W) -> (B, D), unit rows when ``normalize``."""
         check_float_tensor(x, "x", ndim=4)
         self._check_settings(settings)
-        return multiscale_descriptor(self.feature_map, self.descriptor_head, x.to(self._device()), settings,
+        return multiscale_descriptor(self.feature_map, self.descriptor_head, self._network_input(x), settings,
                                      learned_p=self.learned_p, normalize=normalize)
 
     @torch.no_grad()
     def feature_maps(self, x: torch.Tensor, scales: Sequence[float]) -> list[torch.Tensor]:
         """The (B, C, h_s, w_s) map at each scale, for re-pooling with :meth:`describe_maps`."""
-        x = x.to(self._device())
+        check_float_tensor(x, "x", ndim=4)
+        x = self._network_input(x)
         return [self.feature_map(resize_input(x, float(s))) for s in scales]
 
     @torch.no_grad()
