@@ -314,3 +314,30 @@ def test_build_extractor_matches_network_and_keys_on_weights_and_settings(tmp_pa
     with torch.no_grad():
         net.head.fc.bias[0] += 1.0  # other weights
     assert cache_key(paths, build_extractor(net, settings)) != cache_key(paths, ex)
+
+
+@pytest.mark.parametrize("restore_times", [True, False])
+def test_an_image_edited_in_place_is_extracted_again_even_with_its_size_and_times_restored(tmp_path, restore_times):
+    """Issue 21: same size, new content, modification time put back with os.utime (or left changed)."""
+    import os
+    import warnings
+    from sglib.data.preprocess import load_image
+    paths = []
+    for i in range(3):
+        p = tmp_path / f"synthetic_{i}.bmp"   # uncompressed: an edit keeps the size
+        Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(p)
+        paths.append(str(p))
+    ex = Extractor(describe_fn=lambda x: x.mean(dim=(2, 3)),
+                   load_fn=lambda p, b: torch.tensor(load_image(p)).permute(2, 0, 1)[None].float(),
+                   identity={"name": "synthetic-channel-mean"})
+    first = cached_features(tmp_path / "cache", paths, ex, shard_size=2, progress=False)
+    st = os.stat(paths[1])
+    Image.fromarray(np.full((8, 8, 3), 200, np.uint8)).save(paths[1])   # same size on disk (BMP)
+    assert os.stat(paths[1]).st_size == st.st_size
+    if restore_times:
+        os.utime(paths[1], ns=(st.st_atime_ns, st.st_mtime_ns))
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        second = cached_features(tmp_path / "cache", paths, ex, shard_size=2, progress=False)
+    assert first[1].tolist() == [40.0] * 3 and second[1].tolist() == [200.0] * 3
+    assert np.array_equal(first[[0, 2]], second[[0, 2]])

@@ -259,8 +259,10 @@ def _short(value) -> str:
 def image_fingerprint(path) -> list | None:
     """What identifies an image file's content for the cache; None when it cannot be read.
 
-    ``$SGLIB_CACHE_VERIFY`` chooses: ``stat`` (default) ``[size, mtime_ns]``, cheap, misses an edit
-    that keeps both; ``sha256`` ``[size, "sha256:<hex>"]``, reads every image on every cache read.
+    ``$SGLIB_CACHE_VERIFY`` chooses: ``stat`` (default) ``[size, mtime_ns, ctime_ns, inode]``, cheap: a
+    user can restore a file's size and modification time (``os.utime``) after editing it, but not its
+    change time, and a file replaced by another has another inode; ``sha256`` ``[size, "sha256:<hex>"]``
+    reads every image on every cache read and also survives copying the images and the cache elsewhere.
     A record made in one mode never matches the other, so switching recomputes (never serves stale rows).
     """
     mode = os.environ.get("SGLIB_CACHE_VERIFY", "stat")
@@ -269,7 +271,7 @@ def image_fingerprint(path) -> list | None:
     try:
         st = os.stat(path)
         if mode == "stat":
-            return [st.st_size, st.st_mtime_ns]
+            return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
         with open(path, "rb") as f:
             return [st.st_size, "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()]
     except OSError:
