@@ -349,3 +349,25 @@ def test_a_cvnet_layout_resnet_fine_tunes_from_its_checkpoint(split_root, tmp_pa
     assert TrainConfig(backbone="cvnet_r50", weights="x.pyth").dim == 2048 and TrainConfig().dim == 512
     with pytest.raises(ValueError, match="has none"):
         TrainConfig(projection_init="keep")
+
+
+def test_a_second_run_into_the_same_folder_is_refused_naming_the_first(split_root, tmp_path):
+    """Issue 21: two runs into one --out interleaved log.csv; now the second is refused (host, pid)."""
+    import json
+    import socket
+    import subprocess
+    data, val = bundled_training_set(split_root).split_classes(2, seed=0)
+    run = tmp_path / "run"
+    run.mkdir()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (run / "run.lock").write_text(json.dumps({"host": socket.gethostname(), "pid": other.pid}))
+        with pytest.raises(ValueError, match=rf"in use by another training run \(host .*, pid {other.pid}\)"):
+            train(data, TrainConfig(**{**TINY, "steps": 2}), run, val, num_workers=0, progress=False)
+        assert not (run / "log.csv").exists()
+    finally:
+        other.kill()
+        other.wait()
+    # the same lock from a process that no longer runs (a killed run) is taken over, and released at the end
+    done = train(data, TrainConfig(**{**TINY, "steps": 2}), run, val, num_workers=0, progress=False)
+    assert done.step == 2 and not (run / "run.lock").exists()

@@ -41,11 +41,14 @@ DistributedDataParallel: gloo on CPU, NCCL on GPU; rank 0 writes the files.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import datetime
+import json
 import math
 import os
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -188,6 +191,55 @@ class TrainConfig:
         if self.projection_init == "auto":
             return "keep" if self.cvnet else "lw"
         return self.projection_init
+
+
+
+RUN_LOCK = "run.lock"
+
+
+@contextlib.contextmanager
+def run_folder_lock(out: Path):
+    """Hold ``out/run.lock`` (host and pid of this process) while a run writes into ``out``.
+
+    A second run into the same folder is refused, naming the first; a lock left by a process of this
+    host that no longer runs (a killed run) is taken over. A lock from another host is never taken
+    over: only a person can tell whether that run still runs.
+    """
+    lock = Path(out) / RUN_LOCK
+    me = {"host": socket.gethostname(), "pid": os.getpid()}
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                holder = json.loads(lock.read_text())
+                host, pid = str(holder["host"]), int(holder["pid"])
+            except (OSError, ValueError, KeyError, TypeError):
+                host, pid = "?", -1
+            if host == me["host"] and not _process_runs(pid):
+                lock.unlink(missing_ok=True)   # a killed run's lock
+                continue
+            raise ValueError(f"{out} is in use by another training run (host {host}, pid {pid}): wait for it, "
+                             f"train into another --out, or delete {lock} if that run no longer exists") from None
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        break
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _process_runs(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # it runs, as another user
+        return True
+    return True
 
 
 def lr_factor(step: int, config: TrainConfig) -> float:
@@ -492,7 +544,12 @@ def train(data: TrainingSet, config: TrainConfig, out_dir, val: TrainingSet | No
     out = Path(out_dir)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
+    with run_folder_lock(out) if rank == 0 else contextlib.nullcontext():
+        return _train(data, config, out, val, rank, world, dev, per_rank, num_workers, progress)
 
+
+def _train(data, config, out, val, rank, world, dev, per_rank, num_workers, progress) -> TrainRun:
+    """:func:`train` once the run folder is held (rank 0) and the processes are set up."""
     torch.manual_seed(config.seed)     # the class vectors' initial values
     model = _base_network(config)
     loss = make_loss(config.loss, config.dim, data.n_classes, config.margin, config.scale)
