@@ -361,3 +361,10 @@ def test_faiss_settings_are_checked_before_faiss_sees_them(kwargs, words):
     flat = build_index(x, "flat")
     with pytest.raises(ValueError, match="nprobe is a setting of IVF indexes"):
         search_index(flat, x[:3], 5, nprobe=4)
+
+
+def test_a_gnd_list_given_as_a_2d_array_is_named():
+    gnd = [{"easy": np.array([[1, 2]]), "hard": [], "junk": []}]
+    with pytest.raises(ValueError, match=r"gnd\[0\]\['easy'\]: expected a flat list of database indices, got an "
+                                         r"array of shape \(1, 2\)"):
+        sglib.evaluate.revisited(np.tile(np.arange(5), (1, 1)), gnd)

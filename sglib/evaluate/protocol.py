@@ -42,6 +42,9 @@ def _check_inputs(ranks, gnd):
             raise ValueError(f"gnd[{i}] lacks key(s) {missing}")
         for k in ("easy", "hard", "junk"):
             ids = np.asarray(g[k])
+            if ids.ndim > 1:
+                raise ValueError(f"gnd[{i}]['{k}']: expected a flat list of database indices, got an array of "
+                                 f"shape {ids.shape}")
             if ids.size and (not np.issubdtype(ids.dtype, np.integer) or ids.min() < 0):
                 raise ValueError(f"gnd[{i}]['{k}']: expected non-negative integer database indices, got {g[k]!r}")
     if 0 in ranks.shape:
