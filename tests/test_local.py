@@ -313,3 +313,11 @@ def test_lightglue_reranks_offline_with_bundled_weights(tmp_path, no_network):
     assert new.tolist() == [[1, 0]] and report.pairs_verified == 2 and report.failed == []
     assert report.inliers[0, 1] >= 50 and report.inliers[0, 0] < 15, report.inliers
     assert not (tmp_path / "empty_torch_home").exists()  # nothing downloaded into the hub cache
+
+
+def test_a_zero_byte_image_is_an_image_load_error_not_an_opencv_error():
+    """Issue 21: cv2.imdecode raises cv2.error ('!buf.empty()') on zero bytes; the verification lists the image
+    as failed only for an ImageLoadError."""
+    from sglib.local.features import ImageLoadError, decode_image
+    with pytest.raises(ImageLoadError, match="empty file"):
+        decode_image(b"")

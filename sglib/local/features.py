@@ -102,6 +102,8 @@ def decode_image(data: bytes, bbx=None, max_side: int = 1024, grey: bool = True)
 
     Raises :class:`ImageLoadError` when the bytes do not decode or the box is empty inside the image.
     """
+    if not len(data):   # OpenCV raises its own error (!buf.empty()) on zero bytes instead of returning None
+        raise ImageLoadError("empty file (0 bytes)")
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE if grey else cv2.IMREAD_COLOR)
     if img is None or img.size == 0:
         raise ImageLoadError("cannot decode image bytes")
