@@ -69,6 +69,7 @@ def test_evaluate_reports_bad_input_clearly(tiny_dataset, golden_checkpoint, tmp
     ("--scale-agg", "maximum", "expected max, mean or a number"),
     ("--scales", "0,1", "scales must be finite positive"),
     ("--scales", "1,x", "expected 1, 3, 5 or a comma list"),
+    ("--scales", "2", "for one scale at factor 2 write 2.0"),
     ("--regional-kernel", "4", "positive odd integer"),
     ("--max-side", "0", "integer >= 16"),
     ("--threads", "-1", "integer >= 1"),
@@ -144,6 +145,9 @@ def test_bool_settings_have_both_spellings_and_train_flags_reach_the_config(tmp_
     args = cli.build_parser().parse_args(["evaluate", "--data-root", "d", "--dataset", "x", "--backbone",
                                           "mobilenet_v2", "--no-regional", "--gem-p", "3", "--scales", "1",
                                           "--scale-agg", "mean"])
+    two = cli.build_parser().parse_args(["evaluate", "--data-root", "d", "--dataset", "x", "--backbone",
+                                         "mobilenet_v2", "--scales", "2.0"])
+    assert two.settings["DescriptorSettings"].scales == (2.0,)
     assert args.settings["DescriptorSettings"].as_dict() == {
         "scales": (1.0,), "gem_p": 3.0, "regional": False, "regional_p": 2.5, "regional_kernel": 5,
         "scale_agg": "mean"}

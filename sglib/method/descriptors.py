@@ -25,9 +25,14 @@ LEARNED_P_EPS = 1e-6
 
 
 def parse_scales(text: str) -> tuple:
-    """``"1"``, ``"3"``, ``"5"`` (the usual scale sets) or a comma list such as ``"0.7071,1,1.4142"``."""
+    """``"1"``, ``"3"``, ``"5"``: that many scales (the usual sets); anything else a comma list of factors
+    (``"0.7071,1,1.4142"``, or ``"2.0"`` for one scale at 2x). Another whole number (``"2"``) is refused:
+    it could mean two scales or the factor 2."""
     if text in ("1", "3", "5"):
         return SCALES[int(text)]
+    if text.strip().isdigit():
+        raise ValueError(f"{text!r} is neither a number of scales (1, 3 or 5) nor a factor: for one scale at "
+                         f"factor {text.strip()} write {text.strip()}.0")
     try:
         return tuple(float(s) for s in text.split(","))
     except ValueError:
