@@ -151,3 +151,20 @@ def test_bool_settings_have_both_spellings_and_train_flags_reach_the_config(tmp_
     assert args.settings["DescriptorSettings"].as_dict() == {
         "scales": (1.0,), "gem_p": 3.0, "regional": False, "regional_p": 2.5, "regional_kernel": 5,
         "scale_agg": "mean"}
+
+
+@pytest.mark.parametrize("command", [
+    ["evaluate", "--data-root", "d", "--dataset", "x", "--backbone", "mobilenet_v2", "--json", "/proc/nope/out.json"],
+    ["evaluate", "--data-root", "d", "--dataset", "x", "--backbone", "mobilenet_v2", "--cache", "/proc/nope"],
+    ["train", "--out", "/proc/nope/run"], ["build-data", "--data-root", "/proc/nope"],
+    ["demo", "--results", "/proc/nope"], ["stability", "--results", "/proc/nope"],
+    ["rerankers", "--json", "/proc/nope.json"], ["design-check", "--json", "/proc/nope.json"],
+    ["train-study", "--runs", "/proc/nope"],
+])
+def test_outputs_that_cannot_be_created_are_refused_when_parsed(command, capsys):
+    """Issue 21: root passes os.access on /proc, so evaluate ran to the end before failing; now it is tried."""
+    from sglib import cli
+    with pytest.raises(SystemExit) as exit_info:
+        cli.build_parser().parse_args(command)
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exit_info.value.code == 2 and "nothing can be created there" in last and "/proc/nope" in last, last

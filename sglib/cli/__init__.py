@@ -169,8 +169,9 @@ def _add_train_study(sub):
                                            "bundled split and measure learned p, the test-time p sweep and the "
                                            "module table on synthetic_views")
     p.add_argument("--data-root", default="data")
-    p.add_argument("--runs", default="runs", help="training run folders (resumed when present)")
-    p.add_argument("--results", default="results", help="writes training_PLAN.json and training_PLAN/LOSS_log.csv")
+    p.add_argument("--runs", default="runs", type=writable("--runs", folder=True), help="training run folders (resumed when present)")
+    p.add_argument("--results", default="results", type=writable("--results", folder=True),
+                   help="writes training_PLAN.json and training_PLAN/LOSS_log.csv")
     p.add_argument("--plan", choices=("full", "ci"), default="full",
                    help="full: the README's study (3 losses, 300 steps); ci: ArcFace, 60 steps (minutes)")
     p.add_argument("--losses", nargs="+", choices=("arcface", "curricularface", "softmax"), default=None,
@@ -224,11 +225,11 @@ def cmd_download(args):
 
 def _add_data_and_demo(sub):
     p = sub.add_parser("build-data", help="fetch the real photos and build the bundled benchmarks")
-    p.add_argument("--data-root", default="data")
+    p.add_argument("--data-root", default="data", type=writable("--data-root", folder=True))
     p.add_argument("--seed", type=positive_int("--seed", 0), default=0)
     p = sub.add_parser("demo", help="the bundled default end to end: build, extract, rerank, evaluate, table")
-    p.add_argument("--data-root", default="data")
-    p.add_argument("--results", default="results")
+    p.add_argument("--data-root", default="data", type=writable("--data-root", folder=True))
+    p.add_argument("--results", default="results", type=writable("--results", folder=True))
     p.add_argument("--backbone", type=backbone, default="efficientnet_lite0")
     p.add_argument("--no-whitening", action="store_true", help="skip the whitening learned on the training split")
 
@@ -236,8 +237,9 @@ def _add_data_and_demo(sub):
 def _add_stability(sub):
     p = sub.add_parser("stability", help="rebuild the bundled benchmark with several seeds on two disjoint photo "
                                          "pools; each module's effect with its spread, and when reranking helps")
-    p.add_argument("--data-root", default="data")
-    p.add_argument("--results", default="results", help="writes stability.json, stability.md, rerank_gain.png")
+    p.add_argument("--data-root", default="data", type=writable("--data-root", folder=True))
+    p.add_argument("--results", default="results", type=writable("--results", folder=True),
+                   help="writes stability.json, stability.md, rerank_gain.png")
     p.add_argument("--plan", choices=("full", "ci"), default="full",
                    help="full: the README's builds; ci: smaller, lower-resolution builds (minutes)")
     p.add_argument("--seeds", type=positive_int("--seeds", 0), nargs="+", default=None,
@@ -310,12 +312,12 @@ def _add_benchmark_checks(sub):
     p.add_argument("--data-root", default="data")
     p.add_argument("--name", default="synthetic_views", help="a synthetic_views build under DATA_ROOT/datasets")
     p.add_argument("--label", default="current", help="the key this build's report is stored under")
-    p.add_argument("--json", default="results/benchmark_design.json",
+    p.add_argument("--json", default="results/benchmark_design.json", type=writable("--json", folder=False),
                    help="results file; other labels already in it are kept")
     p = sub.add_parser("rerankers", help="every reranker at its defaults on both bundled benchmarks, and each "
                                          "one tuned on validation queries and scored on test queries")
     p.add_argument("--data-root", default="data")
-    p.add_argument("--json", default="results/rerankers.json")
+    p.add_argument("--json", default="results/rerankers.json", type=writable("--json", folder=False))
 
 
 def cmd_rerankers(args):

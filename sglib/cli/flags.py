@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import re
+import tempfile
 from pathlib import Path
 
 import torch
@@ -92,13 +92,23 @@ def writable(flag: str, folder: bool):
             why = "it is a file, not a folder" if folder else "it is a folder"
         elif not path.exists() and not probe.is_dir():
             why = f"{str(probe)!r} is a file, so nothing can be created under it"
-        elif not os.access(probe if probe.is_dir() else probe.parent, os.W_OK):
-            why = "no write permission"
+        elif not _can_create_in(probe if probe.is_dir() else probe.parent):
+            why = "nothing can be created there (no write permission, a read-only or virtual file system)"
         else:
             return path
         raise argparse.ArgumentTypeError(f"cannot write {text!r}: {why}")
     parse.__name__ = flag
     return parse
+
+
+def _can_create_in(folder: Path) -> bool:
+    """Whether a file can be created in ``folder``: tried, not inferred from permission bits, which say yes
+    to root on /proc or a read-only mount."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
 
 
 # ------------------------------------------------------------------------------------- settings as flags
