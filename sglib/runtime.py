@@ -23,8 +23,8 @@ between thread counts, as convolutions sum in another order.
 from __future__ import annotations
 
 import os
-import warnings
 import time
+import warnings
 
 
 def available_cpus() -> int:
@@ -99,3 +99,16 @@ def configure_threads(n: int | None = None) -> int:
     threadpool_limits(n, user_api="blas")
     faiss.omp_set_num_threads(n)
     return n
+
+
+def process_runs(pid: int) -> bool:
+    """Whether a process ``pid`` runs on this host (as any user); False for pid <= 0."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # it runs, as another user
+        return True
+    return True

@@ -124,15 +124,13 @@ def flag_name(field: dataclasses.Field) -> str:
 _SETTINGS_KEY = "settings_class_"
 
 
-def add_settings_flags(parser: argparse.ArgumentParser, settings_class, skip: tuple = ()) -> None:
+def add_settings_flags(parser: argparse.ArgumentParser, settings_class) -> None:
     """One flag per field of ``settings_class`` (a dataclass declared with :func:`sglib._settings.setting`),
     stored under the field's name, defaulting to the field's default. :func:`parsed_settings` then builds
     the dataclass, so its ``__post_init__`` checks the values as the command line is parsed."""
     parser.set_defaults(**{_SETTINGS_KEY + settings_class.__name__: settings_class})
     group = parser.add_argument_group(f"{settings_class.__name__} settings")
     for field in dataclasses.fields(settings_class):
-        if field.name in skip:
-            continue
         meta = field.metadata
         if "help" not in meta:
             raise TypeError(f"{settings_class.__name__}.{field.name} has no help: declare it with "

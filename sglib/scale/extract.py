@@ -49,7 +49,7 @@ from ..data.preprocess import MIN_MAX_SIDE, MIN_SIDE, load_network_input
 from ..method.descriptors import DescriptorSettings, combine_scales, pooled_vector, resize_input
 from .shards import (DEFAULT_SHARD_SIZE, FORMAT, canonical_json, finalize_job, has_job, image_fingerprint,
                      image_list_sha256, job_status, load_features, pending_shards, prepare_job, read_job,
-                     sha256_text, shard_dim, shard_range, write_shard)
+                     sha256_text, shard_range, write_shard)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,9 +192,8 @@ def run_shards(out_dir, images: Sequence, extractor: Extractor, bboxes: Sequence
     failed images (after fixing the files). Returns the shard indices computed by this call.
     """
     out = Path(out_dir)
-    manifest, paths, boxes, mine, todo = pending_shards(out, images, extractor.key_identity, bboxes, rank=rank,
-                                                        world_size=world_size, retry_failed=retry_failed)
-    dim = shard_dim(out, manifest, [k for k in mine if k not in todo])
+    manifest, paths, boxes, mine, todo, dim = pending_shards(out, images, extractor.key_identity, bboxes, rank=rank,
+                                                             world_size=world_size, retry_failed=retry_failed)
     n_mine = sum(len(range(*shard_range(manifest, k))) for k in mine)
     n_todo = sum(len(range(*shard_range(manifest, k))) for k in todo)
     desc = "extract" if world_size == 1 else f"extract rank {rank}/{world_size}"

@@ -37,6 +37,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from ..runtime import process_runs
+
 FORMAT = "sglib-features/2"   # 2: per-image sizes and times, shard checksums
 DTYPE = "float32"
 DEFAULT_SHARD_SIZE = 500
@@ -150,15 +152,7 @@ def _atomic_write_text(path: Path, text: str) -> None:
 def _dead_writer(tmp: Path) -> bool:
     """True when ``tmp`` was written by a process of this host that no longer runs."""
     parts = tmp.name.rsplit(".", 3)   # .NAME.HOST.PID.tmp
-    if len(parts) != 4 or parts[1] != _HOST or not parts[2].isdigit():
-        return False
-    try:
-        os.kill(int(parts[2]), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+    return len(parts) == 4 and parts[1] == _HOST and parts[2].isdigit() and not process_runs(int(parts[2]))
 
 
 def _write_json(path: Path, obj) -> None:
@@ -466,9 +460,10 @@ def load_features(out_dir, on_failed: str = "raise") -> np.ndarray:
 # ----------------------------------------------------------------------------- what a run computes
 
 def pending_shards(out_dir, images: Sequence, identity: dict, bboxes: Sequence | None = None, *, rank: int = 0,
-                   world_size: int = 1, retry_failed: bool = False) -> tuple[dict, list, list, range, list[int]]:
-    """``(manifest, paths, boxes, mine, todo)`` of a prepared job for one worker: its shards
-    (``k % world_size == rank``) and those of them still to compute.
+                   world_size: int = 1, retry_failed: bool = False) -> tuple[dict, list, list, range, list[int], int | None]:
+    """``(manifest, paths, boxes, mine, todo, dim)`` of a prepared job for one worker: its shards
+    (``k % world_size == rank``), those of them still to compute, and the descriptor size of the kept ones
+    (None when none has a row).
 
     Shards on disk that pass the checks (shape, dtype, finite rows, NaN exactly on failed rows,
     matching record) are kept; ``retry_failed=True`` also lists shards that have failed images.
@@ -483,24 +478,16 @@ def pending_shards(out_dir, images: Sequence, identity: dict, bboxes: Sequence |
     if not (0 <= rank < world_size):
         raise ValueError(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}")
     mine = range(rank, manifest["n_shards"], world_size)
-    todo = []
+    todo, dim = [], None
     for k in mine:
         rows, why = _check_shard(out, manifest, k, paths=paths)
         if rows is not None and not (retry_failed and _read_json(_shard_record_file(out, k))["failed"]):
+            dim = dim or (rows.shape[1] or None)
             continue
         if why not in ("", "missing"):
             warnings.warn(f"{shard_path(out, k)} is unusable ({why}); recomputing it")
         todo.append(k)
-    return manifest, paths, boxes, mine, todo
-
-
-def shard_dim(out_dir, manifest: dict, done) -> int | None:
-    """The descriptor size recorded by the finished shards ``done`` (None if none has a row)."""
-    for k in done:
-        dim = _read_json(_shard_record_file(out_dir, k)).get("dim")
-        if dim:
-            return dim
-    return None
+    return manifest, paths, boxes, mine, todo, dim
 
 
 def write_shard(out_dir, manifest: dict, k: int, rows: np.ndarray, failed: list, stats: list,

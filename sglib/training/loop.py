@@ -61,6 +61,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .._settings import setting
+from ..runtime import process_runs
 from ..method.losses import LOSSES, make_loss
 from ..method.pooling import gem
 from ..method.descriptors import LEARNED_P_EPS
@@ -216,7 +217,7 @@ def run_folder_lock(out: Path):
                 host, pid = str(holder["host"]), int(holder["pid"])
             except (OSError, ValueError, KeyError, TypeError):
                 host, pid = "?", -1
-            if host == me["host"] and not _process_runs(pid):
+            if host == me["host"] and not process_runs(pid):
                 lock.unlink(missing_ok=True)   # a killed run's lock
                 continue
             raise ValueError(f"{out} is in use by another training run (host {host}, pid {pid}): wait for it, "
@@ -228,18 +229,6 @@ def run_folder_lock(out: Path):
         yield
     finally:
         lock.unlink(missing_ok=True)
-
-
-def _process_runs(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:   # it runs, as another user
-        return True
-    return True
 
 
 def lr_factor(step: int, config: TrainConfig) -> float:
