@@ -184,8 +184,8 @@ def test_resume_from_part_file_uses_range_and_is_byte_identical(server, tmp_path
     data = bytes(np.random.default_rng(0).integers(0, 256, 300_000, dtype=np.uint8))
     server.files["/big.bin"] = data
     dest = tmp_path / "big.bin"
-    (tmp_path / "big.bin.part").write_bytes(data[:123_456])
-    fetch(server.url + "/big.bin", dest, **FAST)
+    (tmp_path / "big.bin.part").write_bytes(data[:123_456])  # no record: resumable only as a sha256 is known
+    fetch(server.url + "/big.bin", dest, sha256=hashlib.sha256(data).hexdigest(), **FAST)
     assert server.hits("/big.bin") == ["bytes=123456-"]
     assert dest.read_bytes() == data and not (tmp_path / "big.bin.part").exists()
     fetch(server.url + "/big.bin", dest, **FAST)  # finished file: not requested again
@@ -194,7 +194,7 @@ def test_resume_from_part_file_uses_range_and_is_byte_identical(server, tmp_path
 
 def test_connection_cut_short_is_resumed(server, tmp_path):
     data = bytes(range(256)) * 1000
-    server.files["/cut.bin"] = data
+    server.files["/cut.bin"], server.etag["/cut.bin"] = data, '"c1"'
     server.cut["/cut.bin"] = 100_000  # the first response stops after 100000 of 256000 bytes
     dest = fetch(server.url + "/cut.bin", tmp_path / "cut.bin", **FAST)
     assert server.hits("/cut.bin") == [None, "bytes=100000-"]
@@ -210,7 +210,8 @@ def test_part_file_already_complete_is_accepted(server, tmp_path):
 def test_part_file_longer_than_remote_restarts(server, tmp_path):
     server.files["/y.bin"] = b"new content"
     (tmp_path / "y.bin.part").write_bytes(b"stale bytes from another, longer file")
-    assert fetch(server.url + "/y.bin", tmp_path / "y.bin", **FAST).read_bytes() == b"new content"
+    digest = hashlib.sha256(b"new content").hexdigest()  # lets the record-less .part be tried
+    assert fetch(server.url + "/y.bin", tmp_path / "y.bin", sha256=digest, **FAST).read_bytes() == b"new content"
     assert server.hits("/y.bin") == ["bytes=37-", None]
 
 
@@ -379,7 +380,8 @@ def test_short_206_without_content_length_is_resumed_by_the_content_range_total(
     server.no_length.add("/n.bin")
     (tmp_path / "n.bin.part").write_bytes(data[:1000])
     server.cut["/n.bin"] = 5000                       # 206 says bytes 1000-102399/102400, sends 5000
-    assert fetch(server.url + "/n.bin", tmp_path / "n.bin", **FAST).read_bytes() == data
+    digest = hashlib.sha256(data).hexdigest()
+    assert fetch(server.url + "/n.bin", tmp_path / "n.bin", sha256=digest, **FAST).read_bytes() == data
     assert server.hits("/n.bin") == ["bytes=1000-", "bytes=6000-"]
 
 
@@ -433,3 +435,39 @@ def test_cli_sha256_flag(server, tmp_path, monkeypatch, capsys):
     assert "does not match the expected " + "a" * 64 in capsys.readouterr().err
     good = hashlib.sha256(server.files["/vgg/oxbuildings/oxbuild_images-v1.tgz"]).hexdigest()
     assert main(["download", "roxford5k", "--data-root", root, "--sha256", f"oxbuild_images-v1.tgz={good}"]) == 0
+
+
+# ------------------------------------------------------------------ resuming needs a validator or a sha256
+
+def test_no_validator_means_no_resume_so_a_same_size_change_is_not_spliced(server, tmp_path):
+    old, new = b"A" * 50_000, b"B" * 50_000           # same size, and the server sends no ETag / Last-Modified
+    server.files["/nv.bin"] = old
+    server.cut["/nv.bin"] = 20_000
+    with pytest.raises(DownloadError, match="after 1 attempts"):
+        fetch(server.url + "/nv.bin", tmp_path / "nv.bin", retries=0, **FAST)
+    assert (tmp_path / "nv.bin.part").stat().st_size == 20_000
+    server.files["/nv.bin"] = new                     # changes under the resume
+    assert fetch(server.url + "/nv.bin", tmp_path / "nv.bin", **FAST).read_bytes() == new
+    assert server.hits("/nv.bin") == [None, None]     # started over from byte 0, no Range
+    assert not (tmp_path / "nv.bin.part").exists() and not (tmp_path / "nv.bin.part.json").exists()
+
+
+def test_record_less_part_without_sha256_starts_over(server, tmp_path):
+    data = b"0123456789" * 1000
+    server.files["/r.bin"] = data
+    (tmp_path / "r.bin.part").write_bytes(b"x" * 4000)   # from an older sglib, or another version
+    assert fetch(server.url + "/r.bin", tmp_path / "r.bin", **FAST).read_bytes() == data
+    assert server.hits("/r.bin") == [None]
+
+
+def test_blind_resume_with_sha256_that_splices_is_fetched_again_whole(server, tmp_path):
+    data = bytes(range(256)) * 200
+    server.files["/b.bin"] = data                      # no validator from the server
+    (tmp_path / "b.bin.part").write_bytes(b"\xff" * 20_000)  # another version's first 20000 bytes
+    digest = hashlib.sha256(data).hexdigest()
+    assert fetch(server.url + "/b.bin", tmp_path / "b.bin", sha256=digest, **FAST).read_bytes() == data
+    assert server.hits("/b.bin") == ["bytes=20000-", None]  # the spliced file failed the digest: refetched
+    (tmp_path / "b2.bin.part").write_bytes(b"\xff" * 20_000)
+    with pytest.raises(DownloadError, match=r"after 1 attempts.*resumed without a validator.*start over"):
+        fetch(server.url + "/b.bin", tmp_path / "b2.bin", sha256=digest, retries=0, **FAST)
+    assert not (tmp_path / "b2.bin.part").exists()

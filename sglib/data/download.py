@@ -2,7 +2,9 @@
 
 Resumable and checked: each file streams into ``FILE.part`` (resumed with an HTTP Range request
 after an interruption, guarded by ``If-Range`` with the ETag / Last-Modified recorded in
-``FILE.part.json``, so a file changed on the server is fetched afresh, never spliced), connection
+``FILE.part.json``, so a file changed on the server is fetched afresh, never spliced; a server
+that sends neither gives nothing to resume against, so the file is fetched again from byte 0,
+unless its sha256 is known, which catches a splice at the end), connection
 errors, 5xx answers and transfers slower than ``min_rate`` are retried a bounded number of times
 with exponential backoff, an optional ``deadline`` bounds the whole call, the byte count must
 match Content-Length (and a sha256 when given or listed in :data:`KNOWN_SHA256`), and only then
@@ -145,7 +147,11 @@ def _check_sha256(value, what: str) -> str:
 # Last-Modified) and the announced total size are recorded in FILE.part.json. A resume sends
 # ``Range`` with ``If-Range: <validator>``; the resumed body is accepted only as a 206 whose
 # Content-Range starts at the .part's size and whose validator and total match the record,
-# otherwise the .part is discarded and the file fetched from byte 0.
+# otherwise the .part is discarded and the file fetched from byte 0. Without a validator (the
+# server sent none, or the .part has no record) a changed file of the same size could not be
+# told from the one the .part began, so the .part is discarded too, unless the file's sha256 is
+# known: then it is resumed ("blindly"), the digest catches a splice, and a mismatching file that
+# was resumed that way is fetched once more from byte 0 instead of failing at once.
 
 
 def _sidecar(part: Path) -> Path:
@@ -180,13 +186,19 @@ def _discard(part: Path) -> None:
 
 
 def _transfer_once(url: str, part: Path, timeout: float, progress: bool, stop_at: float | None = None,
-                   min_rate: float | None = None, rate_window: float = 30.0) -> None:
+                   min_rate: float | None = None, rate_window: float = 30.0, blind_resume: bool = False) -> bool:
     """One HTTP request: append to ``part`` from its current size (Range + If-Range) until complete.
+
+    Returns True when ``part`` is complete and holds bytes kept from before this request without
+    a validator to check them against (only with ``blind_resume``), False when it is complete and
+    either fetched whole or resumed under If-Range.
 
     Args:
         stop_at: ``time.monotonic()`` value after which the transfer is abandoned (_DeadlinePassed).
         min_rate: bytes/s; a body arriving slower than this, averaged over consecutive windows of
             ``rate_window`` seconds, is abandoned (_ShortRead, so the caller retries and resumes).
+        blind_resume: resume a .part that has no validator (the caller checks a sha256 afterwards);
+            otherwise such a .part is discarded and the file fetched from byte 0.
 
     A body without Content-Length (and, for a 206, without a total in Content-Range) that ends
     early cannot be told from a complete one: only a sha256 catches it.
@@ -195,11 +207,14 @@ def _transfer_once(url: str, part: Path, timeout: float, progress: bool, stop_at
     if record is False:  # unreadable record: the .part cannot be trusted
         _discard(part)
         record = None
+    validator = (record or {}).get("validator") or {}
+    if part.exists() and not validator and not blind_resume:
+        _discard(part)  # nothing to resume against: a changed file of the same size would be spliced
     have = part.stat().st_size if part.exists() else 0
+    blind = bool(have) and not validator
     headers = {"User-Agent": "sglib-download/1"}
     if have:
         headers["Range"] = f"bytes={have}-"
-        validator = (record or {}).get("validator") or {}
         if validator:
             headers["If-Range"] = next(iter(validator.values()))
     if stop_at is not None:
@@ -212,7 +227,7 @@ def _transfer_once(url: str, part: Path, timeout: float, progress: bool, stop_at
             # the .part already holds everything the server has, or is bogus: start over
             total = re.fullmatch(r"bytes \*/(\d+)", exc.headers.get("Content-Range", "") or "")
             if total and int(total.group(1)) == have and (record or {}).get("total") in (None, have):
-                return
+                return blind
             _discard(part)
             raise _ShortRead(f"server refused to resume at byte {have}; restarting") from exc
         raise
@@ -241,7 +256,7 @@ def _transfer_once(url: str, part: Path, timeout: float, progress: bool, stop_at
                                  f"differ); restarting from byte 0")
             expected, mode = int(m.group(2)) + 1, "ab"
         else:  # 200: a fresh start, or the server ignored Range / If-Range did not match
-            have, mode = 0, "wb"
+            have, mode, blind = 0, "wb", False
             length = resp.headers.get("Content-Length")
             total = expected = int(length) if length is not None else None
             _sidecar(part).write_text(json.dumps({"validator": _validator(resp.headers), "total": total}))
@@ -274,6 +289,7 @@ def _transfer_once(url: str, part: Path, timeout: float, progress: bool, stop_at
         raise _ShortRead(f"{url}: connection closed after {got} of {expected} bytes")
     if total is not None and got < total:  # a 206 that covered only part of the rest
         raise _ShortRead(f"{url}: the server sent bytes up to {got} of {total}; resuming")
+    return blind
 
 
 def fetch(url: str, dest, *, sha256: str | None = None, retries: int = 5, backoff: float = 2.0,
@@ -283,7 +299,10 @@ def fetch(url: str, dest, *, sha256: str | None = None, retries: int = 5, backof
 
     Bytes go to ``dest.part`` (with ``dest.part.json`` recording the server's ETag / Last-Modified
     and size); after an interruption the next attempt (or the next call) asks for the rest with
-    ``Range`` and ``If-Range``, and starts over if the remote file changed. Connection errors,
+    ``Range`` and ``If-Range``, and starts over if the remote file changed. A server that sends
+    no ETag / Last-Modified (or a .part without its record) gives nothing to resume against: the
+    file is fetched again from byte 0, unless ``sha256`` is given, which catches a splice (such a
+    resumed file that fails the digest is fetched once more from byte 0). Connection errors,
     short reads, too-slow transfers and 5xx/408/429 answers are retried up to ``retries`` times,
     waiting ``backoff * 2**k`` seconds (at most 60) before retry ``k``. Other HTTP errors (404,
     403) fail at once. The size must match Content-Length (or the total of Content-Range) and, if
@@ -319,7 +338,17 @@ def fetch(url: str, dest, *, sha256: str | None = None, retries: int = 5, backof
     attempt = 0
     while True:
         try:
-            _transfer_once(url, part, timeout, progress, stop_at, min_rate, rate_window)
+            blind = _transfer_once(url, part, timeout, progress, stop_at, min_rate, rate_window,
+                                   blind_resume=sha256 is not None)
+            if sha256 is not None:
+                digest = _sha256(part)
+                if digest != sha256:
+                    _discard(part)
+                    if blind:  # the kept bytes may be another version's: one more try from byte 0
+                        raise _ShortRead(f"{url}: sha256 {digest} of the file resumed without a validator does "
+                                         f"not match the expected {sha256}; fetching it again from byte 0")
+                    raise DownloadError(f"{url}: sha256 {digest} does not match the expected {sha256}; "
+                                        f"file removed")
             break
         except DownloadError:
             raise
@@ -330,18 +359,14 @@ def fetch(url: str, dest, *, sha256: str | None = None, retries: int = 5, backof
                 detail = f"HTTP {exc.code} {exc.reason}" if isinstance(exc, urllib.error.HTTPError) else repr(exc)
                 raise DownloadError(f"download of {url} failed: {detail}") from exc
             if attempt >= retries:
+                again = f"Run again to resume from {part}" if part.exists() else "Run again to start over"
                 raise DownloadError(f"download of {url} failed after {attempt + 1} attempts; last error: "
-                                    f"{exc}. Run again to resume from {part}") from exc
+                                    f"{exc}. {again}") from exc
             wait = min(backoff * 2 ** attempt, 60.0)
             if stop_at is not None and time.monotonic() + wait >= stop_at:
                 raise deadline_error() from exc
             time.sleep(wait)
             attempt += 1
-    if sha256 is not None:
-        digest = _sha256(part)
-        if digest != sha256:
-            _discard(part)
-            raise DownloadError(f"{url}: sha256 {digest} does not match the expected {sha256}; file removed")
     os.replace(part, dest)
     _sidecar(part).unlink(missing_ok=True)
     return dest
