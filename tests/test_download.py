@@ -471,3 +471,38 @@ def test_blind_resume_with_sha256_that_splices_is_fetched_again_whole(server, tm
     with pytest.raises(DownloadError, match=r"after 1 attempts.*resumed without a validator.*start over"):
         fetch(server.url + "/b.bin", tmp_path / "b2.bin", sha256=digest, retries=0, **FAST)
     assert not (tmp_path / "b2.bin.part").exists()
+
+
+# ------------------------------------------------------------------ argument checks
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(timeout=0), r"^timeout: expected a finite number > 0, got 0$"),
+    (dict(timeout=-1.0), r"^timeout: .* got -1.0$"),
+    (dict(timeout=float("nan")), r"^timeout: "),
+    (dict(timeout=float("inf")), r"^timeout: "),
+    (dict(timeout="60"), r"^timeout: "),
+    (dict(retries=-1), r"^retries: expected an integer >= 0, got -1$"),
+    (dict(retries=1.5), r"^retries: "),
+    (dict(retries=True), r"^retries: "),
+    (dict(backoff=-0.5), r"^backoff: expected a finite number >= 0, got -0.5$"),
+    (dict(backoff=float("nan")), r"^backoff: "),
+    (dict(deadline=0), r"^deadline: expected a finite number > 0 \(or None\), got 0$"),
+    (dict(deadline=float("inf")), r"^deadline: "),
+    (dict(min_rate=-1), r"^min_rate: expected a finite number >= 0 \(or None\), got -1$"),
+    (dict(min_rate=float("nan")), r"^min_rate: "),
+    (dict(rate_window=0), r"^rate_window: expected a finite number > 0, got 0$"),
+])
+def test_fetch_refuses_bad_numbers_before_any_request(server, tmp_path, kwargs, match):
+    server.files["/a.bin"] = b"a"
+    with pytest.raises(ValueError, match=match):
+        fetch(server.url + "/a.bin", tmp_path / "a.bin", **{**FAST, **kwargs})
+    assert not server.requests and not list(tmp_path.iterdir())
+
+
+def test_dataset_downloads_refuse_bad_numbers_up_front(server, tmp_path):
+    serve_synthetic_oxford(server, tmp_path)
+    with pytest.raises(ValueError, match=r"^retries: "):
+        download_revisitop("roxford5k", tmp_path / "data", **urls(server), **{**FAST, "retries": -1})
+    with pytest.raises(ValueError, match=r"^timeout: "):
+        download_revisitop1m(tmp_path / "data", base_url=server.url + "/r1m", **{**FAST, "timeout": 0})
+    assert not server.requests

@@ -46,6 +46,7 @@ from pathlib import Path, PurePosixPath
 
 from tqdm.auto import tqdm
 
+from .._checks import check_int, check_real
 from .revisitop import (IMAGE_DIR, REVISITOP1M, DatasetError, RevisitopDataset, load_revisitop,
                        missing_files_message, read_revisitop_gnd, revisitop1m_image_paths)
 
@@ -111,6 +112,29 @@ def _expected_sha256(name: str, given: dict | None) -> dict:
 
 # ---------------------------------------------------------------------------------------------
 # one file
+
+
+def _optional_real(value, name: str, open_lo: bool):
+    """None, or ``value`` as a finite float > 0 (``open_lo``) or >= 0; ValueError naming ``name`` otherwise."""
+    if value is None:
+        return None
+    try:
+        return check_real(value, name, lo=0, open_lo=open_lo)
+    except ValueError:
+        raise ValueError(f"{name}: expected a finite number {'>' if open_lo else '>='} 0 (or None), "
+                         f"got {value!r}") from None
+
+
+def _check_policy(retries, backoff, timeout, deadline, min_rate, rate_window=30.0) -> tuple:
+    """The retry / time policy of :func:`fetch`, checked: the six arguments as an int and floats (or None).
+
+    Raises ValueError naming the first argument that is not a finite number in its range
+    (``retries`` an integer >= 0, ``backoff`` >= 0, ``timeout`` and ``rate_window`` > 0,
+    ``deadline`` > 0 or None, ``min_rate`` >= 0 or None).
+    """
+    return (check_int(retries, "retries", lo=0), check_real(backoff, "backoff", lo=0),
+            check_real(timeout, "timeout", lo=0, open_lo=True), _optional_real(deadline, "deadline", True),
+            _optional_real(min_rate, "min_rate", False), check_real(rate_window, "rate_window", lo=0, open_lo=True))
 
 
 def _is_transient(exc: BaseException) -> bool:
@@ -319,8 +343,12 @@ def fetch(url: str, dest, *, sha256: str | None = None, retries: int = 5, backof
 
     Raises:
         DownloadError: HTTP error, retries exhausted, deadline passed, or size/checksum mismatch.
-        ValueError: ``sha256`` is not 64 hex characters.
+        ValueError: ``sha256`` is not 64 hex characters, or a number is out of range (``retries``
+            an integer >= 0, ``backoff`` >= 0, ``timeout`` and ``rate_window`` > 0, ``deadline``
+            > 0 or None, ``min_rate`` >= 0 or None; all finite), checked before any request.
     """
+    retries, backoff, timeout, deadline, min_rate, rate_window = _check_policy(
+        retries, backoff, timeout, deadline, min_rate, rate_window)
     if sha256 is not None:
         sha256 = _check_sha256(sha256, f"sha256 for {url}")
     dest = Path(dest)
@@ -457,11 +485,13 @@ def download_revisitop(name: str, data_root, *, images_url: str | None = None, g
         progress: show tqdm bars.
 
     Raises:
-        ValueError: unknown name, or a bad sha256 entry; DownloadError / ArchiveError: fetch or integrity failure (the
+        ValueError: unknown name, a bad sha256 entry or a number out of range (as in :func:`fetch`),
+        before any request; DownloadError / ArchiveError: fetch or integrity failure (the
         dataset is then left without ``gnd_NAME.pkl``, i.e. not claiming to be complete).
     """
     if name not in ARCHIVES:
         raise ValueError(f"unknown dataset {name!r}; downloadable: {sorted(ARCHIVES)}")
+    _check_policy(retries, backoff, timeout, deadline, min_rate)  # before any request, even for a complete dataset
     sha256 = _expected_sha256(name, sha256)
     images_url = _base_url(images_url, "SGLIB_VGG_URL", VGG_URL)
     gnd_url = _base_url(gnd_url, "SGLIB_REVISITOP_URL", REVISITOP_URL)
@@ -541,13 +571,15 @@ def download_revisitop1m(data_root, parts=range(1, REVISITOP1M_PARTS + 1), *, ba
             :func:`download_revisitop`.
 
     Raises:
-        ValueError: a part number outside 1..100, or a bad sha256 entry; DownloadError / ArchiveError; MissingImagesError
+        ValueError: a part number outside 1..100, a bad sha256 entry or a number out of range (as in
+        :func:`fetch`); DownloadError / ArchiveError; MissingImagesError
         when all parts are in but listed images are absent.
     """
     parts = sorted(set(int(p) for p in parts))
     bad = [p for p in parts if not 1 <= p <= REVISITOP1M_PARTS]
     if bad:
         raise ValueError(f"revisitop1m parts are numbered 1..{REVISITOP1M_PARTS}, got {bad}")
+    _check_policy(retries, backoff, timeout, deadline, min_rate)  # before any request
     sha256 = _expected_sha256(REVISITOP1M, sha256)
     base_url = _base_url(base_url, "SGLIB_REVISITOP1M_URL", REVISITOP1M_URL)
     folder = Path(data_root) / "datasets" / REVISITOP1M
