@@ -506,3 +506,50 @@ def test_dataset_downloads_refuse_bad_numbers_up_front(server, tmp_path):
     with pytest.raises(ValueError, match=r"^timeout: "):
         download_revisitop1m(tmp_path / "data", base_url=server.url + "/r1m", **{**FAST, "timeout": 0})
     assert not server.requests
+
+
+# ------------------------------------------------------------------ archive members: only what is needed, bounded
+
+def test_members_the_ground_truth_does_not_list_are_not_extracted(server, tmp_path):
+    serve_synthetic_oxford(server, tmp_path, extra={"filler.bin": b"\0" * 300_000, "synth_unlisted.jpg": b"x",
+                                                    "notes/readme.txt": b"hello"})
+    ds = download_revisitop("roxford5k", tmp_path / "data", **urls(server), **FAST)
+    assert sorted(p.name for p in (ds.root / "jpg").rglob("*")) == sorted(f"{n}.jpg" for n in ds.imlist + ds.qimlist)
+    assert not list((tmp_path / "data").rglob("filler.bin"))
+
+
+def test_an_oversized_needed_member_is_refused_by_name(server, tmp_path, monkeypatch):
+    monkeypatch.setattr(download, "MAX_MEMBER_BYTES", 10_000)
+    serve_synthetic_oxford(server, tmp_path, extra={"synth_000002.jpg": b"\0" * 10_001,
+                                                    "big_unlisted.bin": b"\0" * 50_000})  # skipped, not refused
+    with pytest.raises(ArchiveError, match=r"member synth_000002.jpg is 10001 bytes, more than the 10000"):
+        download_revisitop("roxford5k", tmp_path / "data", **urls(server), **FAST)
+    assert_not_claiming_complete(tmp_path / "data")
+
+
+def test_a_decompression_bomb_is_refused_by_the_total(server, tmp_path, monkeypatch):
+    monkeypatch.setattr(download, "MAX_MEMBER_BYTES", 40_000)  # every member is under it, their sum is not
+    imlist = [f"synth_{i:06d}" for i in range(6)]
+    serve_synthetic_oxford(server, tmp_path, extra={f"{n}.jpg": b"\0" * 39_000 for n in imlist})
+    with pytest.raises(ArchiveError, match=r"member synth_\d+\.jpg brings the extracted size to \d+ bytes"):
+        download_revisitop("roxford5k", tmp_path / "data", **urls(server), **FAST)
+    assert_not_claiming_complete(tmp_path / "data")
+
+
+def test_an_archive_with_too_many_members_is_refused(server, tmp_path, monkeypatch):
+    monkeypatch.setattr(download, "MAX_MEMBERS", 8)
+    serve_synthetic_oxford(server, tmp_path, extra={"x.txt": b"x"})  # 9 members
+    with pytest.raises(ArchiveError, match=r"more than 8 members"):
+        download_revisitop("roxford5k", tmp_path / "data", **urls(server), **FAST)
+    assert_not_claiming_complete(tmp_path / "data")
+
+
+def test_revisitop1m_extracts_only_listed_images(server, tmp_path):
+    entries = serve_synthetic_revisitop1m(server)
+    server.files["/r1m/jpg/revisitop1m.1.tar.gz"] = tgz({entries[0]: synthetic_jpeg(1), "00/unlisted.jpg": b"x"})
+    server.files["/r1m/jpg/revisitop1m.2.tar.gz"] = tgz({"00/unlisted_too.jpg": b"x"})
+    root = tmp_path / "data"
+    with pytest.raises(ArchiveError, match=r"revisitop1m.2.tar.gz holds none of the images revisitop1m.txt lists"):
+        download_revisitop1m(root, parts=[1, 2], base_url=server.url + "/r1m", **FAST)
+    jpg = root / "datasets" / "revisitop1m" / "jpg"
+    assert [p.relative_to(jpg).as_posix() for p in jpg.rglob("*.jpg")] == [entries[0]]

@@ -11,7 +11,10 @@ match Content-Length (and a sha256 when given or listed in :data:`KNOWN_SHA256`)
 is the file renamed into place, so a finished file is never fetched again. A body sent without
 Content-Length that ends early can only be caught by a sha256.
 Archives are read completely before anything is moved into the dataset; member paths that are
-absolute or contain ``..`` (or links/devices) make the archive rejected.
+absolute or contain ``..`` (or links/devices), more than :data:`MAX_MEMBERS` members, or a needed
+image over :data:`MAX_MEMBER_BYTES` (or needed images adding up to more than twice the archive's
+own size, plus that bound: JPEGs do not compress, so only a decompression bomb gets there) make the
+archive rejected. Only the images the ground truth (or ``revisitop1m.txt``) lists are extracted.
 
 A dataset is complete once ``gnd_NAME.pkl`` sits in its folder: it is moved there last, after
 every image the ground truth names was found in the archives.
@@ -66,6 +69,11 @@ ARCHIVES = {
 # entry is added once a user with access has downloaded the file and verified it; from then on
 # every download of that file is checked against it (a ``sha256=`` argument takes precedence).
 KNOWN_SHA256: dict[str, str] = {}
+
+# Bounds on what an archive may put on disk (see _extract). The largest image of these datasets
+# is a few MB; the revisitop1m archives hold about 10,000 members each.
+MAX_MEMBER_BYTES = 64 << 20
+MAX_MEMBERS = 200_000
 
 _CHUNK = 1 << 20
 _DOWNLOADS = ".download"  # per-dataset folder for archives and .part files
@@ -405,9 +413,12 @@ def fetch(url: str, dest, *, sha256: str | None = None, retries: int = 5, backof
 
 
 def _safe_members(tar: tarfile.TarFile, archive: Path) -> list:
-    """All regular-file members; raises ArchiveError on absolute/``..`` paths, links or devices."""
+    """All regular-file members; raises ArchiveError on absolute/``..`` paths, links, devices, or
+    more than :data:`MAX_MEMBERS` members (tarfile keeps every member's header in memory)."""
     files = []
-    for m in tar:  # iterating reads the whole archive: truncation and gzip CRC errors surface here
+    for i, m in enumerate(tar):  # iterating reads the whole archive: truncation and gzip CRC errors surface here
+        if i >= MAX_MEMBERS:
+            raise ArchiveError(f"{archive}: more than {MAX_MEMBERS} members; archive rejected")
         parts = PurePosixPath(m.name).parts
         if m.name.startswith(("/", "\\")) or ".." in parts or re.match(r"^[A-Za-z]:", m.name):
             raise ArchiveError(f"{archive}: unsafe member path {m.name!r}; archive rejected")
@@ -418,21 +429,39 @@ def _safe_members(tar: tarfile.TarFile, archive: Path) -> list:
     return files
 
 
-def _extract(archive: Path, dest_dir: Path, flatten: bool, progress: bool) -> list:
-    """Extract the regular files of ``archive`` below ``dest_dir`` (basename only when ``flatten``).
+def _extract(archive: Path, dest_dir: Path, flatten: bool, progress: bool, wanted: set) -> list:
+    """Extract the regular files of ``archive`` that land on a path in ``wanted`` below ``dest_dir``.
 
-    Returns the written paths. Raises ArchiveError if the archive is unreadable or unsafe; the
-    caller extracts into a staging folder, so a failure leaves nothing in the dataset.
+    A member lands on its basename when ``flatten``, else on its path (``wanted`` holds such
+    relative POSIX paths); other members are skipped unread. Returns the written paths. Raises
+    ArchiveError if the archive is unreadable or unsafe (see :func:`_safe_members`), if a wanted
+    member is over :data:`MAX_MEMBER_BYTES`, or if the wanted members add up to more than twice
+    the archive's size plus that bound; sizes are checked from the headers before anything is
+    written. The caller extracts into a staging folder, so a failure leaves nothing in the dataset.
     """
-    written, seen = [], set()
+    written, seen, total = [], set(), 0
+    limit = 2 * archive.stat().st_size + MAX_MEMBER_BYTES
     try:
         with tarfile.open(archive, "r:*") as tar:
-            members = _safe_members(tar, archive)
-            for m in tqdm(members, desc=f"extract {archive.name}", unit="file", disable=not progress, leave=False):
-                rel = PurePosixPath(m.name).name if flatten else PurePosixPath(*PurePosixPath(m.name).parts)
-                if str(rel) in seen:
+            chosen = []
+            for m in _safe_members(tar, archive):
+                path = PurePosixPath(m.name)
+                rel = path.name if flatten else PurePosixPath(*path.parts).as_posix()  # drops "./" and "//"
+                if rel not in wanted:
+                    continue
+                if rel in seen:
                     raise ArchiveError(f"{archive}: two members extract to {rel}")
-                seen.add(str(rel))
+                seen.add(rel)
+                if m.size > MAX_MEMBER_BYTES:
+                    raise ArchiveError(f"{archive}: member {m.name} is {m.size} bytes, more than the "
+                                       f"{MAX_MEMBER_BYTES} allowed for one image (MAX_MEMBER_BYTES); archive rejected")
+                total += m.size
+                if total > limit:
+                    raise ArchiveError(f"{archive}: member {m.name} brings the extracted size to {total} bytes, more "
+                                       f"than twice the archive's {archive.stat().st_size} bytes plus "
+                                       f"{MAX_MEMBER_BYTES} (a decompression bomb); archive rejected")
+                chosen.append((m, rel))
+            for m, rel in tqdm(chosen, desc=f"extract {archive.name}", unit="file", disable=not progress, leave=False):
                 out = dest_dir / rel
                 out.parent.mkdir(parents=True, exist_ok=True)
                 src = tar.extractfile(m)
@@ -468,10 +497,10 @@ def download_revisitop(name: str, data_root, *, images_url: str | None = None, g
                        keep_archives: bool = False, progress: bool = True) -> RevisitopDataset:
     """Download ``roxford5k`` or ``rparis6k`` into ``DATA_ROOT/datasets/NAME/`` and return it loaded.
 
-    Fetches ``gnd_NAME.pkl`` and the image archives (all resumable), extracts the images flat into
-    ``jpg/`` (the Paris archives hold ``paris/<landmark>/<img>.jpg``), checks that every image the
-    ground truth lists is there, and only then puts ``gnd_NAME.pkl`` in place. A complete dataset
-    is returned without any network access.
+    Fetches ``gnd_NAME.pkl`` and the image archives (all resumable), extracts the images the
+    ground truth lists (and nothing else) flat into ``jpg/`` (the Paris archives hold
+    ``paris/<landmark>/<img>.jpg``), checks that every one of them is there, and only then puts
+    ``gnd_NAME.pkl`` in place. A complete dataset is returned without any network access.
 
     Args:
         name: ``"roxford5k"`` or ``"rparis6k"``.
@@ -513,6 +542,8 @@ def download_revisitop(name: str, data_root, *, images_url: str | None = None, g
         gnd_tmp.unlink()
         raise DownloadError(f"downloaded ground truth is not valid ({exc}); removed, run again") from exc
 
+    needed = sorted(set(gnd["imlist"]) | set(gnd["qimlist"]))
+    wanted = {f"{n}.jpg" for n in needed}  # anything else in the archives stays unextracted
     staging = folder / (IMAGE_DIR + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -521,14 +552,13 @@ def download_revisitop(name: str, data_root, *, images_url: str | None = None, g
         fname = PurePosixPath(rel).name
         archive = fetch(f"{images_url}/{rel}", dl / fname, sha256=sha256.get(fname), **opts)
         try:
-            _extract(archive, staging, flatten=True, progress=progress)
+            _extract(archive, staging, flatten=True, progress=progress, wanted=wanted)
         except ArchiveError:
             archive.unlink()
             shutil.rmtree(staging, ignore_errors=True)
             raise
         archives.append(archive)
 
-    needed = sorted(set(gnd["imlist"]) | set(gnd["qimlist"]))
     jpg = folder / IMAGE_DIR
     absent = [n for n in needed if not (staging / f"{n}.jpg").is_file() and not (jpg / f"{n}.jpg").is_file()]
     if absent:
@@ -558,7 +588,8 @@ def download_revisitop1m(data_root, parts=range(1, REVISITOP1M_PARTS + 1), *, ba
     """Download the revisitop1m distractors into ``DATA_ROOT/datasets/revisitop1m/``; returns its ``jpg/``.
 
     Fetches ``revisitop1m.txt`` and the archives ``jpg/revisitop1m.{i}.tar.gz`` for ``i`` in
-    ``parts`` (1..100), each extracted (paths kept, below ``jpg/``) via a staging folder and
+    ``parts`` (1..100), the images the list names in each extracted (paths kept, below ``jpg/``; other
+    members are skipped) via a staging folder and
     recorded in ``.download/part{i}.done``, so an interrupted run resumes at the archive (and
     byte) it stopped at. When all 100 parts are done, every image of the list must exist.
 
@@ -588,6 +619,11 @@ def download_revisitop1m(data_root, parts=range(1, REVISITOP1M_PARTS + 1), *, ba
                 progress=progress)
     listing = f"{REVISITOP1M}.txt"
     fetch(f"{base_url}/{listing}", folder / listing, sha256=sha256.get(listing), **opts)
+    try:
+        wanted = {p.relative_to(jpg).as_posix() for p in revisitop1m_image_paths(folder)}
+    except DatasetError as exc:
+        (folder / listing).unlink()
+        raise DownloadError(f"downloaded image list is not valid ({exc}); removed, run again") from exc
 
     for i in tqdm(parts, desc="revisitop1m archives", unit="archive", disable=not progress):
         done = dl / f"part{i}.done"
@@ -598,7 +634,7 @@ def download_revisitop1m(data_root, parts=range(1, REVISITOP1M_PARTS + 1), *, ba
         staging = dl / f"part{i}.partial"
         shutil.rmtree(staging, ignore_errors=True)
         try:
-            files = _extract(archive, staging, flatten=False, progress=progress)
+            files = _extract(archive, staging, flatten=False, progress=progress, wanted=wanted)
         except ArchiveError:
             archive.unlink()
             shutil.rmtree(staging, ignore_errors=True)
@@ -606,7 +642,8 @@ def download_revisitop1m(data_root, parts=range(1, REVISITOP1M_PARTS + 1), *, ba
         if not files:
             archive.unlink()
             shutil.rmtree(staging, ignore_errors=True)
-            raise ArchiveError(f"{archive} holds no image files; removed, run again to download it afresh")
+            raise ArchiveError(f"{archive} holds none of the images {listing} lists; removed, run again to "
+                               f"download it afresh")
         jpg.mkdir(parents=True, exist_ok=True)
         _move_tree(staging, jpg)
         done.write_text(f"{len(files)}\n")
