@@ -84,3 +84,20 @@ def check_real(value, name: str, lo: float | None = None, hi: float | None = Non
     else:
         bounds = f"in {'(' if open_lo else '['}{lo:g}, {hi:g}{')' if open_hi else ']'}"
     raise ValueError(f"{name}: expected a finite number {bounds}, got {value!r}")
+
+
+def check_box(value, name: str = "bbx") -> tuple:
+    """``value`` as ``(x1, y1, x2, y2)`` floats if it is 4 finite real numbers with x2 > x1 and y2 > y1,
+    else ``ValueError`` naming ``name`` (a string, NaN, inf, a wrong count or an empty box)."""
+    try:
+        flat = list(np.asarray(value, dtype=object).ravel())
+    except Exception:   # an object numpy cannot even wrap
+        flat = None
+    real = flat is not None and all(isinstance(v, (int, float, np.integer, np.floating))
+                                    and not isinstance(v, (bool, np.bool_)) for v in flat)
+    if not real or len(flat) != 4 or not all(np.isfinite(float(v)) for v in flat):
+        raise ValueError(f"{name}: expected 4 finite numbers (x1, y1, x2, y2), got {value!r}")
+    box = tuple(float(v) for v in flat)
+    if not (box[2] > box[0] and box[3] > box[1]):
+        raise ValueError(f"{name}: {box} is an empty box (needs x2 > x1 and y2 > y1)")
+    return box

@@ -368,3 +368,104 @@ def test_a_gnd_list_given_as_a_2d_array_is_named():
     with pytest.raises(ValueError, match=r"gnd\[0\]\['easy'\]: expected a flat list of database indices, got an "
                                          r"array of shape \(1, 2\)"):
         sglib.evaluate.revisited(np.tile(np.arange(5), (1, 1)), gnd)
+
+
+def test_gem_at_a_huge_exponent_is_finite_and_tends_to_the_max():
+    x = torch.rand(2, 3, 5, 4) * 10
+    pooled = sglib.pooling.gem(x, p=1000.0)
+    assert torch.isfinite(pooled).all()   # x^1000 alone overflows float32 beyond x = 1.09
+    torch.testing.assert_close(pooled, x.amax(dim=(-2, -1)), rtol=5e-3, atol=0)   # (1/20)^(1/1000) = 0.997
+    small = sglib.pooling.gem(torch.full((1, 1, 2, 2), 1e-3), p=50.0)
+    torch.testing.assert_close(small, torch.full((1, 1), 1e-3))   # 1e-3^50 alone underflows to 0
+
+
+@pytest.mark.parametrize("bbx,words", [
+    ([0, 0, float("nan"), 5], "expected 4 finite numbers"), ([0, 0, float("inf"), 5], "expected 4 finite numbers"),
+    (["0", "0", "5", "5"], "expected 4 finite numbers"), ([0, 0, 5], "expected 4 finite numbers"),
+    ([5, 0, 1, 5], "is an empty box"),
+])
+def test_a_query_box_that_is_not_four_finite_numbers_is_named(bbx, words, tmp_path):
+    from PIL import Image
+    from sglib.data.preprocess import load_network_input
+    from sglib.data.revisitop import DatasetError, validate_gnd
+    path = tmp_path / "synthetic.png"
+    Image.new("RGB", (64, 48)).save(path)
+    with pytest.raises(ValueError, match=f"^bbx: .*{words}"):
+        load_network_input(path, bbx)
+    with pytest.raises(DatasetError, match=r"gnd\[0\]\['bbx'\]: .*" + words):
+        validate_gnd({"imlist": ["a"], "qimlist": ["q"], "gnd": [{"easy": [0], "hard": [], "junk": [], "bbx": bbx}]})
+
+
+def test_a_training_csv_that_is_not_utf8_is_named(tmp_path):
+    from sglib.training.data import bundled_training_set, gldv2_training_set
+    (tmp_path / "train_clean.csv").write_bytes(b"landmark_id,images\n1,abc\xff\xfe def\n")
+    with pytest.raises(ValueError, match=r"train_clean.csv: not UTF-8 text .*expected a UTF-8 csv file"):
+        gldv2_training_set(tmp_path)
+    split = tmp_path / "datasets" / "split"
+    split.mkdir(parents=True)
+    (split / "train.csv").write_bytes(b"image,label\n\xe9t\xe9,1\n")
+    with pytest.raises(ValueError, match=r"split/train.csv: not UTF-8 text"):
+        bundled_training_set(tmp_path, "split")
+
+
+def test_a_file_that_is_no_checkpoint_or_a_pickle_with_code_is_refused_in_one_line(tmp_path):
+    from sglib.models.whitening import Whitening
+    text = tmp_path / "notes.txt"
+    text.write_text("not weights\n")
+    with pytest.raises(CheckpointError, match=r"notes.txt is not a torch.save file \(it starts with b'not '\)"):
+        load_cvnet(text)
+    with pytest.raises(ValueError, match=r"notes.txt is not a whitening file .*it starts with b'not '"):
+        Whitening.load(text)
+
+    class Payload:   # what an attacker's pickle would run; weights_only refuses to build it
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+    crafted = tmp_path / "crafted.pyth"
+    torch.save({"model_state": Payload()}, crafted)
+    with pytest.raises(CheckpointError) as caught:
+        load_cvnet(crafted)
+    message = str(caught.value)
+    assert "holds Python objects other than tensors and plain data" in message and "\n" not in message, message
+    assert "system" in message, message   # names the global it refused
+
+
+def test_cvnet_flags_with_a_model_that_cannot_use_them_are_refused(tmp_path, capsys):
+    from sglib import cli
+    code = cli.main(["evaluate", "--data-root", str(tmp_path), "--dataset", "x", "--backbone", "mobilenet_v2",
+                     "--relu-plus", "on"])
+    assert code == 2 and "--depth and --relu-plus go with a CVNet --checkpoint" in capsys.readouterr().err
+
+
+def test_depth_and_relu_plus_with_a_trained_checkpoint_are_refused_or_honoured(tmp_path):
+    import argparse
+    from sglib.cli.flags import load_model
+    from sglib.models.trained import FORMAT, trained_backbone
+    common = {"format": FORMAT, "step": 1, "config": {}, "classes": []}
+    imagenet = tmp_path / "mobilenet.pt"
+    torch.save({**common, "backbone": "mobilenet_v2",
+                "model": trained_backbone("mobilenet_v2", 8, 3.0, False, "synthetic").state_dict()}, imagenet)
+    cvnet = tmp_path / "cvnet.pt"
+    torch.save({**common, "backbone": "cvnet_r50", "relu_plus": False, "model": SuperGlobalNet(50).state_dict()},
+               cvnet)
+
+    def model(path, depth=None, relu_plus=None):
+        return load_model(argparse.Namespace(checkpoint=str(path), depth=depth, relu_plus=relu_plus))
+    with pytest.raises(ValueError, match="--depth 101: .* is a trained mobilenet_v2.*leave out --depth"):
+        model(imagenet, depth=101)
+    with pytest.raises(ValueError, match="--relu-plus: .* trained mobilenet_v2, which has no ReLU\\+"):
+        model(imagenet, relu_plus="on")
+    with pytest.raises(ValueError, match="--depth 101: .* is a trained cvnet_r50"):
+        model(cvnet, depth=101)
+    assert model(cvnet).relu_plus is False                       # the recorded setting
+    assert model(cvnet, depth=50, relu_plus="on").relu_plus is True   # an inference-time choice, honoured
+
+
+def test_a_full_ranking_that_overflows_says_so_not_nan():
+    from sglib.evaluate.retrieval import rank_database
+    x = unit_rows(30, 8)
+    big = x.copy()
+    big[4] *= 1e30
+    with pytest.raises(ValueError, match=r"query 0 and database row 4 overflows float32 .*expected L2-normalised"):
+        rank_database(big[4:5], big)   # its own score, 1e60, is beyond float32
+    with pytest.raises(ValueError, match=r"database row 4 holds NaN or infinite values \(in float32\)"):
+        rank_database(x[:1].astype(np.float64), np.where(np.arange(30)[:, None] == 4, 1e300, x.astype(np.float64)))

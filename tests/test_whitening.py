@@ -89,8 +89,11 @@ def test_load_errors(tmp_path):
     with pytest.raises(ValueError, match="not found"):
         Whitening.load(tmp_path / "none.npz")
     (tmp_path / "bad.npz").write_bytes(b"garbage")
-    with pytest.raises(ValueError, match="could not read"):
+    with pytest.raises(ValueError, match="is not a whitening file"):
         Whitening.load(tmp_path / "bad.npz")
+    (tmp_path / "cut.npz").write_bytes(b"PK\x03\x04" + b"\0" * 40)   # a zip header, then nothing
+    with pytest.raises(ValueError, match="could not read whitening file"):
+        Whitening.load(tmp_path / "cut.npz")
     np.savez(tmp_path / "part.npz", mean=np.zeros(3))
     with pytest.raises(ValueError, match=r"missing array\(s\) \['kind', 'projection'\]"):
         Whitening.load(tmp_path / "part.npz")

@@ -54,9 +54,10 @@ def positive_int(flag: str, minimum: int = 1):
 
 
 def relu_plus(text: str):
+    """The name itself (a key of :data:`RELU_PLUS`): its value None means "no floor", so None can't mean "not given"."""
     if text not in RELU_PLUS:
         raise argparse.ArgumentTypeError(f"expected one of {', '.join(RELU_PLUS)}, got {text!r}")
-    return RELU_PLUS[text]
+    return text
 
 
 def device(text: str) -> str:
@@ -183,9 +184,12 @@ def add_model_flags(p: argparse.ArgumentParser, required: bool = True) -> None:
                        help="ImageNet backbone: efficientnet_lite0, mobilenet_v2, resnet50, resnet101")
     p.add_argument("--weights", help="weights file for --backbone resnet50/101")
     p.add_argument("--whitening", help="whitening .npz (sglib.models.whitening) applied as the head of --backbone")
-    p.add_argument("--depth", type=int, default=50, choices=(50, 101))
-    p.add_argument("--relu-plus", type=relu_plus, default="on", metavar="{on,off,none}",
-                   help="ReLU+ for CVNet checkpoints: on, off (the reference's off), none (no floor anywhere)")
+    # both default to None (not given) so that a flag a model cannot use is refused, not ignored
+    p.add_argument("--depth", type=int, default=None, choices=(50, 101),
+                   help="ResNet depth of a CVNet --checkpoint (default 50)")
+    p.add_argument("--relu-plus", type=relu_plus, default=None, metavar="{on,off,none}",
+                   help="ReLU+ of a CVNet --checkpoint: on (default), off (the reference's off), none (no floor "
+                        "anywhere)")
 
 
 def add_descriptor_flags(p: argparse.ArgumentParser) -> None:
@@ -206,7 +210,22 @@ def descriptor_settings(args) -> DescriptorSettings:
     if args.checkpoint and (args.whitening or args.weights):
         raise ValueError("--whitening and --weights go with --backbone; a CVNet --checkpoint has its own head "
                          "and weights")
+    if not args.checkpoint and (args.depth is not None or args.relu_plus is not None):
+        raise ValueError("--depth and --relu-plus go with a CVNet --checkpoint; an ImageNet --backbone has neither "
+                         "(a ResNet's depth is in its name: resnet50, resnet101)")
     return args.settings["DescriptorSettings"]
+
+
+def _check_trained_flags(args, backbone_name: str) -> None:
+    """Refuse --depth / --relu-plus that a checkpoint written by `sglib train` cannot honour."""
+    from ..models.trained import CVNET_BACKBONES
+    depth = CVNET_BACKBONES.get(backbone_name)
+    if args.depth is not None and args.depth != depth:
+        raise ValueError(f"--depth {args.depth}: {args.checkpoint} is a trained {backbone_name}, whose architecture "
+                         "is recorded in the checkpoint: leave out --depth")
+    if args.relu_plus is not None and depth is None:
+        raise ValueError(f"--relu-plus: {args.checkpoint} is a trained {backbone_name}, which has no ReLU+ (a CVNet "
+                         "ResNet setting): leave out --relu-plus")
 
 
 def load_model(args, device="cpu"):
@@ -214,9 +233,13 @@ def load_model(args, device="cpu"):
     from ..models import load_backbone, load_cvnet, load_trained
     from ..models.trained import read_training_file
     if args.checkpoint:
-        if read_training_file(args.checkpoint) is not None:
-            return load_trained(args.checkpoint, device=device)
-        return load_cvnet(args.checkpoint, depth=args.depth, relu_plus=args.relu_plus, device=device)
+        blob = read_training_file(args.checkpoint)
+        if blob is not None:
+            _check_trained_flags(args, blob["backbone"])
+            return load_trained(args.checkpoint, device=device,
+                                relu_plus="recorded" if args.relu_plus is None else RELU_PLUS[args.relu_plus])
+        return load_cvnet(args.checkpoint, depth=args.depth or 50, relu_plus=RELU_PLUS[args.relu_plus or "on"],
+                          device=device)
     head = None
     if args.whitening:
         from ..models.whitening import Whitening

@@ -19,14 +19,18 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from .._checks import check_box
+
 MAX_PIXELS = 100_000_000
 """Default pixel budget (width * height) of :func:`load_image`; the environment variable
 ``SGLIB_MAX_PIXELS`` overrides it, the ``max_pixels`` argument overrides both."""
 
 MIN_SIDE = 32
-MIN_MAX_SIDE = 16   # the smallest downscaling target anywhere (CLI, build_extractor, here)
 """Default shorter side of :func:`to_network_input`: a network of stride 32 needs at least 32 px
 for one output cell."""
+
+MIN_MAX_SIDE = 16
+"""The smallest downscaling target (``max_side``) accepted anywhere: CLI, build_extractor, here."""
 
 MAX_ASPECT = 16
 """When a tiny image is upsampled, its long side grows to at most ``MAX_ASPECT * min_side`` px
@@ -151,9 +155,7 @@ def crop_to_box(image: np.ndarray, bbx) -> np.ndarray:
     """Crop (H, W, C) to ``bbx = (x1, y1, x2, y2)`` with the reference's truncation ``int()``."""
     if bbx is None:
         return image
-    if len(bbx) != 4:
-        raise ValueError(f"bbx must be (x1, y1, x2, y2), got {bbx!r}")
-    x1, y1, x2, y2 = (int(v) for v in bbx)
+    x1, y1, x2, y2 = (int(v) for v in check_box(bbx, "bbx"))
     crop = image[max(y1, 0):y2, max(x1, 0):x2]
     if crop.shape[0] == 0 or crop.shape[1] == 0:
         raise ValueError(f"bbx {tuple(bbx)} selects an empty region of a {image.shape[1]}x{image.shape[0]} image")

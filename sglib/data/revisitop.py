@@ -21,11 +21,12 @@ Example:
 from __future__ import annotations
 
 import io
-import math
 import os
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .._checks import check_box
 
 IMAGE_DIR = "jpg"
 IMAGE_EXT = ".jpg"
@@ -105,15 +106,9 @@ def _as_bbx(value, q: int, source: str):
     if value is None:
         return None
     try:
-        flat = list(value.ravel()) if hasattr(value, "ravel") else list(value)
-        box = tuple(float(v) for v in flat)
-    except (TypeError, ValueError):
-        raise DatasetError(f"{source}: gnd[{q}]['bbx'] must be 4 numbers (x1, y1, x2, y2) or None") from None
-    if len(box) != 4 or not all(math.isfinite(v) for v in box):
-        raise DatasetError(f"{source}: gnd[{q}]['bbx'] must be 4 finite numbers (x1, y1, x2, y2), got {value!r}")
-    if not (box[2] > box[0] and box[3] > box[1]):
-        raise DatasetError(f"{source}: gnd[{q}]['bbx'] = {box} is empty (needs x2 > x1 and y2 > y1)")
-    return box
+        return check_box(value, f"{source}: gnd[{q}]['bbx']")
+    except ValueError as exc:
+        raise DatasetError(str(exc)) from None
 
 
 def validate_gnd(data, source: str = "gnd") -> dict:

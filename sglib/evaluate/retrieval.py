@@ -95,14 +95,18 @@ def check_retrieval_inputs(q, x, gnd, rerank=None) -> None:
 
 def rank_database(q: np.ndarray, x: np.ndarray) -> np.ndarray:
     """Full ranking by descending inner product, ties by lower index: (nq, D), (N, D) -> (nq, N)."""
-    scores = torch.from_numpy(np.ascontiguousarray(q, np.float32)) @ torch.from_numpy(
-        np.ascontiguousarray(x, np.float32)).T
+    q32, x32 = np.ascontiguousarray(q, np.float32), np.ascontiguousarray(x, np.float32)
+    scores = torch.from_numpy(q32) @ torch.from_numpy(x32).T
     if not bool(torch.isfinite(scores).all()):
         rows = torch.nonzero(~torch.isfinite(scores))
         qi, xi = int(rows[0, 0]), int(rows[0, 1])
-        which = f"query {qi}" if not np.isfinite(q[qi]).all() else f"database row {xi}"
-        raise ValueError(f"descriptors: {which} holds NaN or infinite values; a failed image cannot be ranked "
-                         "(drop it, or fix the image and extract again)")
+        if np.isfinite(q32[qi]).all() and np.isfinite(x32[xi]).all():
+            norms = (float(np.linalg.norm(q[qi])), float(np.linalg.norm(x[xi])))
+            raise ValueError(f"descriptors: the score of query {qi} and database row {xi} overflows float32 (L2 "
+                             f"norms {norms[0]:.3g} and {norms[1]:.3g}): expected L2-normalised descriptors")
+        which = f"query {qi}" if not np.isfinite(q32[qi]).all() else f"database row {xi}"
+        raise ValueError(f"descriptors: {which} holds NaN or infinite values (in float32); a failed image cannot be "
+                         "ranked (drop it, or fix the image and extract again)")
     return torch.sort(scores, dim=1, descending=True, stable=True).indices.numpy()
 
 

@@ -52,7 +52,11 @@ def gem(x: torch.Tensor, p: float | torch.Tensor = 3.0, eps: float = 1e-6) -> to
     check_float_tensor(x, "x", ndim=4)
     if not isinstance(p, torch.Tensor):   # a learned p is checked where it is loaded: no GPU sync per call
         check_positive(p, "p")
-    return x.clamp(min=eps).pow(p).mean(dim=(-2, -1)).pow(1.0 / p)
+    x = x.clamp(min=eps)
+    # factor out each channel's largest value so that x^p can neither overflow (large p or large
+    # activations) nor underflow to 0 (large p, small activations): the ratios lie in (0, 1]
+    top = x.amax(dim=(-2, -1))
+    return top * (x / top[..., None, None]).pow(p).mean(dim=(-2, -1)).pow(1.0 / p)
 
 
 def regional_gem(x: torch.Tensor, p: float = 2.5, kernel: int = 5) -> torch.Tensor:

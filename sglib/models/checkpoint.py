@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import pickle
+import re
 
 import torch
 import torch.nn as nn
@@ -13,18 +15,35 @@ class CheckpointError(ValueError):
     """A checkpoint or weights file is missing, unreadable, or does not hold the tensors a model needs."""
 
 
+# torch.save writes a zip archive (PK..) since torch 1.6, a protocol-2 pickle (0x80 0x02) before
+_TORCH_FILE_STARTS = (b"PK\x03\x04", b"\x80\x02")
+
+
 def read_torch_file(path):
     """``torch.load`` of a file on the CPU, tensors and plain data only (``weights_only``).
 
     Raises:
-        CheckpointError: the file is missing or cannot be read.
+        CheckpointError: the file is missing, is not a ``torch.save`` file (a text file, an image),
+            holds Python objects other than tensors and plain data (never run), or is damaged.
     """
     if not os.path.isfile(path):
         raise CheckpointError(f"weights file not found: {path}")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head.startswith(_TORCH_FILE_STARTS):
+        raise CheckpointError(f"{path} is not a torch.save file (it starts with {head!r}): expected weights saved "
+                              "with torch.save, e.g. a CVNet checkpoint or an sglib training checkpoint")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:   # torch's weights_only refusal explains itself over many lines
+        # torch words it "Unsupported global: GLOBAL x.y" or "unsupported GLOBAL x.y whose module ..." by version
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        what = f" ({found.group(1)})" if found else ""
+        raise CheckpointError(f"{path} holds Python objects other than tensors and plain data{what}, which sglib "
+                              "does not run: load it only if you trust it, and save its state_dict() instead") from None
     except Exception as exc:  # torch raises many types for a corrupt file
-        raise CheckpointError(f"could not read weights file {path}: {type(exc).__name__}: {exc}") from exc
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        raise CheckpointError(f"could not read weights file {path} (damaged?): {type(exc).__name__}: {first}") from exc
 
 
 def read_state_dict(path) -> dict:

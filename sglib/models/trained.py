@@ -72,15 +72,20 @@ def trained_backbone(name: str, dim: int, gem_p: float, learn_p: bool, weights_i
                             head=nn.Linear(base.out_dim, int(dim)), gem_p=p)
 
 
-def load_trained(path, device="cpu") -> ImageNetBackbone:
+def load_trained(path, device="cpu", relu_plus: bool | None | str = "recorded") -> ImageNetBackbone:
     """A network fine-tuned by ``python -m sglib train`` (its ``checkpoint.pt`` or ``model.pt``), in eval mode.
 
     Example:
         >>> net = load_trained("runs/arcface/model.pt")            # doctest: +SKIP
         >>> net.describe(x, DescriptorSettings(gem_p=None))      # doctest: +SKIP
 
+    Args:
+        relu_plus: for a CVNet-layout run, the ReLU+ setting at inference (True, False or None as in
+            :func:`~sglib.models.load_cvnet`); ``"recorded"`` keeps the one it was trained with.
+
     Raises:
         CheckpointError: not a training checkpoint, or its tensors do not fit the recorded architecture.
+        ValueError: ``relu_plus`` set for a network that is not a CVNet ResNet.
     """
     path = os.fspath(path)
     blob = read_training_file(path)
@@ -91,9 +96,13 @@ def load_trained(path, device="cpu") -> ImageNetBackbone:
     name = blob["backbone"]
     if name in CVNET_BACKBONES:
         from .cvnet import SuperGlobalNet
-        model = SuperGlobalNet(CVNET_BACKBONES[name], relu_plus=blob.get("relu_plus", CVNET_TRAIN_RELU_PLUS))
+        if relu_plus == "recorded":
+            relu_plus = blob.get("relu_plus", CVNET_TRAIN_RELU_PLUS)
+        model = SuperGlobalNet(CVNET_BACKBONES[name], relu_plus=relu_plus)
         load_state_strict(model, state, path, f"trained {name}")
     else:
+        if relu_plus != "recorded":
+            raise ValueError(f"relu_plus: {path} is a trained {name}, which has no ReLU+ (a CVNet ResNet setting)")
         if not isinstance(state, dict) or "head.weight" not in state or "gem_p" not in state:
             raise CheckpointError(f"{path}: its model state has no head.weight or gem_p: the file is damaged")
         dim = int(state["head.weight"].shape[0])

@@ -100,6 +100,11 @@ class Whitening(nn.Module):
         """Read a file written by :meth:`save`; ValueError if missing, unreadable or incomplete."""
         if not os.path.isfile(path):
             raise ValueError(f"whitening file not found: {path}")
+        with open(path, "rb") as f:
+            head = f.read(4)
+        if head != b"PK\x03\x04":   # an .npz is a zip archive; numpy's own message for others is about pickles
+            raise ValueError(f"{path} is not a whitening file (an .npz written by Whitening.save; it starts with "
+                             f"{head!r})")
         try:
             with np.load(path, allow_pickle=False) as f:
                 arrays = {k: f[k] for k in f.files}

@@ -11,6 +11,7 @@ Layouts read:
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import hashlib
@@ -96,13 +97,24 @@ class TrainingSet:
                 self.subset([c for c in self.classes if c in held], f"{self.name} (validation classes)"))
 
 
+@contextlib.contextmanager
+def _csv_errors(path: Path):
+    """Turn a csv that is not UTF-8 text, or that the csv module cannot parse, into a ValueError naming it."""
+    try:
+        yield
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text ({exc.reason}): expected a UTF-8 csv file") from None
+    except csv.Error as exc:
+        raise ValueError(f"{path}: not a readable csv file ({exc})") from None
+
+
 def bundled_training_set(data_root, split: str = BUNDLED_SPLIT) -> TrainingSet:
     """The bundled benchmark's training split (``python -m sglib build-data`` writes it)."""
     folder = Path(data_root) / "datasets" / split
     if not (folder / "train.csv").is_file():
         raise ValueError(f"no training split at {folder}: run `python -m sglib build-data --data-root {data_root}` "
                          "(or `make data`) first")
-    with open(folder / "train.csv", newline="") as f:
+    with _csv_errors(folder / "train.csv"), open(folder / "train.csv", newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     if not rows or not {"image", "label"} <= set(rows[0]):
         raise ValueError(f"{folder / 'train.csv'}: expected columns image,label and at least one row")
@@ -140,7 +152,7 @@ def gldv2_training_set(root, csv_name: str = "train_clean.csv", min_images_per_c
         raise ValueError(f"max_classes must be None or an integer >= 2, got {max_classes!r}")
     by_class: dict[int, list[str]] = {}
     seen: dict[str, int] = {}
-    with open(path, newline="") as f:
+    with _csv_errors(path), open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         fields = set(reader.fieldnames or ())
         clean = {"landmark_id", "images"} <= fields
