@@ -2,7 +2,8 @@
 
 Nothing here reaches the internet: every base URL points at the in-test server, which supports
 Range requests (with If-Range against an ETag or Last-Modified it can announce) and can inject
-5xx answers, cut a response short, omit Content-Length, send slowly or misbehave on purpose.
+5xx answers, cut a response short, omit Content-Length, send slowly, redirect a path prefix with
+301 (as www.robots.ox.ac.uk/~vgg/data does to thor.robots.ox.ac.uk) or misbehave on purpose.
 """
 import hashlib
 import io
@@ -22,6 +23,13 @@ from sglib.data.download import (REVISITOP1M_PARTS, ArchiveError, DownloadError,
                             download_revisitop1m, fetch)
 
 FAST = dict(backoff=0.01, timeout=5, progress=False)
+PUBLISHED_SIZES = dict(download.KNOWN_SIZES)
+
+
+@pytest.fixture(autouse=True)
+def synthetic_sizes(monkeypatch):
+    """The synthetic archives are not the published ones: no known sizes unless a test sets some."""
+    monkeypatch.setattr(download, "KNOWN_SIZES", {})
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -32,6 +40,13 @@ class _Handler(BaseHTTPRequestHandler):
         state = self.server.state
         rng = self.headers.get("Range")
         state.requests.append((self.path, rng))
+        moved = next((p for p in state.redirect if self.path.startswith(p)), None)
+        if moved is not None:
+            self.send_response(301)
+            self.send_header("Location", state.url + state.redirect[moved] + self.path[len(moved):])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if state.fail.get(self.path):
             self.send_error(state.fail[self.path].pop(0))
             return
@@ -85,7 +100,7 @@ class _Handler(BaseHTTPRequestHandler):
 class _State:
     def __init__(self):
         self.files, self.fail, self.cut, self.requests = {}, {}, {}, []
-        self.etag, self.modified, self.slow, self.if_range = {}, {}, {}, []
+        self.etag, self.modified, self.slow, self.if_range, self.redirect = {}, {}, {}, [], {}
         self.no_length, self.ignore_if_range, self.partial_without_range = set(), set(), set()
 
     def hits(self, path):
@@ -171,8 +186,10 @@ def test_paris_archives_are_flattened(server, tmp_path):
     qimlist = ["paris_louvre_000002"]
     images = {n: synthetic_jpeg(i) for i, n in enumerate(imlist + qimlist)}
     path_of = lambda n: f"paris/{n.split('_')[1]}/{n}.jpg"  # noqa: E731
-    server.files["/vgg/parisbuildings/paris_1-v1.tgz"] = tgz({path_of(n): images[n] for n in imlist[:2]})
-    server.files["/vgg/parisbuildings/paris_2-v1.tgz"] = tgz({path_of(n): images[n] for n in imlist[2:] + qimlist})
+    # as on the VGG server: ~vgg/data/... answers 301 to thor, where the archives are paris_1.tgz / paris_2.tgz
+    server.redirect["/vgg/"] = "/thor/"
+    server.files["/thor/parisbuildings/paris_1.tgz"] = tgz({path_of(n): images[n] for n in imlist[:2]})
+    server.files["/thor/parisbuildings/paris_2.tgz"] = tgz({path_of(n): images[n] for n in imlist[2:] + qimlist})
     server.files["/gnd/rparis6k/gnd_rparis6k.pkl"] = synthetic_gnd_bytes(tmp_path, imlist, qimlist)
     ds = download_revisitop("rparis6k", tmp_path, **urls(server), **FAST)
     assert (sorted(p.name for p in (tmp_path / "datasets" / "rparis6k" / "jpg").iterdir()) ==
@@ -429,7 +446,7 @@ def test_cli_sha256_flag(server, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("SGLIB_VGG_URL", server.url + "/vgg")
     monkeypatch.setenv("SGLIB_REVISITOP_URL", server.url + "/gnd")
     root = str(tmp_path / "data")
-    assert main(["download", "roxford5k", "--data-root", root, "--sha256", "paris_1-v1.tgz=" + "0" * 64]) == 2
+    assert main(["download", "roxford5k", "--data-root", root, "--sha256", "paris_1.tgz=" + "0" * 64]) == 2
     assert "does not download" in capsys.readouterr().err and not server.requests
     assert main(["download", "roxford5k", "--data-root", root, "--sha256", "oxbuild_images-v1.tgz=" + "A" * 64]) == 2
     assert "does not match the expected " + "a" * 64 in capsys.readouterr().err
@@ -553,3 +570,58 @@ def test_revisitop1m_extracts_only_listed_images(server, tmp_path):
         download_revisitop1m(root, parts=[1, 2], base_url=server.url + "/r1m", **FAST)
     jpg = root / "datasets" / "revisitop1m" / "jpg"
     assert [p.relative_to(jpg).as_posix() for p in jpg.rglob("*.jpg")] == [entries[0]]
+
+
+# ------------------------------------------------------------------ the VGG server's names, redirect and sizes
+
+def test_dataset_files_are_the_names_on_the_vgg_server():
+    assert download.dataset_files("rparis6k") == ("gnd_rparis6k.pkl", "paris_1.tgz", "paris_2.tgz")
+    assert PUBLISHED_SIZES == {"oxbuild_images-v1.tgz": 1_938_238_004, "paris_1.tgz": 1_269_538_001}
+
+
+def test_resume_through_a_301_keeps_range_and_if_range(server, tmp_path):
+    data = bytes(range(256)) * 300
+    server.redirect["/old/"] = "/new/"
+    server.files["/new/f.bin"], server.etag["/new/f.bin"] = data, '"f1"'
+    server.cut["/new/f.bin"] = 10_000
+    assert fetch(server.url + "/old/f.bin", tmp_path / "f.bin", **FAST).read_bytes() == data
+    assert server.hits("/new/f.bin") == [None, "bytes=10000-"]
+    assert [h for p, h in server.if_range if p == "/new/f.bin"] == [None, '"f1"']
+
+
+def test_known_size_is_checked_against_content_length(server, tmp_path, monkeypatch):
+    serve_synthetic_oxford(server, tmp_path)
+    real = len(server.files["/vgg/oxbuildings/oxbuild_images-v1.tgz"])
+    monkeypatch.setattr(download, "KNOWN_SIZES", {"oxbuild_images-v1.tgz": real + 1})
+    with pytest.raises(DownloadError, match=rf"oxbuild_images-v1.tgz: expected {real + 1} bytes, got {real} "):
+        download_revisitop("roxford5k", tmp_path / "data", **urls(server), **FAST)
+    assert len(server.hits("/vgg/oxbuildings/oxbuild_images-v1.tgz")) == 1  # not retried
+    assert not list((tmp_path / "data").rglob("oxbuild_images-v1.tgz*"))
+    monkeypatch.setattr(download, "KNOWN_SIZES", {"oxbuild_images-v1.tgz": real})
+    assert download_revisitop("roxford5k", tmp_path / "data", **urls(server), **FAST).n_db == 6
+
+
+def test_known_size_catches_a_body_without_content_length(server, tmp_path):
+    data = b"q" * 30_000
+    server.files["/k.bin"], server.etag["/k.bin"] = data, '"k1"'
+    server.no_length.add("/k.bin")
+    server.cut["/k.bin"] = 12_000                     # ends early: only the known size tells
+    assert fetch(server.url + "/k.bin", tmp_path / "k.bin", size=30_000, **FAST).read_bytes() == data
+    assert server.hits("/k.bin") == [None, "bytes=12000-"]
+    with pytest.raises(DownloadError, match=r"k2.bin: expected 20000 bytes, got more"):
+        fetch(server.url + "/k.bin", tmp_path / "k2.bin", size=20_000, **FAST)
+    assert not list(tmp_path.glob("k2.bin*"))
+    with pytest.raises(DownloadError, match=r"k3.bin: expected 40000 bytes, got 30000 "):
+        fetch(server.url + "/k.bin", tmp_path / "k3.bin", size=40_000, retries=0, **FAST)
+    with pytest.raises(ValueError, match=r"^size: expected an integer >= 0"):
+        fetch(server.url + "/k.bin", tmp_path / "k4.bin", size=-1, **FAST)
+
+
+def test_known_size_is_checked_against_content_range_on_resume(server, tmp_path):
+    data = b"r" * 30_000
+    server.files["/c.bin"] = data
+    (tmp_path / "c.bin.part").write_bytes(data[:1000])
+    digest = hashlib.sha256(data).hexdigest()
+    with pytest.raises(DownloadError, match=r"c.bin: expected 31000 bytes, got 30000 "):
+        fetch(server.url + "/c.bin", tmp_path / "c.bin", sha256=digest, size=31_000, **FAST)
+    assert server.hits("/c.bin") == ["bytes=1000-"] and not list(tmp_path.glob("c.bin*"))

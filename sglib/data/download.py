@@ -8,8 +8,10 @@ unless its sha256 is known, which catches a splice at the end), connection
 errors, 5xx answers and transfers slower than ``min_rate`` are retried a bounded number of times
 with exponential backoff, an optional ``deadline`` bounds the whole call, the byte count must
 match Content-Length (and a sha256 when given or listed in :data:`KNOWN_SHA256`), and only then
-is the file renamed into place, so a finished file is never fetched again. A body sent without
-Content-Length that ends early can only be caught by a sha256.
+is the file renamed into place, so a finished file is never fetched again. A size known in
+advance (:data:`KNOWN_SIZES`, a weak check where no sha256 is known) must match Content-Length,
+the total of Content-Range and the final size. A body sent without Content-Length that ends early
+can only be caught by a known size or a sha256.
 Archives are read completely before anything is moved into the dataset; member paths that are
 absolute or contain ``..`` (or links/devices), more than :data:`MAX_MEMBERS` members, or a needed
 image over :data:`MAX_MEMBER_BYTES` (or needed images adding up to more than twice the archive's
@@ -21,8 +23,9 @@ every image the ground truth names was found in the archives.
 
 Sources (overridable per call or with environment variables, e.g. for a mirror or for tests):
 
-- ``SGLIB_VGG_URL`` (default :data:`VGG_URL`): ``oxbuildings/oxbuild_images-v1.tgz``,
-  ``parisbuildings/paris_1-v1.tgz``, ``parisbuildings/paris_2-v1.tgz``.
+- ``SGLIB_VGG_URL`` (default :data:`VGG_URL`, which answers with a 301 to
+  ``thor.robots.ox.ac.uk``, followed): ``oxbuildings/oxbuild_images-v1.tgz``,
+  ``parisbuildings/paris_1.tgz``, ``parisbuildings/paris_2.tgz``.
 - ``SGLIB_REVISITOP_URL`` (default :data:`REVISITOP_URL`): ``NAME/gnd_NAME.pkl``.
 - ``SGLIB_REVISITOP1M_URL`` (default :data:`REVISITOP1M_URL`): ``jpg/revisitop1m.{i}.tar.gz``
   for i in 1..100 and ``revisitop1m.txt``.
@@ -58,10 +61,11 @@ REVISITOP_URL = "http://cmp.felk.cvut.cz/revisitop/data/datasets"
 REVISITOP1M_URL = "http://ptak.felk.cvut.cz/revisitop/revisitop1m"
 REVISITOP1M_PARTS = 100
 
-# image archives per dataset, relative to the VGG base URL
+# image archives per dataset, relative to the VGG base URL. VGG_URL/... answers with a 301 to
+# thor.robots.ox.ac.uk/..., where the Paris archives are paris_1.tgz / paris_2.tgz (no "-v1").
 ARCHIVES = {
     "roxford5k": ("oxbuildings/oxbuild_images-v1.tgz",),
-    "rparis6k": ("parisbuildings/paris_1-v1.tgz", "parisbuildings/paris_2-v1.tgz"),
+    "rparis6k": ("parisbuildings/paris_1.tgz", "parisbuildings/paris_2.tgz"),
 }
 
 # sha256 of the published files, by file name (as listed by :func:`dataset_files`). Deliberately
@@ -69,6 +73,14 @@ ARCHIVES = {
 # entry is added once a user with access has downloaded the file and verified it; from then on
 # every download of that file is checked against it (a ``sha256=`` argument takes precedence).
 KNOWN_SHA256: dict[str, str] = {}
+
+# size in bytes of the published files, by file name, as the VGG server announces them. A weak
+# check (a same-size change passes), but it catches an error page or a truncated mirror where no
+# sha256 is known; every download of a listed file must match it.
+KNOWN_SIZES: dict[str, int] = {
+    "oxbuild_images-v1.tgz": 1_938_238_004,
+    "paris_1.tgz": 1_269_538_001,
+}
 
 # Bounds on what an archive may put on disk (see _extract). The largest image of these datasets
 # is a few MB; the revisitop1m archives hold about 10,000 members each.
@@ -218,7 +230,8 @@ def _discard(part: Path) -> None:
 
 
 def _transfer_once(url: str, part: Path, timeout: float, progress: bool, stop_at: float | None = None,
-                   min_rate: float | None = None, rate_window: float = 30.0, blind_resume: bool = False) -> bool:
+                   min_rate: float | None = None, rate_window: float = 30.0, blind_resume: bool = False,
+                   size: int | None = None) -> bool:
     """One HTTP request: append to ``part`` from its current size (Range + If-Range) until complete.
 
     Returns True when ``part`` is complete and holds bytes kept from before this request without
@@ -231,10 +244,17 @@ def _transfer_once(url: str, part: Path, timeout: float, progress: bool, stop_at
             ``rate_window`` seconds, is abandoned (_ShortRead, so the caller retries and resumes).
         blind_resume: resume a .part that has no validator (the caller checks a sha256 afterwards);
             otherwise such a .part is discarded and the file fetched from byte 0.
+        size: the file's size known in advance; Content-Length, the total of Content-Range and the
+            bytes received must match it (DownloadError naming the file otherwise).
 
     A body without Content-Length (and, for a 206, without a total in Content-Range) that ends
-    early cannot be told from a complete one: only a sha256 catches it.
+    early cannot be told from a complete one: only ``size`` or a sha256 catches it.
     """
+    name = part.name[:-len(".part")]
+
+    def wrong_size(got, where: str) -> DownloadError:
+        return DownloadError(f"{name}: expected {size} bytes, got {got} ({where} of {url})")
+
     record = _read_record(part) if part.exists() else None
     if record is False:  # unreadable record: the .part cannot be trusted
         _discard(part)
@@ -258,7 +278,8 @@ def _transfer_once(url: str, part: Path, timeout: float, progress: bool, stop_at
         if exc.code == 416 and have:
             # the .part already holds everything the server has, or is bogus: start over
             total = re.fullmatch(r"bytes \*/(\d+)", exc.headers.get("Content-Range", "") or "")
-            if total and int(total.group(1)) == have and (record or {}).get("total") in (None, have):
+            if (total and int(total.group(1)) == have and (record or {}).get("total") in (None, have)
+                    and size in (None, have)):
                 return blind
             _discard(part)
             raise _ShortRead(f"server refused to resume at byte {have}; restarting") from exc
@@ -278,6 +299,9 @@ def _transfer_once(url: str, part: Path, timeout: float, progress: bool, stop_at
                 raise DownloadError(f"{url}: Content-Length {length} contradicts Content-Range "
                                     f"{resp.headers.get('Content-Range')!r}")
             total = None if m.group(3) == "*" else int(m.group(3))
+            if size is not None and total not in (None, size):
+                _discard(part)
+                raise wrong_size(total, "Content-Range total")
             recorded = record or {}
             changed = [what for what, ok in (
                 ("validator", not recorded.get("validator") or _validator(resp.headers) == recorded["validator"]),
@@ -290,8 +314,12 @@ def _transfer_once(url: str, part: Path, timeout: float, progress: bool, stop_at
         else:  # 200: a fresh start, or the server ignored Range / If-Range did not match
             have, mode, blind = 0, "wb", False
             length = resp.headers.get("Content-Length")
+            if size is not None and length is not None and int(length) != size:
+                raise wrong_size(int(length), "Content-Length")
             total = expected = int(length) if length is not None else None
             _sidecar(part).write_text(json.dumps({"validator": _validator(resp.headers), "total": total}))
+        if size is not None and total is None:  # no length announced: the known size bounds the body
+            total = expected = size
         window_start = time.monotonic()
         window_bytes = 0
         with open(part, mode) as f, tqdm(total=total, initial=have, unit="B", unit_scale=True,
@@ -302,6 +330,8 @@ def _transfer_once(url: str, part: Path, timeout: float, progress: bool, stop_at
                 if not block:
                     break
                 f.write(block)
+                if expected is not None and f.tell() > expected:  # a body without Content-Length
+                    break
                 bar.update(len(block))
                 now = time.monotonic()
                 window_bytes += len(block)
@@ -316,8 +346,12 @@ def _transfer_once(url: str, part: Path, timeout: float, progress: bool, stop_at
     got = part.stat().st_size
     if expected is not None and got > expected:
         _discard(part)
+        if size is not None:
+            raise wrong_size("more", "the body")
         raise DownloadError(f"{url}: received {got} bytes, more than the {expected} announced")
     if expected is not None and got < expected:
+        if size is not None:
+            raise _ShortRead(f"{wrong_size(got, 'the body')}; resuming")
         raise _ShortRead(f"{url}: connection closed after {got} of {expected} bytes")
     if total is not None and got < total:  # a 206 that covered only part of the rest
         raise _ShortRead(f"{url}: the server sent bytes up to {got} of {total}; resuming")
@@ -326,7 +360,7 @@ def _transfer_once(url: str, part: Path, timeout: float, progress: bool, stop_at
 
 def fetch(url: str, dest, *, sha256: str | None = None, retries: int = 5, backoff: float = 2.0,
           timeout: float = 60.0, progress: bool = True, deadline: float | None = None,
-          min_rate: float | None = 1024, rate_window: float = 30.0) -> Path:
+          min_rate: float | None = 1024, rate_window: float = 30.0, size: int | None = None) -> Path:
     """Download ``url`` to ``dest`` resumably; returns ``dest``. An existing ``dest`` is kept as is.
 
     Bytes go to ``dest.part`` (with ``dest.part.json`` recording the server's ETag / Last-Modified
@@ -348,17 +382,22 @@ def fetch(url: str, dest, *, sha256: str | None = None, retries: int = 5, backof
             between reads, and each read waits at most the time left.
         min_rate: bytes/s; an attempt whose body arrives slower, averaged over a window of
             ``rate_window`` seconds, is abandoned and retried (resuming). None or 0: no minimum.
+        size: the file's size in bytes, if known in advance (see :data:`KNOWN_SIZES`): a
+            Content-Length or Content-Range total that differs fails at once, a body that ends
+            short is resumed, one that runs longer fails.
 
     Raises:
         DownloadError: HTTP error, retries exhausted, deadline passed, or size/checksum mismatch.
         ValueError: ``sha256`` is not 64 hex characters, or a number is out of range (``retries``
-            an integer >= 0, ``backoff`` >= 0, ``timeout`` and ``rate_window`` > 0, ``deadline``
+            and ``size`` integers >= 0, ``backoff`` >= 0, ``timeout`` and ``rate_window`` > 0, ``deadline``
             > 0 or None, ``min_rate`` >= 0 or None; all finite), checked before any request.
     """
     retries, backoff, timeout, deadline, min_rate, rate_window = _check_policy(
         retries, backoff, timeout, deadline, min_rate, rate_window)
     if sha256 is not None:
         sha256 = _check_sha256(sha256, f"sha256 for {url}")
+    if size is not None:
+        size = check_int(size, "size", lo=0)
     dest = Path(dest)
     if dest.is_file():
         return dest
@@ -375,7 +414,7 @@ def fetch(url: str, dest, *, sha256: str | None = None, retries: int = 5, backof
     while True:
         try:
             blind = _transfer_once(url, part, timeout, progress, stop_at, min_rate, rate_window,
-                                   blind_resume=sha256 is not None)
+                                   blind_resume=sha256 is not None, size=size)
             if sha256 is not None:
                 digest = _sha256(part)
                 if digest != sha256:
@@ -535,7 +574,8 @@ def download_revisitop(name: str, data_root, *, images_url: str | None = None, g
     opts = dict(retries=retries, backoff=backoff, timeout=timeout, deadline=deadline, min_rate=min_rate,
                 progress=progress)
 
-    gnd_tmp = fetch(f"{gnd_url}/{name}/gnd_{name}.pkl", dl / gnd_file.name, sha256=sha256.get(gnd_file.name), **opts)
+    gnd_tmp = fetch(f"{gnd_url}/{name}/gnd_{name}.pkl", dl / gnd_file.name, sha256=sha256.get(gnd_file.name),
+                    size=KNOWN_SIZES.get(gnd_file.name), **opts)
     try:
         gnd = read_revisitop_gnd(gnd_tmp)
     except DatasetError as exc:
@@ -550,7 +590,8 @@ def download_revisitop(name: str, data_root, *, images_url: str | None = None, g
     archives = []
     for rel in ARCHIVES[name]:
         fname = PurePosixPath(rel).name
-        archive = fetch(f"{images_url}/{rel}", dl / fname, sha256=sha256.get(fname), **opts)
+        archive = fetch(f"{images_url}/{rel}", dl / fname, sha256=sha256.get(fname), size=KNOWN_SIZES.get(fname),
+                        **opts)
         try:
             _extract(archive, staging, flatten=True, progress=progress, wanted=wanted)
         except ArchiveError:
@@ -618,7 +659,8 @@ def download_revisitop1m(data_root, parts=range(1, REVISITOP1M_PARTS + 1), *, ba
     opts = dict(retries=retries, backoff=backoff, timeout=timeout, deadline=deadline, min_rate=min_rate,
                 progress=progress)
     listing = f"{REVISITOP1M}.txt"
-    fetch(f"{base_url}/{listing}", folder / listing, sha256=sha256.get(listing), **opts)
+    fetch(f"{base_url}/{listing}", folder / listing, sha256=sha256.get(listing), size=KNOWN_SIZES.get(listing),
+          **opts)
     try:
         wanted = {p.relative_to(jpg).as_posix() for p in revisitop1m_image_paths(folder)}
     except DatasetError as exc:
@@ -630,7 +672,8 @@ def download_revisitop1m(data_root, parts=range(1, REVISITOP1M_PARTS + 1), *, ba
         if done.is_file():
             continue
         fname = f"{REVISITOP1M}.{i}.tar.gz"
-        archive = fetch(f"{base_url}/{IMAGE_DIR}/{fname}", dl / fname, sha256=sha256.get(fname), **opts)
+        archive = fetch(f"{base_url}/{IMAGE_DIR}/{fname}", dl / fname, sha256=sha256.get(fname),
+                        size=KNOWN_SIZES.get(fname), **opts)
         staging = dl / f"part{i}.partial"
         shutil.rmtree(staging, ignore_errors=True)
         try:
