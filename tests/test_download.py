@@ -73,7 +73,9 @@ class _Handler(BaseHTTPRequestHandler):
             start, status = 10, 206
         body = data[start:]
         self.send_response(status)
-        if self.path not in state.no_length:
+        if self.path in state.bad_length:
+            self.send_header("Content-Length", state.bad_length[self.path])
+        elif self.path not in state.no_length:
             self.send_header("Content-Length", str(len(body)))
         if status == 206:
             self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
@@ -101,6 +103,7 @@ class _State:
     def __init__(self):
         self.files, self.fail, self.cut, self.requests = {}, {}, {}, []
         self.etag, self.modified, self.slow, self.if_range, self.redirect = {}, {}, {}, [], {}
+        self.bad_length = {}
         self.no_length, self.ignore_if_range, self.partial_without_range = set(), set(), set()
 
     def hits(self, path):
@@ -625,3 +628,108 @@ def test_known_size_is_checked_against_content_range_on_resume(server, tmp_path)
     with pytest.raises(DownloadError, match=r"c.bin: expected 31000 bytes, got 30000 "):
         fetch(server.url + "/c.bin", tmp_path / "c.bin", sha256=digest, size=31_000, **FAST)
     assert server.hits("/c.bin") == ["bytes=1000-"] and not list(tmp_path.glob("c.bin*"))
+
+
+# ------------------------------------------------------------------ hostile records, servers and arguments
+
+def cut_once(server, path, data, at, tmp_path, **validator):
+    """Serve ``data`` at ``path`` (``etag=`` / ``modified=`` set its validator), let a fetch stop after
+    ``at`` bytes; returns the dest whose .part holds them."""
+    server.files[path] = data
+    for kind, value in validator.items():
+        getattr(server, kind)[path] = value
+    server.cut[path] = at
+    dest = tmp_path / "same.bin"
+    with pytest.raises(DownloadError):
+        fetch(server.url + path, dest, retries=0, **FAST)
+    assert (tmp_path / "same.bin.part").stat().st_size == at
+    return dest
+
+
+@pytest.mark.parametrize("record", ["{not json", "[1, 2]", '{"validator": "abc", "total": 5}',
+                                    '{"validator": {"etag": "\\"v1\\"\\r\\nX-Evil: 1"}, "total": 50000}',
+                                    '{"validator": {"etag": 7}, "total": 50000}',
+                                    '{"validator": {"etag": "\\"v1\\""}, "total": "50000"}'])
+def test_a_corrupt_or_forged_record_restarts_the_download(server, tmp_path, record):
+    dest = cut_once(server, "/j.bin", b"J" * 50_000, 20_000, tmp_path, etag='"v1"')
+    (tmp_path / "same.bin.part.json").write_text(record)
+    assert fetch(server.url + "/j.bin", dest, **FAST).read_bytes() == b"J" * 50_000
+    assert server.hits("/j.bin") == [None, None]
+
+
+def test_a_part_begun_from_another_url_is_not_resumed(server, tmp_path):
+    stamp = "Mon, 01 Jan 2024 00:00:00 GMT"            # two files uploaded in the same second, same size
+    dest = cut_once(server, "/mirror1/a.bin", b"A" * 50_000, 20_000, tmp_path, modified=stamp)
+    server.files["/mirror2/b.bin"], server.modified["/mirror2/b.bin"] = b"B" * 50_000, stamp
+    assert fetch(server.url + "/mirror2/b.bin", dest, **FAST).read_bytes() == b"B" * 50_000
+    assert server.hits("/mirror2/b.bin") == [None]
+
+
+def test_a_validator_on_the_first_answer_and_none_on_the_resume_restarts(server, tmp_path):
+    dest = cut_once(server, "/d.bin", b"1" * 50_000, 20_000, tmp_path, etag='"d1"')
+    del server.etag["/d.bin"]                          # the resumed answer carries no ETag ...
+    server.files["/d.bin"] = b"2" * 50_000             # ... and the file changed, same size
+    server.ignore_if_range.add("/d.bin")              # 206 regardless of If-Range
+    assert fetch(server.url + "/d.bin", dest, **FAST).read_bytes() == b"2" * 50_000
+    assert server.hits("/d.bin") == [None, "bytes=20000-", None]
+
+
+def test_a_weak_etag_is_no_validator(server, tmp_path):
+    dest = cut_once(server, "/e.bin", b"e" * 50_000, 20_000, tmp_path, etag='W/"e1"')
+    assert fetch(server.url + "/e.bin", dest, **FAST).read_bytes() == b"e" * 50_000
+    assert server.hits("/e.bin") == [None, None]
+
+
+@pytest.mark.parametrize("length", ["abc", "-5", "1e3"])
+def test_a_malformed_content_length_is_refused_clearly(server, tmp_path, length):
+    server.files["/l.bin"], server.bad_length["/l.bin"] = b"l" * 100, length
+    with pytest.raises(DownloadError, match=rf"invalid Content-Length {length!r}"):
+        fetch(server.url + "/l.bin", tmp_path / "l.bin", **FAST)
+    assert len(server.hits("/l.bin")) == 1
+
+
+@pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://example.org/x", "127.0.0.1/x", "http://", None,
+                                 b"http://x", "http://x/a b", "http://x/a\r\nX-Evil: 1"])
+def test_fetch_takes_only_http_urls(tmp_path, url):
+    with pytest.raises(ValueError, match=r"^url: expected an http:// or https:// URL"):
+        fetch(url, tmp_path / "x", **FAST)
+    assert not list(tmp_path.iterdir())
+
+
+def test_fetch_refuses_a_directory_as_dest(server, tmp_path):
+    server.files["/z.bin"] = b"z"
+    with pytest.raises(ValueError, match=r"^dest: .* is a directory"):
+        fetch(server.url + "/z.bin", tmp_path, **FAST)
+    assert not server.requests
+
+
+def test_dataset_download_arguments_are_checked_up_front(server, tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match=r"^images_url: expected an http:// or https:// URL"):
+        download_revisitop("roxford5k", tmp_path, images_url="ftp://mirror/vgg", gnd_url=server.url + "/gnd", **FAST)
+    monkeypatch.setenv("SGLIB_REVISITOP_URL", "cmp.felk.cvut.cz/revisitop")  # no scheme
+    with pytest.raises(ValueError, match=r"^SGLIB_REVISITOP_URL: expected an http:// or https:// URL"):
+        download_revisitop("roxford5k", tmp_path, images_url=server.url + "/vgg", **FAST)
+    with pytest.raises(ValueError, match=r"^base_url: "):
+        download_revisitop1m(tmp_path, base_url="file:///r1m", **FAST)
+    with pytest.raises(ValueError, match=r"unknown dataset \['roxford5k'\]"):
+        download_revisitop(["roxford5k"], tmp_path, **urls(server), **FAST)
+    with pytest.raises(ValueError, match=r"^sha256: expected a dict"):
+        download_revisitop("roxford5k", tmp_path, sha256="0" * 64, **urls(server), **FAST)
+    assert not server.requests
+
+
+@pytest.mark.parametrize("parts, match", [([2.5], r"parts\[0\]: expected an integer"), (["3"], r"parts\[0\]"),
+                                          ([1, True], r"parts\[1\]"), (5, r"^parts: expected an iterable"),
+                                          ([0, 5], r"1..100")])
+def test_revisitop1m_parts_are_checked(tmp_path, parts, match):
+    with pytest.raises(ValueError, match=match):
+        download_revisitop1m(tmp_path, parts=parts, base_url="http://127.0.0.1:9", **FAST)
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_resume_answer_adding_an_etag_to_the_recorded_last_modified_is_still_resumed(server, tmp_path):
+    stamp = "Mon, 01 Jan 2024 00:00:00 GMT"
+    dest = cut_once(server, "/m.bin", b"m" * 50_000, 20_000, tmp_path, modified=stamp)
+    server.etag["/m.bin"] = '"m1"'                     # now sent too; Last-Modified unchanged
+    assert fetch(server.url + "/m.bin", dest, **FAST).read_bytes() == b"m" * 50_000
+    assert server.hits("/m.bin") == [None, "bytes=20000-"]

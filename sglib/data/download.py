@@ -99,8 +99,22 @@ class ArchiveError(DownloadError):
     """An archive is truncated, corrupt, unsafe, or lacks images the dataset needs."""
 
 
-def _base_url(given: str | None, env: str, default: str) -> str:
-    return (given or os.environ.get(env) or default).rstrip("/")
+def _check_url(value, name: str) -> str:
+    """``value`` if it is an ``http://`` or ``https://`` URL with a host and no space or control
+    character, else ValueError naming ``name``."""
+    if not (isinstance(value, str) and re.fullmatch(r"https?://[^/?#\x00-\x20\x7f]+[^\x00-\x20\x7f]*", value, re.I)):
+        raise ValueError(f"{name}: expected an http:// or https:// URL, got {value!r}")
+    return value
+
+
+def _base_url(given: str | None, env: str, default: str, name: str) -> str:
+    """The base URL ``given`` (argument ``name``), else the environment variable ``env``, else ``default``,
+    without a trailing slash; ValueError naming the argument or the variable if it is not an http(s) URL."""
+    if given:
+        return _check_url(given, name).rstrip("/")
+    if os.environ.get(env):
+        return _check_url(os.environ[env], env).rstrip("/")
+    return default
 
 
 def dataset_files(name: str) -> tuple:
@@ -112,7 +126,7 @@ def dataset_files(name: str) -> tuple:
     """
     if name == REVISITOP1M:
         return (f"{REVISITOP1M}.txt",) + tuple(f"{REVISITOP1M}.{i}.tar.gz" for i in range(1, REVISITOP1M_PARTS + 1))
-    if name not in ARCHIVES:
+    if not isinstance(name, str) or name not in ARCHIVES:
         raise ValueError(f"unknown dataset {name!r}; downloadable: {sorted(ARCHIVES) + [REVISITOP1M]}")
     return (f"gnd_{name}.pkl",) + tuple(PurePosixPath(rel).name for rel in ARCHIVES[name])
 
@@ -120,6 +134,8 @@ def dataset_files(name: str) -> tuple:
 def _expected_sha256(name: str, given: dict | None) -> dict:
     """:data:`KNOWN_SHA256` entries for ``name``'s files, overridden by ``given``; both checked."""
     files = dataset_files(name)
+    if given is not None and not isinstance(given, dict):
+        raise ValueError(f"sha256: expected a dict {{file name: hex digest}}, got {type(given).__name__}")
     given = dict(given or {})
     unknown = sorted(set(given) - set(files))
     if unknown:
@@ -202,6 +218,9 @@ def _sidecar(part: Path) -> Path:
     return part.with_name(part.name + ".json")
 
 
+_HEADERS = {"etag": "ETag", "last_modified": "Last-Modified"}
+
+
 def _validator(headers) -> dict:
     """The response's validator usable in If-Range: ``{"etag": ...}`` (strong only), ``{"last_modified": ...}`` or {}."""
     etag = headers.get("ETag")
@@ -211,8 +230,9 @@ def _validator(headers) -> dict:
     return {"last_modified": modified} if modified else {}
 
 
-def _read_record(part: Path):
-    """The record of ``part``: a dict, None when there is none (a .part from an older sglib), False if unreadable."""
+def _read_record(part: Path, url: str):
+    """The record of ``part``: a dict ``{"url", "validator", "total"}``, None when there is none (a
+    .part from an older sglib), False if it is unreadable, malformed or made for another URL."""
     side = _sidecar(part)
     if not side.is_file():
         return None
@@ -220,7 +240,31 @@ def _read_record(part: Path):
         record = json.loads(side.read_text())
     except (OSError, ValueError):
         return False
-    return record if isinstance(record, dict) else False
+    if not isinstance(record, dict) or record.get("url") != url:
+        return False
+    validator, total = record.get("validator"), record.get("total")
+    values = list(validator.values()) if isinstance(validator, dict) else [None, None]
+    # none, or one kind whose value goes into If-Range: printable ASCII only (no CR/LF from a forged record)
+    valid = values == [] or (len(values) == 1 and set(validator) <= set(_HEADERS) and isinstance(values[0], str)
+                             and re.fullmatch(r"[\x20-\x7e]+", values[0]) is not None)
+    sized = total is None or (type(total) is int and total >= 0)
+    return record if valid and sized else False
+
+
+def _same_validator(recorded: dict, headers) -> bool:
+    """Whether the response carries the recorded validator (the same header with the same value)."""
+    (kind, value), = recorded.items()
+    return headers.get(_HEADERS[kind]) == value
+
+
+def _content_length(headers, url: str) -> int | None:
+    """The Content-Length of a response as an int, None when absent; DownloadError when it is not digits."""
+    length = headers.get("Content-Length")
+    if length is None:
+        return None
+    if not re.fullmatch(r"\s*\d+\s*", length):
+        raise DownloadError(f"{url}: the server sent an invalid Content-Length {length!r}")
+    return int(length)
 
 
 def _discard(part: Path) -> None:
@@ -255,8 +299,8 @@ def _transfer_once(url: str, part: Path, timeout: float, progress: bool, stop_at
     def wrong_size(got, where: str) -> DownloadError:
         return DownloadError(f"{name}: expected {size} bytes, got {got} ({where} of {url})")
 
-    record = _read_record(part) if part.exists() else None
-    if record is False:  # unreadable record: the .part cannot be trusted
+    record = _read_record(part, url) if part.exists() else None
+    if record is False:  # unreadable, forged or another URL's record: the .part cannot be trusted
         _discard(part)
         record = None
     validator = (record or {}).get("validator") or {}
@@ -294,8 +338,8 @@ def _transfer_once(url: str, part: Path, timeout: float, progress: bool, stop_at
             if not m or int(m.group(1)) != have:
                 raise DownloadError(f"{url}: server resumed at the wrong offset "
                                     f"(Content-Range {resp.headers.get('Content-Range')!r}, wanted {have})")
-            length = resp.headers.get("Content-Length")
-            if length is not None and int(length) != int(m.group(2)) - have + 1:
+            length = _content_length(resp.headers, url)
+            if length is not None and length != int(m.group(2)) - have + 1:
                 raise DownloadError(f"{url}: Content-Length {length} contradicts Content-Range "
                                     f"{resp.headers.get('Content-Range')!r}")
             total = None if m.group(3) == "*" else int(m.group(3))
@@ -304,7 +348,7 @@ def _transfer_once(url: str, part: Path, timeout: float, progress: bool, stop_at
                 raise wrong_size(total, "Content-Range total")
             recorded = record or {}
             changed = [what for what, ok in (
-                ("validator", not recorded.get("validator") or _validator(resp.headers) == recorded["validator"]),
+                ("validator", not recorded.get("validator") or _same_validator(recorded["validator"], resp.headers)),
                 ("size", recorded.get("total") is None or total == recorded["total"])) if not ok]
             if changed:
                 _discard(part)
@@ -313,11 +357,10 @@ def _transfer_once(url: str, part: Path, timeout: float, progress: bool, stop_at
             expected, mode = int(m.group(2)) + 1, "ab"
         else:  # 200: a fresh start, or the server ignored Range / If-Range did not match
             have, mode, blind = 0, "wb", False
-            length = resp.headers.get("Content-Length")
-            if size is not None and length is not None and int(length) != size:
-                raise wrong_size(int(length), "Content-Length")
-            total = expected = int(length) if length is not None else None
-            _sidecar(part).write_text(json.dumps({"validator": _validator(resp.headers), "total": total}))
+            total = expected = _content_length(resp.headers, url)
+            if size is not None and total is not None and total != size:
+                raise wrong_size(total, "Content-Length")
+            _sidecar(part).write_text(json.dumps({"url": url, "validator": _validator(resp.headers), "total": total}))
         if size is not None and total is None:  # no length announced: the known size bounds the body
             total = expected = size
         window_start = time.monotonic()
@@ -388,10 +431,12 @@ def fetch(url: str, dest, *, sha256: str | None = None, retries: int = 5, backof
 
     Raises:
         DownloadError: HTTP error, retries exhausted, deadline passed, or size/checksum mismatch.
-        ValueError: ``sha256`` is not 64 hex characters, or a number is out of range (``retries``
-            and ``size`` integers >= 0, ``backoff`` >= 0, ``timeout`` and ``rate_window`` > 0, ``deadline``
-            > 0 or None, ``min_rate`` >= 0 or None; all finite), checked before any request.
+        ValueError: ``url`` is not an http(s) URL, ``dest`` is a directory, ``sha256`` is not 64
+            hex characters, or a number is out of range (``retries`` and ``size`` integers >= 0,
+            ``backoff`` >= 0, ``timeout`` and ``rate_window`` > 0, ``deadline`` > 0 or None,
+            ``min_rate`` >= 0 or None; all finite), checked before any request.
     """
+    _check_url(url, "url")
     retries, backoff, timeout, deadline, min_rate, rate_window = _check_policy(
         retries, backoff, timeout, deadline, min_rate, rate_window)
     if sha256 is not None:
@@ -401,6 +446,8 @@ def fetch(url: str, dest, *, sha256: str | None = None, retries: int = 5, backof
     dest = Path(dest)
     if dest.is_file():
         return dest
+    if dest.is_dir():  # found now, not when the finished download is renamed
+        raise ValueError(f"dest: {dest} is a directory; expected the path of the file to write")
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     stop_at = None if deadline is None else time.monotonic() + deadline
@@ -553,16 +600,17 @@ def download_revisitop(name: str, data_root, *, images_url: str | None = None, g
         progress: show tqdm bars.
 
     Raises:
-        ValueError: unknown name, a bad sha256 entry or a number out of range (as in :func:`fetch`),
-        before any request; DownloadError / ArchiveError: fetch or integrity failure (the
-        dataset is then left without ``gnd_NAME.pkl``, i.e. not claiming to be complete).
+        ValueError: unknown name, a bad sha256 entry, a base URL (argument or environment variable)
+        that is not http(s), or a number out of range (as in :func:`fetch`), before any request.
+        DownloadError / ArchiveError: fetch or integrity failure (the dataset is then left without
+        ``gnd_NAME.pkl``, i.e. not claiming to be complete).
     """
-    if name not in ARCHIVES:
+    if not isinstance(name, str) or name not in ARCHIVES:
         raise ValueError(f"unknown dataset {name!r}; downloadable: {sorted(ARCHIVES)}")
     _check_policy(retries, backoff, timeout, deadline, min_rate)  # before any request, even for a complete dataset
     sha256 = _expected_sha256(name, sha256)
-    images_url = _base_url(images_url, "SGLIB_VGG_URL", VGG_URL)
-    gnd_url = _base_url(gnd_url, "SGLIB_REVISITOP_URL", REVISITOP_URL)
+    images_url = _base_url(images_url, "SGLIB_VGG_URL", VGG_URL, "images_url")
+    gnd_url = _base_url(gnd_url, "SGLIB_REVISITOP_URL", REVISITOP_URL, "gnd_url")
     folder = Path(data_root) / "datasets" / name
     gnd_file = folder / f"gnd_{name}.pkl"
     if gnd_file.is_file():
@@ -643,17 +691,20 @@ def download_revisitop1m(data_root, parts=range(1, REVISITOP1M_PARTS + 1), *, ba
             :func:`download_revisitop`.
 
     Raises:
-        ValueError: a part number outside 1..100, a bad sha256 entry or a number out of range (as in
-        :func:`fetch`); DownloadError / ArchiveError; MissingImagesError
+        ValueError: a part number that is not an integer in 1..100, a bad sha256 entry, a base URL
+        that is not http(s), or a number out of range (as in :func:`fetch`). DownloadError /
+        ArchiveError, also for a downloaded ``revisitop1m.txt`` that is not a valid list; MissingImagesError
         when all parts are in but listed images are absent.
     """
-    parts = sorted(set(int(p) for p in parts))
+    if isinstance(parts, (str, bytes)) or not hasattr(parts, "__iter__"):
+        raise ValueError(f"parts: expected an iterable of part numbers (1..{REVISITOP1M_PARTS}), got {parts!r}")
+    parts = sorted({check_int(p, f"parts[{i}]") for i, p in enumerate(parts)})
     bad = [p for p in parts if not 1 <= p <= REVISITOP1M_PARTS]
     if bad:
         raise ValueError(f"revisitop1m parts are numbered 1..{REVISITOP1M_PARTS}, got {bad}")
     _check_policy(retries, backoff, timeout, deadline, min_rate)  # before any request
     sha256 = _expected_sha256(REVISITOP1M, sha256)
-    base_url = _base_url(base_url, "SGLIB_REVISITOP1M_URL", REVISITOP1M_URL)
+    base_url = _base_url(base_url, "SGLIB_REVISITOP1M_URL", REVISITOP1M_URL, "base_url")
     folder = Path(data_root) / "datasets" / REVISITOP1M
     dl, jpg = folder / _DOWNLOADS, folder / IMAGE_DIR
     opts = dict(retries=retries, backoff=backoff, timeout=timeout, deadline=deadline, min_rate=min_rate,
