@@ -733,3 +733,11 @@ def test_a_resume_answer_adding_an_etag_to_the_recorded_last_modified_is_still_r
     server.etag["/m.bin"] = '"m1"'                     # now sent too; Last-Modified unchanged
     assert fetch(server.url + "/m.bin", dest, **FAST).read_bytes() == b"m" * 50_000
     assert server.hits("/m.bin") == [None, "bytes=20000-"]
+
+
+def test_revisitop1m_list_entries_resolve_as_the_loader_resolves_them(tmp_path):
+    from sglib.data.revisitop import revisitop1m_image_paths
+    entries = ["ab/x1", "jpg/ab/x2.jpg", "ab/x3.PNG", "jpg/x4", "ab/x5.jpeg", "ab/x6.tif"]
+    (tmp_path / "revisitop1m.txt").write_text("\n".join(entries) + "\n")
+    paths = revisitop1m_image_paths(tmp_path)
+    assert [download._listed_path(e) for e in entries] == [p.relative_to(tmp_path / "jpg").as_posix() for p in paths]

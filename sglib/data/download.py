@@ -53,8 +53,9 @@ from pathlib import Path, PurePosixPath
 from tqdm.auto import tqdm
 
 from .._checks import check_int, check_real
-from .revisitop import (IMAGE_DIR, REVISITOP1M, DatasetError, RevisitopDataset, load_revisitop,
-                       missing_files_message, read_revisitop_gnd, revisitop1m_image_paths)
+from .revisitop import (_KNOWN_EXTS, IMAGE_DIR, IMAGE_EXT, REVISITOP1M, DatasetError, RevisitopDataset,
+                        load_revisitop, load_revisitop1m_list, missing_files_message, read_revisitop_gnd,
+                        revisitop1m_image_paths)
 
 VGG_URL = "https://www.robots.ox.ac.uk/~vgg/data"
 REVISITOP_URL = "http://cmp.felk.cvut.cz/revisitop/data/datasets"
@@ -670,6 +671,15 @@ def download_revisitop(name: str, data_root, *, images_url: str | None = None, g
     return load_revisitop(data_root, name, require_images=True)
 
 
+def _listed_path(entry: str) -> str:
+    """Where a ``revisitop1m.txt`` entry's image lies below ``jpg/``, as a POSIX path: the entry less an
+    optional ``jpg/`` prefix, with ``.jpg`` added unless it ends in an image extension (the rule of
+    :func:`revisitop1m_image_paths`, on strings: building a million Path objects takes seconds)."""
+    if entry.startswith(IMAGE_DIR + "/"):
+        entry = entry[len(IMAGE_DIR) + 1:]
+    return entry if entry.lower().endswith(_KNOWN_EXTS) else entry + IMAGE_EXT
+
+
 def download_revisitop1m(data_root, parts=range(1, REVISITOP1M_PARTS + 1), *, base_url: str | None = None,
                          sha256: dict | None = None, retries: int = 5, backoff: float = 2.0,
                          timeout: float = 60.0, deadline: float | None = None, min_rate: float | None = 1024,
@@ -713,7 +723,7 @@ def download_revisitop1m(data_root, parts=range(1, REVISITOP1M_PARTS + 1), *, ba
     fetch(f"{base_url}/{listing}", folder / listing, sha256=sha256.get(listing), size=KNOWN_SIZES.get(listing),
           **opts)
     try:
-        wanted = {p.relative_to(jpg).as_posix() for p in revisitop1m_image_paths(folder)}
+        wanted = {_listed_path(e) for e in load_revisitop1m_list(folder)}
     except DatasetError as exc:
         (folder / listing).unlink()
         raise DownloadError(f"downloaded image list is not valid ({exc}); removed, run again") from exc
