@@ -1,17 +1,19 @@
 """Download the revisited Oxford/Paris datasets and the revisitop1m distractors (needs internet).
 
-Resumable and checked: each file streams into ``FILE.part`` (resumed with an HTTP Range request
-after an interruption, guarded by ``If-Range`` with the ETag / Last-Modified recorded in
-``FILE.part.json``, so a file changed on the server is fetched afresh, never spliced; a server
-that sends neither gives nothing to resume against, so the file is fetched again from byte 0,
-unless its sha256 is known, which catches a splice at the end), connection
-errors, 5xx answers and transfers slower than ``min_rate`` are retried a bounded number of times
-with exponential backoff, an optional ``deadline`` bounds the whole call, the byte count must
-match Content-Length (and a sha256 when given or listed in :data:`KNOWN_SHA256`), and only then
-is the file renamed into place, so a finished file is never fetched again. A size known in
-advance (:data:`KNOWN_SIZES`, a weak check where no sha256 is known) must match Content-Length,
-the total of Content-Range and the final size. A body sent without Content-Length that ends early
-can only be caught by a known size or a sha256.
+Resumable and checked: each file streams into ``FILE.part``. After an interruption it is resumed
+with an HTTP Range request guarded by ``If-Range`` with the ETag / Last-Modified recorded, with
+the URL, in ``FILE.part.json``, so a file changed on the server is fetched afresh, never spliced.
+A .part whose record is corrupt or another URL's is discarded. A server that sends neither
+validator (or a .part without a record) gives nothing to resume against: the file is fetched
+again from byte 0, unless its sha256 is known, which catches a splice at the end. Connection errors, 5xx answers and transfers slower
+than ``min_rate`` are retried a bounded number of times with exponential backoff, an optional
+``deadline`` bounds the whole call, the byte count must match Content-Length (and a sha256 when
+given or listed in :data:`KNOWN_SHA256`), and only then is the file renamed into place, so a
+finished file is never fetched again. A size known in advance (:data:`KNOWN_SIZES`, a weak check
+where no sha256 is known) must match Content-Length, the total of Content-Range and the final
+size. A body sent without Content-Length that ends early can only be caught by a known size or a
+sha256. Numbers, URLs (http and https only) and paths given are checked before any request.
+
 Archives are read completely before anything is moved into the dataset; member paths that are
 absolute or contain ``..`` (or links/devices), more than :data:`MAX_MEMBERS` members, or a needed
 image over :data:`MAX_MEMBER_BYTES` (or needed images adding up to more than twice the archive's
