@@ -16,7 +16,7 @@ def test_matches_reference(name):
     initial, final = d["ranks_initial"].T, d["ranks_final"].T   # golden files are (N, nq)
     out = rerank.superglobal(d["Q"], d["X"], initial, M=M, K=K, beta=beta)
     assert np.array_equal(out[:, M:], final[:, M:])
-    assert (out[:, :M] == final[:, :M]).mean() >= 0.995
+    assert np.array_equal(out[:, :M], final[:, :M])          # measured: identical on all three files
     assert (out[:, :M] != initial[:, :M]).any()          # it really reordered something
 
 

@@ -34,7 +34,8 @@ def test_graph_equals_naive_and_is_cached(tmp_path):
     _, x, _ = _problem()
     ids, sims = _naive_graph(x.astype(np.float64), 7)
     g = graph.database_graph(x, 7)
-    assert (g.ids.numpy() == ids).mean() > 0.99 and np.allclose(g.sims.numpy(), sims, atol=1e-5)
+    # measured: identical ids, float32 similarities within 1.8e-7 of the float64 ones
+    assert np.array_equal(g.ids.numpy(), ids) and np.allclose(g.sims.numpy(), sims, rtol=0, atol=1e-6)
     cached = graph.database_graph(x, 7, cache_dir=tmp_path)
     files = list(tmp_path.glob("graph-*.npz"))
     assert len(files) == 1 and torch.equal(cached.ids, g.ids)
@@ -67,7 +68,7 @@ def test_alpha_qe_equals_naive(n, alpha):
     for i in range(len(q)):
         expect = r32[i, :M][np.argsort(-_naive_qe(q32[i].astype(np.float64), x32[r32[i, :M]].astype(np.float64),
                                                   n, alpha), kind="stable")]
-        assert (new[i, :M] == expect).mean() > 0.95
+        assert np.array_equal(new[i, :M], expect)                  # measured: identical for every query
     assert np.array_equal(new[:, M:], r32[:, M:])
 
 
@@ -168,7 +169,7 @@ def test_diffusion_equals_naive_solve():
 def test_superglobal_sides_equal_reference(sides):
     q, x, ranks = _problem(5)
     out = rerank.superglobal(q, x, ranks, 60, 5, 0.3, sides=sides)
-    assert (out == superglobal_per_query(q, x, ranks, 60, 5, 0.3, sides=sides)).mean() > 0.995
+    assert np.array_equal(out, superglobal_per_query(q, x, ranks, 60, 5, 0.3, sides=sides))   # measured: identical
     assert np.array_equal(rerankers.rerank(f"superglobal{'' if sides == 'both' else '_' + sides}", q, x, ranks, 60,
                                            K=5, beta=0.3), out)
 

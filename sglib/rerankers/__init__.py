@@ -14,6 +14,7 @@ leaves the rest unchanged; numpy in -> numpy out, torch in -> torch out, CPU or 
 Example:
     >>> import numpy as np
     >>> x = np.eye(30, dtype=np.float32); q = x[:2] + 0.1
+    >>> q /= np.linalg.norm(q, axis=1, keepdims=True)            # rerankers take unit rows
     >>> ranks = np.argsort(-q @ x.T, axis=1)
     >>> rerank("alpha_qe", q, x, ranks, M=20).shape
     (2, 30)
