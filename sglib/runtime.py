@@ -1,4 +1,5 @@
-"""CPU thread settings, applied the same way by the CLI, ``make`` and the notebooks.
+"""CPU thread settings, applied the same way by the CLI, ``make`` and the notebooks; the torchrun process group
+that training and extraction share (:func:`process_group`: a stopped or failed process ends them all).
 
 Two things keep a run from crawling when it shares the CPU with another busy process:
 
@@ -22,7 +23,14 @@ between thread counts, as convolutions sum in another order.
 """
 from __future__ import annotations
 
+import contextlib
+import datetime
+import math
 import os
+import signal
+import socket
+import sys
+import threading
 import time
 import warnings
 
@@ -112,3 +120,155 @@ def process_runs(pid: int) -> bool:
     except PermissionError:   # it runs, as another user
         return True
     return True
+
+
+# ----------------------------------------------------------------------------------- torchrun process groups
+
+DEFAULT_DIST_TIMEOUT = 600.0   # seconds; long enough for a machine that swaps for a while, short against hours
+_groups_made = 0               # process groups this process has made: each group's keys are its own
+
+
+def check_dist_timeout(value) -> float:
+    """``value`` as seconds (a finite number > 0); ValueError naming ``dist_timeout`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+        raise ValueError(f"dist_timeout must be a number of seconds > 0, got {value!r}")
+    return float(value)
+
+
+class _PeerWatch(threading.Thread):
+    """Each process's watch on the others, through the rendezvous store (TCP, outside gloo and NCCL).
+
+    Every ``interval`` it bumps its own counter ``alive/RANK``, reads the next rank's counter and the
+    ``failed`` key. A counter that has not moved for ``timeout`` seconds means a process that runs no
+    code (stopped, hung inside C, on a lost machine): the watch publishes that as the run's failure. A
+    published failure (this check's, or a rank's exception, see :func:`process_group`) ends this
+    process with the reason on stderr: the main thread may be blocked inside a collective that
+    no Python code can interrupt, so the watch calls ``os._exit(1)``, as NCCL's own watchdog does.
+    Each rank watches one neighbour, so the store serves O(processes) requests per interval.
+    """
+
+    def __init__(self, store, rank: int, world: int, timeout: float):
+        super().__init__(name="sglib-peer-watch", daemon=True)
+        self.store, self.rank, self.peer, self.timeout = store, rank, (rank + 1) % world, timeout
+        self.interval = min(1.0, timeout / 10)
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        beat, seen, contact = -1, time.monotonic(), time.monotonic()
+        while not self.stopping.wait(self.interval):
+            now = time.monotonic()
+            try:
+                self.store.add(f"alive/{self.rank}", 1)
+                failure = self.store.get("failed").decode() if self.store.check(["failed"]) else None
+                peer_beat = self.store.add(f"alive/{self.peer}", 0)
+                peer_done = self.store.check([f"done/{self.peer}"])
+            except Exception as exc:   # the store's host is gone: tolerated for `timeout`, like a silent rank
+                if now - contact > self.timeout:
+                    self.end(f"the rendezvous store ({os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"
+                             f") has not answered for {self.timeout:g} s (--dist-timeout): {exc}")
+                continue
+            contact = now
+            if self.stopping.is_set():
+                return
+            if failure is not None:
+                self.end(failure)
+            if peer_beat != beat or peer_done:
+                beat, seen = peer_beat, now
+            elif now - seen > self.timeout:
+                self.end(f"rank {self.peer} ({self.where(self.peer)}) has run no code for {self.timeout:g} s "
+                         "(--dist-timeout): it is stopped, hung or on a lost machine", silent=self.peer)
+
+    def published(self, key: str) -> str:
+        """The store's value of ``key``; ``?`` when it has none or cannot be read."""
+        try:
+            return self.store.get(key).decode() if self.store.check([key]) else "?"
+        except Exception:
+            return "?"
+
+    def where(self, rank: int) -> str:
+        """``pid N on HOST`` of ``rank``, as it published it (``pid ? on ?`` when it did not)."""
+        return f"pid {self.published(f'pid/{rank}')} on {self.published(f'host/{rank}')}"
+
+    def end(self, reason: str, silent: int | None = None) -> None:
+        """Publish ``reason`` (unless a failure was published first, which is then printed), print it, end the
+        ``silent`` rank if it is a sibling (:func:`_kill_silent_sibling`), exit 1."""
+        try:
+            reason = self.store.compare_set("failed", "", reason).decode()
+        except Exception:
+            pass
+        print(f"[sglib rank {self.rank}] ending this process: {reason}", file=sys.stderr, flush=True)
+        if silent is not None:
+            _kill_silent_sibling(self.published(f"pid/{silent}"), silent)
+        os._exit(1)
+
+
+def _kill_silent_sibling(pid: str, rank: int) -> None:
+    """SIGKILL process ``pid`` if it is rank ``rank`` under this process's own launcher (same parent, RANK=rank).
+
+    A stopped process does not act on torchrun's SIGTERM, and torchrun (2.x) then waits 30 s before its SIGKILL
+    whatever its --shutdown-timeout; the process is being ended anyway, so it is ended now. One on another
+    machine (not a child of this launcher) is left to its own launcher.
+    """
+    try:
+        ppid = int(open(f"/proc/{int(pid)}/stat").read().rsplit(")", 1)[1].split()[1])
+        with open(f"/proc/{int(pid)}/environ", "rb") as f:
+            env = f.read().split(b"\0")
+        if ppid == os.getppid() and f"RANK={rank}".encode() in env:
+            os.kill(int(pid), signal.SIGKILL)
+    except (OSError, ValueError, IndexError):   # not on this machine, already gone, or not Linux
+        pass
+
+
+@contextlib.contextmanager
+def process_group(backend: str, collective_timeout: float, dist_timeout: float = DEFAULT_DIST_TIMEOUT):
+    """Join the ``torchrun`` process group (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT from the environment)
+    for the ``with`` block, with a watch that ends every process soon after one fails; yields (rank, world).
+
+    * A rank that runs no code for ``dist_timeout`` seconds (SIGSTOP, a hang inside C, a lost machine)
+      ends all the others, each printing which rank and the timeout; its watcher kills it when both run
+      under the same launcher (:func:`_kill_silent_sibling`).
+    * An exception on any rank is published with its rank before it propagates; the other ranks print
+      it and end within a second, wherever they are blocked. The others' own errors that follow from it
+      ("Connection closed by peer") come with the first rank's reason printed beside them.
+
+    ``collective_timeout`` (seconds) is the process group's own limit on one collective, gloo's and
+    NCCL's: it bounds how far a live process may lag behind the others (rank 0 validating, a slower GPU
+    finishing its shards), so it is long; a silent process is the watch's, within ``dist_timeout``.
+    Under torchrun the store lives in the launcher of node 0, so the watch keeps working whichever
+    training process stops.
+    """
+    import torch.distributed as dist
+
+    dist_timeout = check_dist_timeout(dist_timeout)
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    timeout = datetime.timedelta(seconds=collective_timeout)
+    store, rank, world = next(dist.rendezvous("env://", rank, world, timeout=timeout))
+    dist.init_process_group(backend, store=dist.PrefixStore("default_pg", store), rank=rank, world_size=world,
+                            timeout=timeout)
+    global _groups_made
+    _groups_made += 1
+    # keys of this group only: a torchrun restart or a second group in this process starts clean
+    peers = dist.PrefixStore(f"sglib_peers/{os.environ.get('TORCHELASTIC_RESTART_COUNT', 0)}/{_groups_made}", store)
+    peers.set(f"host/{rank}", socket.gethostname())
+    peers.set(f"pid/{rank}", str(os.getpid()))
+    # NCCL's set-up does not wait for every rank: without this, a late rank would look silent to its watcher
+    peers.wait([f"pid/{r}" for r in range(world)])
+    watch = _PeerWatch(peers, rank, world, dist_timeout)
+    watch.start()
+    try:
+        yield rank, world
+    except BaseException as exc:
+        watch.stopping.set()   # this rank's own traceback is printed by the caller, not by the watch
+        reason = f"rank {rank} ({watch.where(rank)}) failed: {type(exc).__name__}: {exc}"
+        try:
+            first = peers.compare_set("failed", "", reason).decode()
+        except Exception:   # the store is gone with its host: this rank's own error is all there is
+            first = reason
+        if first != reason:
+            print(f"[sglib rank {rank}] an error that follows from: {first}", file=sys.stderr, flush=True)
+        raise
+    else:
+        peers.set(f"done/{rank}", "1")
+    finally:
+        dist.destroy_process_group()
+        watch.stopping.set()

@@ -234,6 +234,127 @@ def test_two_torchrun_processes_equal_one_on_the_union_of_batches(bad_split_root
     assert [r["failed"] for r in la] == [r["failed"] for r in lb]
 
 
+def child_pids(pid: int) -> list[int]:
+    """The ids of the processes whose parent is ``pid`` (from /proc)."""
+    found = []
+    for entry in pathlib.Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+        except (OSError, IndexError, ValueError):   # a process that ended while listed
+            pass
+    return found
+
+
+def runs(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
+    try:
+        return pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def torchrun_ranks(launcher: subprocess.Popen, out: pathlib.Path, expect: int) -> dict[int, int]:
+    """{rank: pid} of the training processes that ``launcher`` (torchrun) started, once ``out/log.csv`` has a step."""
+    start = time.monotonic()
+    while not ((out / "log.csv").is_file() and len((out / "log.csv").read_text().splitlines()) >= 2):
+        assert launcher.poll() is None and time.monotonic() - start < 240, "training did not start"
+        time.sleep(0.2)
+    ranks = {}
+    for pid in child_pids(launcher.pid):
+        env = dict(v.split("=", 1) for v in pathlib.Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in v)
+        ranks[int(env["RANK"])] = pid
+    assert len(ranks) == expect, ranks
+    return ranks
+
+
+def launch_torchrun(tmp_path, name: str, torchrun_flags, train_flags) -> subprocess.Popen:
+    """torchrun running `sglib train` with ``train_flags``, its output (all processes') to ``tmp_path/name.log``."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", *torchrun_flags, "--master_addr=127.0.0.1", "-m", "sglib",
+           *train_flags]
+    with open(tmp_path / f"{name}.log", "w") as log:
+        return subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}, cwd=ROOT,
+                                stdout=log, stderr=subprocess.STDOUT)
+
+
+def endless_run_flags(root, out, dist_timeout: int, num_workers: int) -> list[str]:
+    """`sglib train` flags of a run that would not end by itself within the test."""
+    flags = ["train", "--data-root", str(root), *CLI_FLAGS, "--steps", "100000", "--checkpoint-every", "100000",
+             "--val-classes", "0", "--projection-init", "random", "--dist-timeout", str(dist_timeout),
+             "--out", str(out), "--threads", "1"]
+    flags[flags.index("--num-workers") + 1] = str(num_workers)
+    return flags
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the processes in /proc")
+def test_a_stopped_torchrun_process_ends_every_process_after_the_dist_timeout(split_root, tmp_path):
+    """Rank 1 is stopped (SIGSTOP) mid-run: rank 0, blocked in a collective, ends after --dist-timeout naming
+    rank 1 and the timeout, and kills its stopped sibling (torchrun's SIGTERM would not reach it, and torchrun
+    waits 30 s before its SIGKILL); torchrun ends. Before the fix rank 0 waited for the process group's 2 hours."""
+    timeout = 15
+    launcher = launch_torchrun(tmp_path, "torchrun", ["--nproc_per_node=2", f"--master_port={free_port()}"],
+                               endless_run_flags(split_root, tmp_path / "run", timeout, 0))
+    ranks = {}
+    try:
+        ranks = torchrun_ranks(launcher, tmp_path / "run", 2)
+        os.kill(ranks[1], signal.SIGSTOP)
+        stopped = time.monotonic()
+        try:
+            launcher.wait(timeout=timeout + 30)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"torchrun still runs {timeout + 30} s after rank 1 was stopped")
+        took = time.monotonic() - stopped
+        output = (tmp_path / "torchrun.log").read_text()
+        assert launcher.returncode != 0
+        assert f"rank 1 (pid {ranks[1]} on " in output, output
+        assert f"has run no code for {timeout} s (--dist-timeout)" in output, output
+        # rank 1 beat last at most a watch interval (1 s) before it was stopped
+        assert timeout - 1.5 <= took < timeout + 12, took
+        assert not [pid for pid in ranks.values() if runs(pid)]
+    finally:
+        for pid in [*ranks.values(), launcher.pid]:
+            if runs(pid):
+                os.kill(pid, signal.SIGKILL)
+        launcher.wait()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the processes in /proc")
+def test_a_failed_torchrun_process_ends_every_process_at_once_with_its_reason(split_root, tmp_path):
+    """Two torchrun launchers, one process each, as on two machines: rank 0's launcher does not see rank 1 fail.
+    Rank 1's image-decoding process is killed, a real error in rank 1 only (RuntimeError: DataLoader worker
+    ... is killed); every process ends within seconds and rank 0's output gives rank 1's reason. Before the
+    fix rank 0 ended too (its socket to rank 1 closed), but said only "Connection closed by peer"."""
+    port, out = free_port(), tmp_path / "run"
+    launchers = [launch_torchrun(tmp_path, f"node{node}", ["--nproc_per_node=1", "--nnodes=2", f"--node_rank={node}",
+                                                           f"--master_port={port}"],
+                                 endless_run_flags(split_root, out, 60, 1)) for node in (0, 1)]
+    ranks = {}
+    try:
+        ranks = {**torchrun_ranks(launchers[0], out, 1), **torchrun_ranks(launchers[1], out, 1)}
+        loaders = [pid for pid in child_pids(ranks[1]) if pathlib.Path(f"/proc/{pid}/comm").read_text().strip()
+                   == "pt_data_worker"]
+        assert len(loaders) == 1, loaders
+        os.kill(loaders[0], signal.SIGKILL)
+        failed = time.monotonic()
+        for launcher in launchers:
+            try:
+                launcher.wait(timeout=45)
+            except subprocess.TimeoutExpired:
+                pytest.fail("a torchrun launcher still runs 45 s after rank 1 failed")
+        took = time.monotonic() - failed
+        node0 = (tmp_path / "node0.log").read_text()
+        assert all(launcher.returncode != 0 for launcher in launchers)
+        assert f"rank 1 (pid {ranks[1]} on " in node0 and "failed: RuntimeError: DataLoader worker" in node0, node0
+        assert took < 15, took
+        assert not [pid for pid in ranks.values() if runs(pid)]
+    finally:
+        for pid in [*ranks.values(), *(launcher.pid for launcher in launchers)]:
+            if runs(pid):
+                os.kill(pid, signal.SIGKILL)
+        for launcher in launchers:
+            launcher.wait()
+
+
 def test_checkpoint_loads_in_cli_evaluate_and_as_a_backbone(split_root, tiny_dataset, tmp_path):
     data, val = bundled_training_set(split_root).split_classes(2, seed=0)
     run = train(data, TrainConfig(**TINY), tmp_path / "run", val, num_workers=0, progress=False)
@@ -285,6 +406,8 @@ def test_bad_runs_are_refused_with_the_reason(split_root, tmp_path):
               progress=False)
     with pytest.raises(ValueError, match="data: expected a TrainingSet"):
         train(str(split_root), TrainConfig(**TINY), tmp_path / "str")
+    with pytest.raises(ValueError, match="dist_timeout must be a number of seconds > 0, got 0"):
+        train(data, TrainConfig(**TINY), tmp_path / "no_wait", dist_timeout=0)
     torch.save({"format": "sglib-train/1", "backbone": "efficientnet_lite0", "model": {}, "step": 1,
                 "config": "oops", "classes": []}, tmp_path / "crafted.pt")
     with pytest.raises(CheckpointError, match="config has the wrong type"):

@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 
 from ..runtime import configure_threads
-from .flags import (add_descriptor_flags, add_model_flags, add_settings_flags, backbone, descriptor_settings, device,
-                    load_model, parsed_settings, positive_int, writable)
+from .flags import (add_descriptor_flags, add_dist_timeout_flag, add_model_flags, add_settings_flags, backbone,
+                    descriptor_settings, device, load_model, parsed_settings, positive_int, writable)
 
 # ------------------------------------------------------------------------------------- commands
 
@@ -103,6 +103,7 @@ def _add_extract(sub):
     p.add_argument("--overwrite", action="store_true", help="delete the job files already in --out")
     p.add_argument("--retry-failed", action="store_true", help="recompute shards that had failed images")
     p.add_argument("--timeout-hours", type=float, default=72.0, help="how long a process waits for the slowest one")
+    add_dist_timeout_flag(p)
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -120,7 +121,7 @@ def cmd_extract(args):
     manifest = extract_distributed(args.out, paths, make_extractor, boxes, cache_root=args.cache_root,
                                    device=args.device, shard_size=args.shard_size, overwrite=args.overwrite,
                                    retry_failed=args.retry_failed, progress=not args.no_progress,
-                                   timeout_hours=args.timeout_hours)
+                                   timeout_hours=args.timeout_hours, dist_timeout=args.dist_timeout)
     if manifest is not None:
         print(f"{manifest['out_dir']}: {manifest['n_images']} images, dim {manifest['dim']}, "
               f"{manifest['n_failed']} failed (see failed.json)")
@@ -145,6 +146,7 @@ def _add_train(sub):
                    help="cpu, cuda or cuda:N (under torchrun, cuda is each process's LOCAL_RANK GPU)")
     p.add_argument("--num-workers", type=positive_int("--num-workers", 0), default=2, help="image-decoding processes")
     p.add_argument("--no-progress", action="store_true")
+    add_dist_timeout_flag(p)
     add_settings_flags(p, TrainConfig)
 
 
@@ -157,7 +159,7 @@ def cmd_train(args):
         data = bundled_training_set(args.data_root)
     data, val = data.split_classes(args.val_classes, seed=config.seed)
     run = train(data, config, args.out, val, device=args.device, num_workers=args.num_workers,
-                progress=not args.no_progress)
+                progress=not args.no_progress, dist_timeout=args.dist_timeout)
     if int(os.environ.get("RANK", 0)) == 0:
         print(f"trained {run.step} steps" + (f" (resumed from step {run.resumed_from})" if run.resumed_from else "")
               + "; GeM p = "

@@ -202,6 +202,21 @@ def add_descriptor_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-workers", type=positive_int("--num-workers", 0), default=2, help="image-decoding threads")
 
 
+def add_dist_timeout_flag(p: argparse.ArgumentParser) -> None:
+    """--dist-timeout, of the commands that run under torchrun (train, extract)."""
+    from ..runtime import DEFAULT_DIST_TIMEOUT, check_dist_timeout
+
+    def seconds(text: str) -> float:
+        try:
+            return check_dist_timeout(float(text))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}") from None
+    p.add_argument("--dist-timeout", type=seconds, default=DEFAULT_DIST_TIMEOUT, metavar="SECONDS",
+                   help="under torchrun: a process that runs no code this long (stopped, hung, on a lost machine) "
+                        "ends every process, naming its rank; a process that fails ends them at once "
+                        "(default: %(default)g)")
+
+
 def descriptor_settings(args) -> DescriptorSettings:
     """The DescriptorSettings the flags give, checked against the model flags."""
     if args.gem_p is None and not args.checkpoint:

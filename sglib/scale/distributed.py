@@ -29,13 +29,13 @@ per line). Read the result with :func:`sglib.scale.shards.load_features`.
 """
 from __future__ import annotations
 
-import datetime
 import os
 from typing import Callable, Sequence
 
 import torch
 import torch.distributed as dist
 
+from ..runtime import DEFAULT_DIST_TIMEOUT, check_dist_timeout, process_group
 from .extract import Extractor, cache_key, run_shards
 from .shards import DEFAULT_SHARD_SIZE, finalize_job, prepare_job
 
@@ -50,17 +50,22 @@ def _barrier(device: torch.device) -> None:
 def extract_distributed(out_dir, images: Sequence, make_extractor: Callable[[torch.device], Extractor],
                         bboxes: Sequence | None = None, *, cache_root=None, device: str = "auto",
                         shard_size: int = DEFAULT_SHARD_SIZE, overwrite: bool = False, retry_failed: bool = False,
-                        progress: bool = True, timeout_hours: float = 72.0) -> dict | None:
+                        progress: bool = True, timeout_hours: float = 72.0,
+                        dist_timeout: float = DEFAULT_DIST_TIMEOUT) -> dict | None:
     """Run one rank of a ``torchrun`` extraction (reads RANK, WORLD_SIZE, LOCAL_RANK from the environment).
 
     Without those variables it runs as a single process. ``make_extractor(device)`` builds the
     describer on this rank's device (``cuda:LOCAL_RANK`` or ``cpu``). With ``cache_root`` (and
     ``out_dir=None``) the job goes to the folder :func:`sglib.scale.extract.cached_features` reads,
-    ``cache_root/<cache_key>``. ``timeout_hours`` bounds how long a rank waits for the slowest one.
+    ``cache_root/<cache_key>``. ``timeout_hours`` bounds how long a rank that has finished its shards
+    waits for the slowest one; ``dist_timeout`` (seconds) how long the ranks wait for one that runs no
+    code (stopped, hung, on a lost machine) before all end. An exception on any rank ends them all at
+    once, its reason printed by each (:func:`sglib.runtime.process_group`, shared with training).
     Returns the completed manifest (with ``"out_dir"`` added) on rank 0, None on the others.
     """
     if (out_dir is None) == (cache_root is None):
         raise ValueError("pass exactly one of out_dir and cache_root")
+    check_dist_timeout(dist_timeout)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
@@ -80,8 +85,7 @@ def extract_distributed(out_dir, images: Sequence, make_extractor: Callable[[tor
         run_shards(out_dir, images, extractor, bboxes, retry_failed=retry_failed, progress=progress)
         return {**finalize_job(out_dir), "out_dir": str(out_dir)}
 
-    dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(hours=timeout_hours))
-    try:
+    with process_group("nccl" if use_cuda else "gloo", timeout_hours * 3600, dist_timeout):
         extractor = make_extractor(dev)
         out_dir = out_dir or os.path.join(cache_root, cache_key(images, extractor, bboxes))
         # rank 0 alone creates (or wipes) the folder; the others learn the outcome, error included
@@ -98,5 +102,3 @@ def extract_distributed(out_dir, images: Sequence, make_extractor: Callable[[tor
                    progress=progress)
         _barrier(dev)
         return {**finalize_job(out_dir), "out_dir": str(out_dir)} if rank == 0 else None
-    finally:
-        dist.destroy_process_group()

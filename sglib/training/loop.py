@@ -37,14 +37,15 @@ written atomically every ``checkpoint_every`` steps and at the end), ``model.pt`
 
 Distributed: under ``torchrun`` (RANK / WORLD_SIZE set) each process trains on its slice of every
 global batch (``batch_size`` is the global size, a multiple of the process count) with
-DistributedDataParallel: gloo on CPU, NCCL on GPU; rank 0 writes the files.
+DistributedDataParallel: gloo on CPU, NCCL on GPU; rank 0 writes the files. A process that fails ends the
+others at once with its reason, and one that runs no code for ``dist_timeout`` seconds (stopped, hung)
+ends them after that (:func:`sglib.runtime.process_group`).
 """
 from __future__ import annotations
 
 import contextlib
 import csv
 import dataclasses
-import datetime
 import json
 import math
 import os
@@ -61,7 +62,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .._settings import setting
-from ..runtime import process_runs
+from ..runtime import DEFAULT_DIST_TIMEOUT, check_dist_timeout, process_group, process_runs
 from ..method.losses import LOSSES, make_loss
 from ..method.pooling import gem
 from ..method.descriptors import LEARNED_P_EPS
@@ -83,6 +84,9 @@ LW_SHRINKAGE = 0.3        # as the benchmark's training-split whitening (sglib.b
 LW_MAX_IMAGES = 2000      # the projection's initial whitening is fitted on at most this many images
 DEFAULT_DIM, CVNET_DIM = 512, 2048   # CVNet keeps its trained 2048 x 2048 head
 P_MAX = 20.0              # GeM p is kept in [1, P_MAX]: beyond, it is max pooling to float precision
+# the process group's limit on one collective: a live process lags the others by at most rank 0's validation
+# or head initialisation; a stopped or hung one is caught by the watch (dist_timeout) long before
+COLLECTIVE_TIMEOUT_S = 2 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -483,6 +487,7 @@ def _resumable(path: Path, config: TrainConfig, data: TrainingSet) -> dict:
 
 
 def _distributed(device: str):
+    """(rank, world size, this process's torch.device) under torchrun, (0, 1, device) without it."""
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     local = int(os.environ.get("LOCAL_RANK", 0))
     if device.startswith("cuda"):
@@ -494,13 +499,11 @@ def _distributed(device: str):
         dev = torch.device("cpu")
     else:
         raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=datetime.timedelta(hours=2))
     return rank, world, dev
 
 
 def train(data: TrainingSet, config: TrainConfig, out_dir, val: TrainingSet | None = None, device: str = "cpu",
-          num_workers: int = 2, progress: bool = True) -> TrainRun:
+          num_workers: int = 2, progress: bool = True, dist_timeout: float = DEFAULT_DIST_TIMEOUT) -> TrainRun:
     """Train, or resume the run in ``out_dir`` where its last checkpoint left off; see the module docstring.
 
     Args:
@@ -509,6 +512,14 @@ def train(data: TrainingSet, config: TrainConfig, out_dir, val: TrainingSet | No
         val: held-out classes for the validation mAP (:meth:`TrainingSet.split_classes`), or None.
         device: ``cpu``, ``cuda`` or ``cuda:N`` (under torchrun, ``cuda`` means each process's LOCAL_RANK GPU).
         num_workers: image-decoding processes per training process.
+        dist_timeout: under torchrun, seconds after which a process that runs no code (stopped, hung, on a
+            lost machine) ends the run (:func:`sglib.runtime.process_group`); an exception on any process
+            ends all of them at once. An argument, not a TrainConfig field: it does not change the result,
+            and a resumed run may wait longer or shorter than the first.
+
+    Returns:
+        The :class:`TrainRun`: the trained network (eval mode, on the CPU), its folder, the last step
+        and the step it resumed from.
 
     Raises:
         ValueError: ``out_dir`` holds a run with another configuration or other data (use a new folder),
@@ -525,15 +536,22 @@ def train(data: TrainingSet, config: TrainConfig, out_dir, val: TrainingSet | No
         if not isinstance(value, TrainingSet) and not (name == "val" and value is None):
             raise ValueError(f"{name}: expected a TrainingSet (sglib.training.bundled_training_set, "
                              f"gldv2_training_set), got {type(value).__name__}")
+    check_dist_timeout(dist_timeout)
     rank, world, dev = _distributed(device)
     if config.batch_size % world:
         raise ValueError(f"batch_size {config.batch_size} (the global batch) is not a multiple of the {world} processes")
     per_rank = config.batch_size // world
     batch_indices(len(data), config.batch_size, config.seed, 0)   # checks the batch fits the data
     out = Path(out_dir)
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-    with run_folder_lock(out) if rank == 0 else contextlib.nullcontext():
+    # a process group made by the caller is the caller's to watch and to end
+    own_group = world > 1 and not dist.is_initialized()
+    with contextlib.ExitStack() as stack:
+        if own_group:
+            stack.enter_context(process_group("nccl" if dev.type == "cuda" else "gloo", COLLECTIVE_TIMEOUT_S,
+                                              dist_timeout))
+        if rank == 0:
+            out.mkdir(parents=True, exist_ok=True)
+            stack.enter_context(run_folder_lock(out))
         return _train(data, config, out, val, rank, world, dev, per_rank, num_workers, progress)
 
 
@@ -601,68 +619,64 @@ def _train(data, config, out, val, rank, world, dev, per_rank, num_workers, prog
               f"+ GeM p={'learned' if config.learn_p else 'fixed'} + projection to {config.dim}, {config.loss}, "
               f"{len(data)} images of {data.n_classes} classes, {world} process(es) on {dev.type}"
               + (f", resuming at step {start}" if start else ""))
-    try:
-        for batch, labels, failed in loader:
-            for group in optimizer.param_groups:
-                group["lr"] = config.lr * group["lr_mult"] * lr_factor(step, config)
-            optimizer.zero_grad(set_to_none=True)
-            x = normalize(batch, model.normalization).to(dev, memory_format=torch.channels_last)
-            with torch.autocast(dev.type, dtype=amp_dtype, enabled=use_amp):
-                value = ddp(x, labels.to(dev))
-            (scaler.scale(value) if scaler is not None else value).backward()
-            if scaler is not None:
-                scaler.unscale_(optimizer)
-            grad_norm = nn.utils.clip_grad_norm_([p for p in trainee.parameters() if p.requires_grad],
-                                                 config.clip_grad)
-            logged = value.detach().float()
-            if world > 1:
-                dist.all_reduce(logged)
-                logged /= world
-                gathered = [None] * world
-                dist.all_gather_object(gathered, failed)
-                failed = [i for part in gathered for i in part]
-            # a scaler skips steps with infinite gradients on its own; anything else non-finite is divergence
-            if not math.isfinite(float(logged)) or (scaler is None and not math.isfinite(float(grad_norm))):
-                raise ValueError(f"training diverged at step {step + 1}: loss {float(logged)}, gradient norm "
-                                 f"{float(grad_norm)}; lower the learning rate (lr={config.lr:g}) or the scale "
-                                 f"({config.scale:g}). The last checkpoint (step {step - step % config.checkpoint_every})"
-                                 " is kept")
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            if config.learn_p:
-                with torch.no_grad():
-                    model.learned_p.clamp_(1.0, P_MAX)   # p < 1 is no longer a pooling between mean and max
-            step += 1
-            if rank == 0:
-                now = time.perf_counter()
-                val_map = validator(model, dev) if validator is not None and (step % config.val_every == 0 or
-                                                                              step == config.steps) else None
-                p_now = float(model.learned_p.detach())
-                _append_csv(log_path, LOG_COLUMNS, [{
-                    "step": step, "epoch": (step - 1) // per_epoch, "loss": f"{float(logged):.6f}",
-                    "gem_p": f"{p_now:.6f}", "lr": f"{config.lr * lr_factor(step - 1, config):.6g}",
-                    "grad_norm": f"{float(grad_norm):.6f}", "images_per_s": f"{config.batch_size / (now - tick):.2f}",
-                    "failed": len(failed), "val_map": "" if val_map is None else f"{val_map:.6f}"}])
-                _append_csv(failed_path, FAILED_COLUMNS, [{"step": step, "image": data.paths[i]} for i in failed])
-                bar.set_postfix(loss=f"{float(logged):.3f}", p=f"{p_now:.3f}",
-                                **({} if val_map is None else {"val_mAP": f"{100 * val_map:.1f}"}))
-                bar.update(1)
-                if step % config.checkpoint_every == 0 or step == config.steps:
-                    _atomic_save(_checkpoint(model, trainee, optimizer, scaler, config, data, step, True), ckpt_path)
-                tick = time.perf_counter()
-            if world > 1 and step % config.checkpoint_every == 0:
-                dist.barrier()     # no process runs ahead of a checkpoint it could be resumed from
-        bar.close()
-        if rank == 0:
-            _atomic_save(_checkpoint(model, trainee, optimizer, scaler, config, data, step, False), out / "model.pt")
+    for batch, labels, failed in loader:
+        for group in optimizer.param_groups:
+            group["lr"] = config.lr * group["lr_mult"] * lr_factor(step, config)
+        optimizer.zero_grad(set_to_none=True)
+        x = normalize(batch, model.normalization).to(dev, memory_format=torch.channels_last)
+        with torch.autocast(dev.type, dtype=amp_dtype, enabled=use_amp):
+            value = ddp(x, labels.to(dev))
+        (scaler.scale(value) if scaler is not None else value).backward()
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        grad_norm = nn.utils.clip_grad_norm_([p for p in trainee.parameters() if p.requires_grad],
+                                             config.clip_grad)
+        logged = value.detach().float()
         if world > 1:
-            dist.barrier()
-    finally:
-        if world > 1 and dist.is_initialized():
-            dist.destroy_process_group()
+            dist.all_reduce(logged)
+            logged /= world
+            gathered = [None] * world
+            dist.all_gather_object(gathered, failed)
+            failed = [i for part in gathered for i in part]
+        # a scaler skips steps with infinite gradients on its own; anything else non-finite is divergence
+        if not math.isfinite(float(logged)) or (scaler is None and not math.isfinite(float(grad_norm))):
+            raise ValueError(f"training diverged at step {step + 1}: loss {float(logged)}, gradient norm "
+                             f"{float(grad_norm)}; lower the learning rate (lr={config.lr:g}) or the scale "
+                             f"({config.scale:g}). The last checkpoint (step {step - step % config.checkpoint_every})"
+                             " is kept")
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        if config.learn_p:
+            with torch.no_grad():
+                model.learned_p.clamp_(1.0, P_MAX)   # p < 1 is no longer a pooling between mean and max
+        step += 1
+        if rank == 0:
+            now = time.perf_counter()
+            val_map = validator(model, dev) if validator is not None and (step % config.val_every == 0 or
+                                                                          step == config.steps) else None
+            p_now = float(model.learned_p.detach())
+            _append_csv(log_path, LOG_COLUMNS, [{
+                "step": step, "epoch": (step - 1) // per_epoch, "loss": f"{float(logged):.6f}",
+                "gem_p": f"{p_now:.6f}", "lr": f"{config.lr * lr_factor(step - 1, config):.6g}",
+                "grad_norm": f"{float(grad_norm):.6f}", "images_per_s": f"{config.batch_size / (now - tick):.2f}",
+                "failed": len(failed), "val_map": "" if val_map is None else f"{val_map:.6f}"}])
+            _append_csv(failed_path, FAILED_COLUMNS, [{"step": step, "image": data.paths[i]} for i in failed])
+            bar.set_postfix(loss=f"{float(logged):.3f}", p=f"{p_now:.3f}",
+                            **({} if val_map is None else {"val_mAP": f"{100 * val_map:.1f}"}))
+            bar.update(1)
+            if step % config.checkpoint_every == 0 or step == config.steps:
+                _atomic_save(_checkpoint(model, trainee, optimizer, scaler, config, data, step, True), ckpt_path)
+            tick = time.perf_counter()
+        if world > 1 and step % config.checkpoint_every == 0:
+            dist.barrier()     # no process runs ahead of a checkpoint it could be resumed from
+    bar.close()
+    if rank == 0:
+        _atomic_save(_checkpoint(model, trainee, optimizer, scaler, config, data, step, False), out / "model.pt")
+    if world > 1:
+        dist.barrier()
     model.to("cpu").learned_p.requires_grad_(False)
     return TrainRun(model.eval(), out, step, start)
 
