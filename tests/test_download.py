@@ -741,3 +741,14 @@ def test_revisitop1m_list_entries_resolve_as_the_loader_resolves_them(tmp_path):
     (tmp_path / "revisitop1m.txt").write_text("\n".join(entries) + "\n")
     paths = revisitop1m_image_paths(tmp_path)
     assert [download._listed_path(e) for e in entries] == [p.relative_to(tmp_path / "jpg").as_posix() for p in paths]
+
+
+@pytest.mark.parametrize("bad", [None, "", 3, b"data"])
+def test_paths_must_be_paths(server, tmp_path, bad):
+    with pytest.raises(ValueError, match=r"^dest: expected a file path"):
+        fetch(server.url + "/x.bin", bad, **FAST)
+    with pytest.raises(ValueError, match=r"^data_root: expected a folder path"):
+        download_revisitop("roxford5k", bad, **urls(server), **FAST)
+    with pytest.raises(ValueError, match=r"^data_root: expected a folder path"):
+        download_revisitop1m(bad, base_url=server.url + "/r1m", **FAST)
+    assert not server.requests

@@ -1,18 +1,18 @@
 """Download the revisited Oxford/Paris datasets and the revisitop1m distractors (needs internet).
 
 Resumable and checked: each file streams into ``FILE.part``. After an interruption it is resumed
-with an HTTP Range request guarded by ``If-Range`` with the ETag / Last-Modified recorded, with
-the URL, in ``FILE.part.json``, so a file changed on the server is fetched afresh, never spliced.
-A .part whose record is corrupt or another URL's is discarded. A server that sends neither
-validator (or a .part without a record) gives nothing to resume against: the file is fetched
-again from byte 0, unless its sha256 is known, which catches a splice at the end. Connection errors, 5xx answers and transfers slower
-than ``min_rate`` are retried a bounded number of times with exponential backoff, an optional
-``deadline`` bounds the whole call, the byte count must match Content-Length (and a sha256 when
-given or listed in :data:`KNOWN_SHA256`), and only then is the file renamed into place, so a
-finished file is never fetched again. A size known in advance (:data:`KNOWN_SIZES`, a weak check
-where no sha256 is known) must match Content-Length, the total of Content-Range and the final
-size. A body sent without Content-Length that ends early can only be caught by a known size or a
-sha256. Numbers, URLs (http and https only) and paths given are checked before any request.
+with an HTTP Range request guarded by ``If-Range`` with the ETag / Last-Modified recorded, with the
+URL, in ``FILE.part.json``, so a file changed on the server is fetched afresh, never spliced. A
+.part whose record is corrupt or another URL's is discarded. A server that sends neither validator
+(or a .part without a record) gives nothing to resume against: the file is fetched again from byte
+0, unless its sha256 is known, which catches a splice at the end. Connection errors, 5xx answers
+and transfers slower than ``min_rate`` are retried a bounded number of times with exponential
+backoff, an optional ``deadline`` bounds the whole call, the byte count must match Content-Length
+(and a sha256 when given or listed in :data:`KNOWN_SHA256`), and only then is the file renamed into
+place, so a finished file is never fetched again. A size known in advance (:data:`KNOWN_SIZES`, a
+weak check where no sha256 is known) must match Content-Length, the total of Content-Range and the
+final size. A body sent without Content-Length that ends early can only be caught by a known size
+or a sha256. Numbers, URLs (http and https only) and paths given are checked before any request.
 
 Archives are read completely before anything is moved into the dataset; member paths that are
 absolute or contain ``..`` (or links/devices), more than :data:`MAX_MEMBERS` members, or a needed
@@ -108,6 +108,15 @@ def _check_url(value, name: str) -> str:
     if not (isinstance(value, str) and re.fullmatch(r"https?://[^/?#\x00-\x20\x7f]+[^\x00-\x20\x7f]*", value, re.I)):
         raise ValueError(f"{name}: expected an http:// or https:// URL, got {value!r}")
     return value
+
+
+def _check_path(value, name: str, what: str) -> Path:
+    """``value`` as a Path if it is a non-empty str or os.PathLike, else ValueError naming ``name``."""
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{name}: expected a {what} path (str or pathlib.Path), got {value!r}")
+    return Path(value)
 
 
 def _base_url(given: str | None, env: str, default: str, name: str) -> str:
@@ -434,10 +443,11 @@ def fetch(url: str, dest, *, sha256: str | None = None, retries: int = 5, backof
 
     Raises:
         DownloadError: HTTP error, retries exhausted, deadline passed, or size/checksum mismatch.
-        ValueError: ``url`` is not an http(s) URL, ``dest`` is a directory, ``sha256`` is not 64
-            hex characters, or a number is out of range (``retries`` and ``size`` integers >= 0,
-            ``backoff`` >= 0, ``timeout`` and ``rate_window`` > 0, ``deadline`` > 0 or None,
-            ``min_rate`` >= 0 or None; all finite), checked before any request.
+        ValueError: ``url`` is not an http(s) URL, ``dest`` is not a path or is a directory,
+            ``sha256`` is not 64 hex characters, or a number is out of range (``retries`` and
+            ``size`` integers >= 0, ``backoff`` >= 0, ``timeout`` and ``rate_window`` > 0,
+            ``deadline`` > 0 or None, ``min_rate`` >= 0 or None; all finite), checked before any
+            request.
     """
     _check_url(url, "url")
     retries, backoff, timeout, deadline, min_rate, rate_window = _check_policy(
@@ -446,7 +456,7 @@ def fetch(url: str, dest, *, sha256: str | None = None, retries: int = 5, backof
         sha256 = _check_sha256(sha256, f"sha256 for {url}")
     if size is not None:
         size = check_int(size, "size", lo=0)
-    dest = Path(dest)
+    dest = _check_path(dest, "dest", "file")
     if dest.is_file():
         return dest
     if dest.is_dir():  # found now, not when the finished download is renamed
@@ -614,7 +624,7 @@ def download_revisitop(name: str, data_root, *, images_url: str | None = None, g
     sha256 = _expected_sha256(name, sha256)
     images_url = _base_url(images_url, "SGLIB_VGG_URL", VGG_URL, "images_url")
     gnd_url = _base_url(gnd_url, "SGLIB_REVISITOP_URL", REVISITOP_URL, "gnd_url")
-    folder = Path(data_root) / "datasets" / name
+    folder = _check_path(data_root, "data_root", "folder") / "datasets" / name
     gnd_file = folder / f"gnd_{name}.pkl"
     if gnd_file.is_file():
         try:
@@ -717,7 +727,7 @@ def download_revisitop1m(data_root, parts=range(1, REVISITOP1M_PARTS + 1), *, ba
     _check_policy(retries, backoff, timeout, deadline, min_rate)  # before any request
     sha256 = _expected_sha256(REVISITOP1M, sha256)
     base_url = _base_url(base_url, "SGLIB_REVISITOP1M_URL", REVISITOP1M_URL, "base_url")
-    folder = Path(data_root) / "datasets" / REVISITOP1M
+    folder = _check_path(data_root, "data_root", "folder") / "datasets" / REVISITOP1M
     dl, jpg = folder / _DOWNLOADS, folder / IMAGE_DIR
     opts = dict(retries=retries, backoff=backoff, timeout=timeout, deadline=deadline, min_rate=min_rate,
                 progress=progress)
