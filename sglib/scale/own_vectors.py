@@ -1,0 +1,156 @@
+"""Reranking a user's own vectors: load, check, first stage, rerank, score, write (``python -m sglib rerank``).
+
+Inputs are plain files: query and database vectors as ``.npy`` (float, one row per image, unit rows: a
+reranker compares inner products, so rows of other norms are refused, with the one line that
+normalises them), optionally a first-stage ranking (``.npy``, (nq, L) database row numbers) or a faiss
+index file written by :func:`sglib.search.save_index` that produces it; without either, exact search.
+A ground truth is a revisitop ``gnd_NAME.pkl`` or a CSV of relevant pairs (``query,database`` row
+numbers, one pair a line, with that header).
+
+Example:
+    >>> import numpy as np
+    >>> x = np.eye(50, 16, dtype=np.float32) + 0.1; x /= np.linalg.norm(x, axis=1, keepdims=True)
+    >>> initial = first_stage(x[:3], x, M=20)
+    >>> rerank_own(x[:3], x, initial, M=20, method="superglobal", K=3).shape
+    (3, 20)
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..data.revisitop import read_revisitop_gnd
+from ..rerankers import RERANKERS
+from ..search import knn, load_index, search_index
+
+NORMALISE = "x = x / np.linalg.norm(x, axis=1, keepdims=True)"
+UNIT_TOLERANCE = 1e-2   # as the rerankers' own check: a norm off by more than 1 %
+
+
+def load_vectors(path, name: str) -> np.ndarray:
+    """(N, D) float32 unit rows from a ``.npy`` file; ValueError naming ``name`` and the file otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{name}: file not found: {path}")
+    try:
+        v = np.load(path, allow_pickle=False)
+    except Exception as exc:   # numpy's messages for a wrong file are about pickles and magic strings
+        raise ValueError(f"{name}: {path} is not a numpy .npy array file ({type(exc).__name__})") from None
+    if not isinstance(v, np.ndarray) or v.ndim != 2 or v.dtype.kind != "f" or 0 in v.shape:
+        raise ValueError(f"{name}: expected a non-empty 2-D float array (rows = images) in {path}, got "
+                         f"{getattr(v, 'dtype', type(v).__name__)} of shape {getattr(v, 'shape', None)}")
+    v = np.ascontiguousarray(v, np.float32)
+    bad = np.flatnonzero(~np.isfinite(v).all(axis=1))
+    if bad.size:
+        raise ValueError(f"{name}: row(s) {bad[:5].tolist()} of {path} hold NaN or infinite values (failed images?): "
+                         "drop them")
+    norms = np.linalg.norm(v, axis=1)
+    off = np.flatnonzero(np.abs(norms - 1) > UNIT_TOLERANCE)
+    if off.size:
+        raise ValueError(f"{name}: {off.size} of {len(v)} rows of {path} are not unit rows (e.g. row {off[0]}, "
+                         f"norm {norms[off[0]]:.4g}); rerankers compare inner products: normalise them first "
+                         f"({NORMALISE})")
+    return v
+
+
+def load_ranking(path, n_queries: int, n_db: int, M: int) -> np.ndarray:
+    """(n_queries, L) int64 first-stage ranking from a ``.npy`` file, L >= M, ids in [0, n_db), distinct per row."""
+    path = Path(path)
+    try:
+        r = np.load(path, allow_pickle=False)
+    except Exception as exc:
+        raise ValueError(f"ranking: {path} is not a readable .npy array file ({type(exc).__name__})") from None
+    if r.ndim != 2 or r.dtype.kind not in "iu":
+        raise ValueError(f"ranking: expected a 2-D integer array (one row of database row numbers per query) in "
+                         f"{path}, got {r.dtype} of shape {r.shape}")
+    if r.shape[0] != n_queries or r.shape[1] < M:
+        raise ValueError(f"ranking: shape {r.shape} in {path}; expected {n_queries} rows (one per query) of at "
+                         f"least M={M} ids")
+    if r.size and (r.min() < 0 or r.max() >= n_db):
+        raise ValueError(f"ranking: ids from {r.min()} to {r.max()} in {path}, but the database has {n_db} rows: "
+                         "is it a ranking of another database?")
+    srt = np.sort(r, axis=1)
+    dup = np.flatnonzero((srt[:, 1:] == srt[:, :-1]).any(axis=1))
+    if dup.size:
+        raise ValueError(f"ranking: row {dup[0]} of {path} lists a database id twice")
+    return r.astype(np.int64)
+
+
+def first_stage(q: np.ndarray, x: np.ndarray, M: int, index=None) -> np.ndarray:
+    """(nq, M) database ids, best first: exact inner-product search, or ``index`` (a faiss index or the
+    path of one saved by :func:`sglib.search.save_index`) searched for M neighbours."""
+    if index is None:
+        return knn(q, x, M)[1].astype(np.int64)
+    if isinstance(index, (str, os.PathLike)):
+        index = load_index(index)
+    if index.ntotal != len(x) or index.d != x.shape[1]:
+        raise ValueError(f"index: it holds {index.ntotal} vectors of {index.d} dims; the database has {len(x)} of "
+                         f"{x.shape[1]}: is it an index of another database?")
+    ids = search_index(index, q, M)[1]
+    if (ids < 0).any():
+        raise ValueError(f"index: returned fewer than M={M} neighbours for some queries (-1 ids): raise nprobe or "
+                         "lower M")
+    return ids.astype(np.int64)
+
+
+def rerank_own(q: np.ndarray, x: np.ndarray, ranking: np.ndarray, M: int, method: str = "superglobal",
+               graph=None, **params) -> np.ndarray:
+    """``ranking`` (nq, L) with each row's first M reordered by ``method`` (a key of
+    :data:`sglib.rerankers.RERANKERS`, its parameters in ``params``); the rest unchanged."""
+    if method not in RERANKERS:
+        raise ValueError(f"method: unknown reranker {method!r}; known: {', '.join(RERANKERS)}")
+    if q.shape[1] != x.shape[1]:
+        raise ValueError(f"queries have {q.shape[1]} dims, the database {x.shape[1]}: both must come from one model")
+    return np.asarray(RERANKERS[method](q, x, ranking, M, graph=graph, **params))
+
+
+def read_relevance(path, n_queries: int, n_db: int) -> list[dict]:
+    """Per-query ``{"easy", "hard", "junk"}`` from a revisitop ``gnd`` pickle, or from a CSV of relevant
+    ``query,database`` pairs (every pair "easy": the Easy and Medium figures are then the plain mAP)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"ground truth: file not found: {path}")
+    if path.suffix == ".pkl":
+        data = read_revisitop_gnd(path)
+        gnd = data["gnd"]
+        if len(gnd) != n_queries or len(data["imlist"]) != n_db:
+            raise ValueError(f"ground truth {path}: {len(gnd)} queries and {len(data['imlist'])} database images; "
+                             f"the vectors have {n_queries} and {n_db}")
+        return gnd
+    gnd = [{"easy": [], "hard": [], "junk": []} for _ in range(n_queries)]
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            if not {"query", "database"} <= set(reader.fieldnames or ()):
+                raise ValueError(f"ground truth {path}: expected a CSV with the header query,database")
+            for line, row in enumerate(reader, 2):
+                try:
+                    qi, di = int(row["query"]), int(row["database"])
+                except (TypeError, ValueError):
+                    raise ValueError(f"ground truth {path}:{line}: expected two row numbers, got {dict(row)}") from None
+                if not (0 <= qi < n_queries and 0 <= di < n_db):
+                    raise ValueError(f"ground truth {path}:{line}: pair ({qi}, {di}) outside {n_queries} queries x "
+                                     f"{n_db} database rows")
+                gnd[qi]["easy"].append(di)
+    except UnicodeDecodeError:
+        raise ValueError(f"ground truth {path}: not UTF-8 text: expected a CSV (query,database) or a .pkl") from None
+    return [{k: sorted(set(v)) for k, v in g.items()} for g in gnd]
+
+
+def write_ranking(path, ranking: np.ndarray, meta: dict) -> Path:
+    """Write ``ranking`` to ``.npy`` (the array) or ``.json`` (``meta`` and the ranking as lists); returns the path."""
+    path = Path(path)
+    if path.suffix not in (".npy", ".json"):
+        raise ValueError(f"out: expected a .npy or .json file name, got {path}")
+    tmp = path.with_name(f".{path.name}.tmp")
+    if path.suffix == ".npy":
+        with open(tmp, "wb") as f:
+            np.save(f, ranking)
+    else:
+        tmp.write_text(json.dumps({**meta, "ranking": ranking.tolist()}) + "\n")
+    os.replace(tmp, path)
+    return path

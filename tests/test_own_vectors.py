@@ -1,0 +1,122 @@
+"""A user's own vectors (sglib.scale.own_vectors, `python -m sglib rerank`) and a vector database as the first stage
+(sglib.scale.vectordb, Qdrant's embedded mode): the same reranked top-M as the in-memory path, bad files refused."""
+import json
+
+import numpy as np
+import pytest
+
+from conftest import GOLDEN
+from sglib.evaluate.retrieval import rank_database
+from sglib.method.rerank import superglobal
+from sglib.rerankers import rerank
+from sglib.scale.own_vectors import first_stage, load_ranking, load_vectors, read_relevance, rerank_own, write_ranking
+from sglib.scale.vectordb import QdrantStage, rerank_returned
+
+
+@pytest.fixture(scope="module")
+def golden_rerank():
+    path = GOLDEN / "rerank_n1500_M400_K9_b0.15.npz"
+    if not path.exists():
+        pytest.skip(f"golden reranking inputs not found at {path} (../shared is missing on this machine)")
+    g = np.load(path)
+    return g["Q"].astype(np.float32), g["X"].astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def qdrant_top_m(golden_rerank):
+    """Each query's top-400 as an embedded, in-memory Qdrant collection of the golden vectors returns them."""
+    q, x = golden_rerank
+    db = QdrantStage(":memory:")
+    db.add(x)
+    ids, vectors = db.search(q, M=400)
+    db.close()
+    return ids, vectors
+
+
+def test_an_on_disk_collection_is_found_again_after_closing(golden_rerank, tmp_path):
+    q, x = golden_rerank
+    db = QdrantStage(tmp_path)              # on disk: slow to fill (a commit per point), so a few rows
+    db.add(x[:40])
+    with pytest.raises(RuntimeError, match="close\\(\\) the other QdrantStage first"):
+        QdrantStage(tmp_path)
+    db.close()
+    reopened = QdrantStage(tmp_path)        # what a second process finds: the collection as left
+    assert len(reopened) == 40 and reopened.dim == x.shape[1]
+    ids, vectors = reopened.search(q[:2], M=10)
+    assert np.array_equal(ids, rank_database(q[:2], x[:40])[:, :10]) and np.array_equal(vectors, x[ids])
+
+
+@pytest.mark.parametrize("method", ["superglobal", "superglobal_query", "alpha_qe", "k_reciprocal"])
+def test_reranking_what_qdrant_returns_equals_the_in_memory_path(golden_rerank, qdrant_top_m, method):
+    q, x = golden_rerank
+    ids, vectors = qdrant_top_m
+    initial = rank_database(q, x)
+    assert np.array_equal(ids, initial[:, :400]) and np.array_equal(vectors, x[ids])   # stored unchanged
+    expected = rerank(method, q, x, initial, M=400)[:, :400]
+    assert np.array_equal(rerank_returned(q, ids, vectors, method), expected)
+
+
+def test_the_vector_database_refuses_what_it_cannot_serve():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((30, 8)).astype(np.float32)
+    db = QdrantStage()
+    with pytest.raises(ValueError, match="not unit rows|expect L2-normalised"):
+        db.add(x)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    with pytest.raises(ValueError, match="the collection is empty"):
+        db.search(x[:1], 5)
+    db.add(x)
+    with pytest.raises(ValueError, match="12-dimensional rows for a collection of 8-dimensional"):
+        db.add(np.eye(2, 12, dtype=np.float32))
+    with pytest.raises(ValueError, match=r"M: expected an integer in \[1, 30\]"):
+        db.search(x[:1], 31)
+    ids, vectors = db.search(x[:2], 10)
+    with pytest.raises(ValueError, match="reads the offline kNN graph"):
+        rerank_returned(x[:2], ids, vectors, "diffusion")
+
+
+def _write(tmp_path, name, a):
+    np.save(tmp_path / name, a)
+    return tmp_path / name
+
+
+def test_own_vectors_are_checked_with_the_fix_in_the_message(tmp_path):
+    rng = np.random.default_rng(1)
+    raw = rng.standard_normal((20, 6)).astype(np.float32)
+    with pytest.raises(ValueError, match=r"database: 20 of 20 rows .* are not unit rows .*np.linalg.norm"):
+        load_vectors(_write(tmp_path, "raw.npy", raw), "database")
+    x = raw / np.linalg.norm(raw, axis=1, keepdims=True)
+    assert np.array_equal(load_vectors(_write(tmp_path, "x.npy", x.astype(np.float64)), "database"), x)
+    for bad, words in ((x[0], "2-D float array"), (x.astype(int), "2-D float array"),
+                       (np.where(np.arange(20)[:, None] == 3, np.nan, x), r"row\(s\) \[3\] .* NaN")):
+        with pytest.raises(ValueError, match=words):
+            load_vectors(_write(tmp_path, "bad.npy", bad), "database")
+    (tmp_path / "text.npy").write_text("1,2,3")
+    with pytest.raises(ValueError, match="is not a numpy .npy array file"):
+        load_vectors(tmp_path / "text.npy", "queries")
+    other = np.tile(np.arange(25), (3, 1))
+    with pytest.raises(ValueError, match="ids from 0 to 24 .* the database has 20 rows: is it a ranking of another"):
+        load_ranking(_write(tmp_path, "r.npy", other), 3, 20, 10)
+    with pytest.raises(ValueError, match=r"expected 4 rows \(one per query\)"):
+        load_ranking(_write(tmp_path, "r.npy", other[:, :20]), 4, 20, 10)
+    with pytest.raises(ValueError, match="lists a database id twice"):
+        load_ranking(_write(tmp_path, "r.npy", np.zeros((3, 20), np.int64)), 3, 20, 10)
+    with pytest.raises(ValueError, match="queries have 5 dims, the database 6"):
+        rerank_own(np.eye(3, 5, dtype=np.float32), x, other[:, :20], 10)
+
+
+def test_own_pipeline_scores_before_and_after_from_a_pairs_csv(golden_rerank, tmp_path):
+    q, x = golden_rerank
+    initial = first_stage(q, x, M=400)
+    assert np.array_equal(initial, rank_database(q, x)[:, :400])
+    after = rerank_own(q, x, initial, M=400, K=9, beta=0.15)
+    assert np.array_equal(after, superglobal(q, x, rank_database(q, x), 400)[:, :400])
+    (tmp_path / "pairs.csv").write_text("query,database\n0,5\n0,7\n1,9\n")
+    gnd = read_relevance(tmp_path / "pairs.csv", len(q), len(x))
+    assert gnd[0] == {"easy": [5, 7], "hard": [], "junk": []} and gnd[2]["easy"] == []
+    (tmp_path / "bad.csv").write_text("query,database\n0,1500\n")
+    with pytest.raises(ValueError, match=r"bad.csv:2: pair \(0, 1500\) outside 12 queries x 1500 database rows"):
+        read_relevance(tmp_path / "bad.csv", len(q), len(x))
+    out = write_ranking(tmp_path / "r.json", after[:, :5], {"method": "superglobal"})
+    assert json.loads(out.read_text())["ranking"][0] == after[0, :5].tolist()
+    assert np.array_equal(np.load(write_ranking(tmp_path / "r.npy", after, {})), after)
