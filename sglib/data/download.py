@@ -418,17 +418,18 @@ def fetch(url: str, dest, *, sha256: str | None = None, retries: int = 5, backof
           min_rate: float | None = 1024, rate_window: float = 30.0, size: int | None = None) -> Path:
     """Download ``url`` to ``dest`` resumably; returns ``dest``. An existing ``dest`` is kept as is.
 
-    Bytes go to ``dest.part`` (with ``dest.part.json`` recording the server's ETag / Last-Modified
-    and size); after an interruption the next attempt (or the next call) asks for the rest with
-    ``Range`` and ``If-Range``, and starts over if the remote file changed. A server that sends
+    Bytes go to ``dest.part`` (with ``dest.part.json`` recording the URL, the server's ETag /
+    Last-Modified and size); after an interruption the next attempt (or the next call) asks for
+    the rest with ``Range`` and ``If-Range``, and starts over if the remote file changed or the
+    record is corrupt or another URL's. A server that sends
     no ETag / Last-Modified (or a .part without its record) gives nothing to resume against: the
     file is fetched again from byte 0, unless ``sha256`` is given, which catches a splice (such a
     resumed file that fails the digest is fetched once more from byte 0). Connection errors,
     short reads, too-slow transfers and 5xx/408/429 answers are retried up to ``retries`` times,
     waiting ``backoff * 2**k`` seconds (at most 60) before retry ``k``. Other HTTP errors (404,
     403) fail at once. The size must match Content-Length (or the total of Content-Range) and, if
-    given, the sha256; then ``.part`` is renamed to ``dest``. Without Content-Length and without
-    sha256, a body cut short cannot be detected.
+    given, ``size`` and the sha256; then ``.part`` is renamed to ``dest``. Without
+    Content-Length, ``size`` and sha256, a body cut short cannot be detected.
 
     Args:
         sha256: expected hex digest of the whole file (64 hex characters).
