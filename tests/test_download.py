@@ -78,7 +78,8 @@ class _Handler(BaseHTTPRequestHandler):
         elif self.path not in state.no_length:
             self.send_header("Content-Length", str(len(body)))
         if status == 206:
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+            honest = f"bytes {start}-{len(data) - 1}/{len(data)}"
+            self.send_header("Content-Range", state.bad_range.get(self.path, honest))
         if self.path in state.etag:
             self.send_header("ETag", state.etag[self.path])
         if self.path in state.modified:
@@ -103,7 +104,7 @@ class _State:
     def __init__(self):
         self.files, self.fail, self.cut, self.requests = {}, {}, {}, []
         self.etag, self.modified, self.slow, self.if_range, self.redirect = {}, {}, {}, [], {}
-        self.bad_length = {}
+        self.bad_length, self.bad_range = {}, {}
         self.no_length, self.ignore_if_range, self.partial_without_range = set(), set(), set()
 
     def hits(self, path):
@@ -752,3 +753,13 @@ def test_paths_must_be_paths(server, tmp_path, bad):
     with pytest.raises(ValueError, match=r"^data_root: expected a folder path"):
         download_revisitop1m(bad, base_url=server.url + "/r1m", **FAST)
     assert not server.requests
+
+
+@pytest.mark.parametrize("content_range", ["bytes 20000-50999/50000", "bytes 20000-19999/50000"])
+def test_a_content_range_that_contradicts_itself_is_refused(server, tmp_path, content_range):
+    dest = cut_once(server, "/q.bin", b"q" * 50_000, 20_000, tmp_path, etag='"q1"')
+    server.bad_range["/q.bin"] = content_range
+    server.no_length.add("/q.bin")
+    with pytest.raises(DownloadError, match=r"inconsistent Content-Range"):
+        fetch(server.url + "/q.bin", dest, **FAST)
+    assert not dest.exists()

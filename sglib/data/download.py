@@ -350,6 +350,10 @@ def _transfer_once(url: str, part: Path, timeout: float, progress: bool, stop_at
             if not m or int(m.group(1)) != have:
                 raise DownloadError(f"{url}: server resumed at the wrong offset "
                                     f"(Content-Range {resp.headers.get('Content-Range')!r}, wanted {have})")
+            if int(m.group(2)) < have or (m.group(3) != "*" and int(m.group(2)) >= int(m.group(3))):
+                _discard(part)  # a server that garbles its ranges cannot be trusted with the .part either
+                raise DownloadError(f"{url}: inconsistent Content-Range {resp.headers.get('Content-Range')!r} "
+                                    f"(the range must end after its start and before its total); .part removed")
             length = _content_length(resp.headers, url)
             if length is not None and length != int(m.group(2)) - have + 1:
                 raise DownloadError(f"{url}: Content-Length {length} contradicts Content-Range "
