@@ -120,3 +120,44 @@ def test_own_pipeline_scores_before_and_after_from_a_pairs_csv(golden_rerank, tm
     out = write_ranking(tmp_path / "r.json", after[:, :5], {"method": "superglobal"})
     assert json.loads(out.read_text())["ranking"][0] == after[0, :5].tolist()
     assert np.array_equal(np.load(write_ranking(tmp_path / "r.npy", after, {})), after)
+
+
+def test_rerank_command_on_npy_files_with_and_without_ground_truth(golden_rerank, tmp_path, capsys):
+    from sglib import cli
+    q, x = golden_rerank
+    np.save(tmp_path / "q.npy", q)
+    np.save(tmp_path / "x.npy", x)
+    (tmp_path / "pairs.csv").write_text("query,database\n" + "".join(f"{i},{j}\n" for i in range(len(q))
+                                                                      for j in rank_database(q, x)[i, 3:40:4]))
+    base = ["rerank", "--queries", str(tmp_path / "q.npy"), "--database", str(tmp_path / "x.npy"), "--M", "100"]
+    assert cli.main([*base, "--out", str(tmp_path / "r.npy")]) == 0
+    expected = superglobal(q, x, rank_database(q, x), 100)[:, :100]
+    assert np.array_equal(np.load(tmp_path / "r.npy"), expected)
+    assert cli.main([*base, "--qdrant", ":memory:", "--ground-truth", str(tmp_path / "pairs.csv"),
+                     "--out", str(tmp_path / "r.json")]) == 0
+    record = json.loads((tmp_path / "r.json").read_text())
+    assert np.array_equal(np.array(record["ranking"]), expected) and record["first_stage"] == "Qdrant (:memory:)"
+    out = capsys.readouterr().out
+    assert "mAP over the top 100, before" in out and "after" in out and set(record["map_top_m"]) == {"before", "after"}
+    assert cli.main([*base, "--method", "k_reciprocal", "--param", "k1=12", "--out", str(tmp_path / "k.npy")]) == 0
+    assert np.array_equal(np.load(tmp_path / "k.npy"), rerank("k_reciprocal", q, x, rank_database(q, x), M=100,
+                                                              k1=12)[:, :100])
+
+
+@pytest.mark.parametrize("change,words", [
+    ("raw", "are not unit rows"), ("dims", "queries have 64 dims, the database 128"),
+    ("ranking", "is it a ranking of another database"), ("param", "--param is for the other methods; superglobal takes --K and --beta"),
+])
+def test_rerank_command_refuses_bad_inputs_in_one_line(golden_rerank, tmp_path, capsys, change, words):
+    from sglib import cli
+    q, x = golden_rerank
+    np.save(tmp_path / "q.npy", q[:, :64] / np.linalg.norm(q[:, :64], axis=1, keepdims=True) if change == "dims"
+            else q * 3 if change == "raw" else q)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "r.npy", np.tile(np.arange(2000), (len(q), 1)))
+    extra = {"ranking": ["--ranking", str(tmp_path / "r.npy")], "param": ["--param", "k1=3"]}.get(change, [])
+    code = cli.main(["rerank", "--queries", str(tmp_path / "q.npy"), "--database", str(tmp_path / "x.npy"),
+                     "--M", "50", "--out", str(tmp_path / "o.npy"), *extra])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert words in err, err

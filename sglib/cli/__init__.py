@@ -1,4 +1,4 @@
-"""Command line: ``python -m sglib {evaluate,extract,train,train-study,download,build-data,demo,stability,
+"""Command line: ``python -m sglib {evaluate,rerank,extract,train,train-study,download,build-data,demo,stability,
 report,design-check,rerankers}``.
 
 Every flag's value is checked before any data or model is read: its text when the command line is
@@ -86,6 +86,64 @@ def _nan_to_none(obj):
     if isinstance(obj, (list, tuple)):
         return [_nan_to_none(v) for v in obj]
     return obj
+
+
+def _add_rerank(sub):
+    from ..evaluate.retrieval import RerankSettings
+    from ..rerankers import RERANKERS
+    p = sub.add_parser("rerank", help="rerank your own vectors (.npy) with any reranker; first stage from a ranking, "
+                                      "a faiss index, a Qdrant collection or exact search; scored with a ground truth")
+    p.add_argument("--queries", required=True, help="(nq, D) float .npy, unit rows")
+    p.add_argument("--database", required=True, help="(N, D) float .npy, unit rows")
+    first = p.add_mutually_exclusive_group()
+    first.add_argument("--ranking", help="(nq, L >= M) integer .npy: the first stage's database row numbers")
+    first.add_argument("--index", help="faiss index file saved by sglib.search.save_index, over the same database")
+    first.add_argument("--qdrant", metavar="FOLDER", help="embedded Qdrant collection (a folder, or :memory:); "
+                                                          "filled with the database when empty")
+    first.add_argument("--qdrant-url", help="a Qdrant server (http://host:6333), collection 'sglib'")
+    p.add_argument("--method", default="superglobal", choices=sorted(RERANKERS), help="reranker (default superglobal)")
+    add_settings_flags(p, RerankSettings)
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="a parameter of another --method (e.g. k1=20 for k_reciprocal); repeatable")
+    p.add_argument("--ground-truth", help="revisitop gnd .pkl, or a CSV with the header query,database (relevant "
+                                          "pairs, row numbers): the mAP before and after is printed and recorded")
+    p.add_argument("--out", required=True, type=writable("--out", folder=False),
+                   help="the reranked top-M: .npy (nq, M) ids, or .json (the record and the ranking)")
+
+
+def _method_params(args) -> dict:
+    """--K/--beta for the SuperGlobal methods, --param NAME=VALUE (numbers) for the others."""
+    from ..rerankers import RERANKERS
+    if args.method.startswith("superglobal"):
+        if args.param:
+            raise ValueError(f"--param is for the other methods; {args.method} takes --K and --beta")
+        return {"K": args.K, "beta": args.beta}
+    params = {}
+    for item in args.param:
+        name, _, text = item.partition("=")
+        if name not in RERANKERS[args.method].defaults or not text:
+            raise ValueError(f"--param {item!r}: {args.method} takes {', '.join(RERANKERS[args.method].defaults)} "
+                             "as NAME=VALUE")
+        try:
+            params[name] = int(text) if isinstance(RERANKERS[args.method].defaults[name], int) else float(text)
+        except ValueError:
+            raise ValueError(f"--param {item!r}: {text!r} is not a number") from None
+    return params
+
+
+def cmd_rerank(args) -> dict:
+    from ..scale.own_vectors import rerank_files
+    settings = args.settings["RerankSettings"]
+    record = rerank_files(args.queries, args.database, args.out, args.method, settings.M, _method_params(args),
+                          ranking=args.ranking, index=args.index, qdrant=args.qdrant, qdrant_url=args.qdrant_url,
+                          ground_truth=args.ground_truth)
+    print(f"{record['method']} on the top {record['M']} of {record['queries']} queries over {record['database']} "
+          f"vectors of {record['dim']} dims; first stage: {record['first_stage']} ({record['seconds']['first_stage']} s),"
+          f" rerank {record['seconds']['rerank']} s")
+    for when, maps in record.get("map_top_m", {}).items():
+        print(f"mAP over the top {record['M']}, {when:6s}: " + "  ".join(f"{p} {v:.2f}" for p, v in maps.items()))
+    print(f"wrote {args.out}")
+    return record
 
 
 def _add_extract(sub):
@@ -376,6 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineErrors(prog="python -m sglib", description=__doc__.split("\n")[0])
     sub = _Commands(parser.add_subparsers(dest="command", required=True, parser_class=_OneLineErrors))
     _add_evaluate(sub)
+    _add_rerank(sub)
     _add_extract(sub)
     _add_train(sub)
     _add_train_study(sub)
@@ -389,7 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    commands = {"evaluate": cmd_evaluate, "extract": cmd_extract, "train": cmd_train, "train-study": cmd_train_study,
+    commands = {"evaluate": cmd_evaluate, "rerank": cmd_rerank, "extract": cmd_extract, "train": cmd_train, "train-study": cmd_train_study,
                 "download": cmd_download, "build-data": cmd_build_data, "demo": cmd_demo, "stability": cmd_stability,
                 "report": cmd_report, "design-check": cmd_design_check, "rerankers": cmd_rerankers}
     try:

@@ -154,3 +154,58 @@ def write_ranking(path, ranking: np.ndarray, meta: dict) -> Path:
         tmp.write_text(json.dumps({**meta, "ranking": ranking.tolist()}) + "\n")
     os.replace(tmp, path)
     return path
+
+
+def rerank_files(queries, database, out, method: str = "superglobal", M: int = 400, params: dict | None = None,
+                 ranking=None, index=None, qdrant: str | None = None, qdrant_url: str | None = None,
+                 ground_truth=None) -> dict:
+    """The ``python -m sglib rerank`` job: read the files, first stage, rerank the top-M, write ``out``.
+
+    The first stage is ``ranking`` (a .npy), else ``index`` (a faiss index file), else a Qdrant collection
+    (``qdrant``: ":memory:" or a folder, ``qdrant_url``: a server; the database is uploaded when the
+    collection is empty), else exact search. Returns the record written beside ``out`` (method, sizes,
+    seconds, and with ``ground_truth`` the mAP before and after, in percent, over each query's top-M).
+    """
+    import time
+
+    from ..evaluate.protocol import revisited
+    from .vectordb import QdrantStage, rerank_returned
+
+    params = dict(params or {})
+    q, x = load_vectors(queries, "queries"), load_vectors(database, "database")
+    if q.shape[1] != x.shape[1]:
+        raise ValueError(f"queries have {q.shape[1]} dims, the database {x.shape[1]}: both must come from one model")
+    gnd = read_relevance(ground_truth, len(q), len(x)) if ground_truth is not None else None
+    t0 = time.perf_counter()
+    if ranking is not None:
+        initial, stage = load_ranking(ranking, len(q), len(x), M)[:, :M], f"ranking {ranking}"
+    elif index is not None:
+        initial, stage = first_stage(q, x, M, index=index), f"faiss index {index}"
+    elif qdrant is not None or qdrant_url is not None:
+        db = QdrantStage(qdrant or ":memory:", url=qdrant_url)
+        try:
+            if len(db) == 0:
+                db.add(x, progress=True)
+            elif len(db) != len(x):
+                raise ValueError(f"the Qdrant collection holds {len(db)} vectors, the database {len(x)}: is it "
+                                 "another database's collection?")
+            ids, vectors = db.search(q, M)
+        finally:
+            db.close()
+        initial, stage = ids, f"Qdrant ({qdrant_url or qdrant})"
+    else:
+        initial, stage = first_stage(q, x, M), "exact search"
+    t1 = time.perf_counter()
+    if qdrant is not None or qdrant_url is not None:
+        after = rerank_returned(q, initial, vectors, method, **params)
+    else:
+        after = rerank_own(q, x, initial, M, method, **params)
+    t2 = time.perf_counter()
+    record = {"method": method, "params": params, "M": int(M), "queries": len(q), "database": len(x),
+              "dim": int(x.shape[1]), "first_stage": stage,
+              "seconds": {"first_stage": round(t1 - t0, 3), "rerank": round(t2 - t1, 3)}}
+    if gnd is not None:
+        record["map_top_m"] = {when: {p: round(100 * r[p]["map"], 2) for p in ("easy", "medium", "hard")}
+                               for when, r in (("before", revisited(initial, gnd)), ("after", revisited(after, gnd)))}
+    write_ranking(out, after, record)
+    return record
