@@ -7,7 +7,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.sglib-installed
 DATA_ROOT ?= data
 # OpenMP threads sleep when idle instead of spinning: a run sharing the CPU slows down in proportion
-# instead of crawling (measured in sglib/runtime.py). Thread count: SGLIB_THREADS, else the free CPUs.
+# instead of crawling (measured in sglib/runtime.py). Thread count: SGLIB_THREADS, else OMP_NUM_THREADS,
+# else the free CPUs within the affinity mask and cgroup quota.
 export OMP_WAIT_POLICY := PASSIVE
 export SGLIB_THREADS
 

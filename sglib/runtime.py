@@ -8,7 +8,8 @@ Two things keep a run from crawling when it shares the CPU with another busy pro
   another process does not hold up the others' barrier while they burn the remaining core.
   It must be in the environment before torch loads its OpenMP runtime: import ``sglib`` first.
 * :func:`configure_threads`: one thread count for torch, the BLAS under numpy, and faiss; by
-  default ``$SGLIB_THREADS`` if set, else the CPUs this process may use minus those that other
+  default ``$SGLIB_THREADS`` if set, else ``$OMP_NUM_THREADS`` if set, else the CPUs this process may
+  use (affinity mask and control-group CPU quota, :func:`available_cpus`) minus those that other
   processes keep busy (sampled for 0.2 s). The CLI (``--threads``), the Makefile and the notebooks (``THREADS``)
   all go through it.
 
@@ -35,12 +36,72 @@ import time
 import warnings
 
 
-def available_cpus() -> int:
-    """CPUs this process may run on (its affinity mask), at least 1."""
+_CGROUP_FS = "/sys/fs/cgroup"          # where the kernel mounts the control groups (module constants: tests move them)
+_PROC_CGROUP = "/proc/self/cgroup"
+
+
+def _cgroup_quota_v2(path: str) -> float | None:
+    """CPUs allowed by ``cpu.max`` ("QUOTA PERIOD" or "max PERIOD") in a cgroup-v2 folder, None without a limit."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        with open(os.path.join(path, "cpu.max")) as f:
+            quota, period = f.read().split()[:2]
+    except (OSError, ValueError):
+        return None
+    return None if quota == "max" or int(period) <= 0 else int(quota) / int(period)
+
+
+def _cgroup_quota_v1(path: str) -> float | None:
+    """CPUs allowed by ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us`` in a cgroup-v1 folder, None without a limit."""
+    try:
+        with open(os.path.join(path, "cpu.cfs_quota_us")) as f:
+            quota = int(f.read())
+        with open(os.path.join(path, "cpu.cfs_period_us")) as f:
+            period = int(f.read())
+    except (OSError, ValueError):
+        return None
+    return None if quota <= 0 or period <= 0 else quota / period
+
+
+def cpu_quota() -> float | None:
+    """The CPU time this process's control group may use, in CPUs (a container's ``--cpus``, a batch
+    scheduler's limit): the smallest quota on the way from its cgroup up to the root; None without one."""
+    try:
+        with open(_PROC_CGROUP) as f:
+            lines = [line.rstrip("\n").split(":", 2) for line in f]
+    except OSError:
+        return None
+    quotas = []
+    for _, controllers, rel in (parts for parts in lines if len(parts) == 3):
+        if controllers == "":                                     # cgroup v2, one unified tree
+            base, read = _CGROUP_FS, _cgroup_quota_v2
+        elif "cpu" in controllers.split(","):                     # cgroup v1, the cpu controller's tree
+            base, read = os.path.join(_CGROUP_FS, controllers), _cgroup_quota_v1
+            if not os.path.isdir(base):
+                base = os.path.join(_CGROUP_FS, "cpu")
+        else:
+            continue
+        rel = rel.strip("/")
+        while True:   # a limit set on any ancestor applies too
+            quota = read(os.path.join(base, rel))
+            if quota is not None:
+                quotas.append(quota)
+            if not rel:
+                break
+            rel = os.path.dirname(rel)
+    return min(quotas) if quotas else None
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: its affinity mask, and no more than its control group's CPU quota
+    (rounded up), at least 1."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
     except AttributeError:   # not Linux
-        return max(1, os.cpu_count() or 1)
+        cpus = os.cpu_count() or 1
+    quota = cpu_quota()
+    if quota is not None:
+        cpus = min(cpus, math.ceil(quota))
+    return max(1, cpus)
 
 
 def _cpu_times(cpus) -> dict:
@@ -82,20 +143,31 @@ def free_cpus() -> int:
     return max(1, min(cpus, cpus - round(busy_cpus())))
 
 
+def _threads_from_env(name: str) -> int | None:
+    """The thread count in environment variable ``name`` (OMP_NUM_THREADS may list nesting levels: "4,2" gives 4),
+    None when unset or empty; ValueError naming the variable when it is not an integer >= 1."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return None
+    first = text.split(",")[0].strip() if name == "OMP_NUM_THREADS" else text
+    if not first.isdigit() or int(first) < 1:
+        raise ValueError(f"{name}: expected an integer >= 1, got {text!r}")
+    return int(first)
+
+
 def configure_threads(n: int | None = None) -> int:
     """Use ``n`` threads in torch, numpy's BLAS and faiss; returns ``n``.
 
-    ``n=None``: ``$SGLIB_THREADS`` when set (an integer >= 1), else :func:`free_cpus`.
+    ``n=None``: ``$SGLIB_THREADS`` when set (an integer >= 1), else ``$OMP_NUM_THREADS`` (how shared servers and
+    batch schedulers limit a job; its first number when it lists several levels), else :func:`free_cpus`.
+    More than :func:`available_cpus` (affinity and cgroup quota) is capped there, with a warning.
     """
     import faiss
     import torch
     from threadpoolctl import threadpool_limits
 
     if n is None:
-        env = os.environ.get("SGLIB_THREADS", "").strip()
-        if env and (not env.isdigit() or int(env) < 1):
-            raise ValueError(f"SGLIB_THREADS: expected an integer >= 1, got {env!r}")
-        n = int(env) if env else free_cpus()
+        n = _threads_from_env("SGLIB_THREADS") or _threads_from_env("OMP_NUM_THREADS") or free_cpus()
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"threads: expected an integer >= 1, got {n!r}")
     usable = available_cpus()
