@@ -43,7 +43,8 @@ class _Handler(BaseHTTPRequestHandler):
         moved = next((p for p in state.redirect if self.path.startswith(p)), None)
         if moved is not None:
             self.send_response(301)
-            self.send_header("Location", state.url + state.redirect[moved] + self.path[len(moved):])
+            target = state.redirect[moved]  # a path prefix on this server, or a whole URL
+            self.send_header("Location", target if "://" in target else state.url + target + self.path[len(moved):])
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
@@ -763,3 +764,12 @@ def test_a_content_range_that_contradicts_itself_is_refused(server, tmp_path, co
     with pytest.raises(DownloadError, match=r"inconsistent Content-Range"):
         fetch(server.url + "/q.bin", dest, **FAST)
     assert not dest.exists()
+
+
+@pytest.mark.parametrize("target", ["ftp://127.0.0.1:9/x.bin", "file:///etc/passwd"])
+def test_a_redirect_away_from_http_is_refused(server, tmp_path, target):
+    server.redirect["/away/"] = target
+    with pytest.raises(DownloadError, match=r"HTTP 301 .*(redirect to a non-http\(s\) URL|Redirection to url .* is "
+                                            r"not allowed)"):  # the second: urllib's own refusal of file://
+        fetch(server.url + "/away/x.bin", tmp_path / "x.bin", **FAST)
+    assert len(server.hits("/away/x.bin")) == 1 and not list(tmp_path.iterdir())

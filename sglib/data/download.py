@@ -12,7 +12,8 @@ backoff, an optional ``deadline`` bounds the whole call, the byte count must mat
 place, so a finished file is never fetched again. A size known in advance (:data:`KNOWN_SIZES`, a
 weak check where no sha256 is known) must match Content-Length, the total of Content-Range and the
 final size. A body sent without Content-Length that ends early can only be caught by a known size
-or a sha256. Numbers, URLs (http and https only) and paths given are checked before any request.
+or a sha256. Numbers, URLs (http and https only; redirects are followed to such URLs only) and
+paths given are checked before any request.
 
 Archives are read completely before anything is moved into the dataset; member paths that are
 absolute or contain ``..`` (or links/devices), more than :data:`MAX_MEMBERS` members, or a needed
@@ -285,6 +286,19 @@ def _discard(part: Path) -> None:
             path.unlink()
 
 
+class _HttpRedirectsOnly(urllib.request.HTTPRedirectHandler):
+    """Follows redirects (VGG_URL answers with a 301) to http(s) URLs only; urllib would follow ftp too."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        if not re.match(r"https?://", newurl, re.I):
+            raise urllib.error.HTTPError(req.full_url, code, f"{msg} - redirect to a non-http(s) URL {newurl!r} "
+                                         f"refused", headers, fp)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+_OPENER = urllib.request.build_opener(_HttpRedirectsOnly)
+
+
 def _transfer_once(url: str, part: Path, timeout: float, progress: bool, stop_at: float | None = None,
                    min_rate: float | None = None, rate_window: float = 30.0, blind_resume: bool = False,
                    size: int | None = None) -> bool:
@@ -329,7 +343,7 @@ def _transfer_once(url: str, part: Path, timeout: float, progress: bool, stop_at
         timeout = max(0.001, min(timeout, stop_at - time.monotonic()))
     req = urllib.request.Request(url, headers=headers)
     try:
-        resp = urllib.request.urlopen(req, timeout=timeout)
+        resp = _OPENER.open(req, timeout=timeout)
     except urllib.error.HTTPError as exc:
         if exc.code == 416 and have:
             # the .part already holds everything the server has, or is bogus: start over
