@@ -396,7 +396,7 @@ def _transfer_once(url: str, part: Path, timeout: float, progress: bool, stop_at
         window_start = time.monotonic()
         window_bytes = 0
         with open(part, mode) as f, tqdm(total=total, initial=have, unit="B", unit_scale=True,
-                                          unit_divisor=1024, desc=part.name[:-5], disable=not progress,
+                                          unit_divisor=1024, desc=name, disable=not progress,
                                           leave=False) as bar:
             while True:
                 block = resp.read1(_CHUNK)  # whatever has arrived, so slow bodies are noticed
@@ -424,7 +424,7 @@ def _transfer_once(url: str, part: Path, timeout: float, progress: bool, stop_at
         raise DownloadError(f"{url}: received {got} bytes, more than the {expected} announced")
     if expected is not None and got < expected:
         if size is not None:
-            raise _ShortRead(f"{wrong_size(got, 'the body')}; resuming")
+            raise _ShortRead(str(wrong_size(got, "the body")))
         raise _ShortRead(f"{url}: connection closed after {got} of {expected} bytes")
     if total is not None and got < total:  # a 206 that covered only part of the rest
         raise _ShortRead(f"{url}: the server sent bytes up to {got} of {total}; resuming")
