@@ -192,3 +192,47 @@ def test_gem_floors_at_eps_so_zero_and_negative_channels_stay_finite():
     got = pooling.gem(x, p=3.0, eps=1e-6)
     # float32 against float64: measured relative error 6.2e-8
     torch.testing.assert_close(got.double(), naive, rtol=3e-7, atol=0)
+
+
+def test_recall_at_k_equals_naive_set_overlap_row_by_row():
+    assert recall_at_k(np.array([[2], [0]]), np.array([[5], [3]]), 1) == 0.0   # row 1's 0 is not row 0's 5
+    rng = np.random.default_rng(0)
+    exact = np.stack([rng.permutation(12)[:4] for _ in range(30)])
+    approx = np.stack([rng.permutation(12)[:4] for _ in range(30)])
+    naive = np.mean([len(set(a) & set(e)) / 4 for a, e in zip(approx.tolist(), exact.tolist())])
+    assert recall_at_k(approx, exact, 4) == pytest.approx(naive, abs=1e-12)
+
+
+def test_alpha_qe_gives_no_weight_to_candidates_of_negative_similarity():
+    from sglib.rerankers.expansion import alpha_qe_scores
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal(16)
+    q /= np.linalg.norm(q)
+    c = rng.standard_normal((12, 16))
+    c /= np.linalg.norm(c, axis=1, keepdims=True)
+    s = c @ q
+    assert (s < 0).any(), "the test needs candidates that point away from the query"
+    e = q + ((np.maximum(s, 0) ** 3)[:, None] * c).sum(0)
+    naive = c @ (e / np.linalg.norm(e))
+    got = alpha_qe_scores(torch.from_numpy(q)[None], torch.from_numpy(c)[None], n=12, alpha=3.0)[0].numpy()
+    np.testing.assert_allclose(got, naive, rtol=0, atol=1e-12)          # float64 throughout
+
+
+def test_distortion_strength_of_each_dial_at_its_full_scale():
+    zero = {"perspective": 0.0, "rotation_deg": 0.0, "photometric": 0.0, "blur": 0.0}
+    full = {"perspective": 0.25, "rotation_deg": 30.0, "photometric": 0.5, "blur": 3.0, "noise": 16.0}
+    assert sv.distortion_strength(zero) == 0.0
+    for dial, value in full.items():
+        assert sv.distortion_strength({**zero, dial: value}) == 1.0, dial
+    assert sv.distortion_strength({**zero, "rotation_deg": -15.0}) == 0.5, "a turn either way distorts as much"
+    assert sv.distortion_strength({**zero, "jpeg_quality": 0}) == 1.0
+
+
+def test_integer_flags_accept_their_minimum_and_refuse_one_less():
+    import argparse
+    from sglib.cli.flags import positive_int
+    for minimum in (0, 1, 16):
+        parse = positive_int("--x", minimum)
+        assert parse(str(minimum)) == minimum
+        with pytest.raises(argparse.ArgumentTypeError, match=f">= {minimum}"):
+            parse(str(minimum - 1))

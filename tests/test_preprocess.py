@@ -65,12 +65,16 @@ def _grey(values):
 def _mode_cases():
     u16 = np.array([[0, 257 * 100], [65535, 1000]], np.uint16)
     yield "i16.png", Image.fromarray(u16), _grey([[0, 100], [255, 4]])           # PNG opens as I;16
+    # 257 * 200 / 256 would round to 201: only a division by 257 gives 200
+    yield "i16_200.png", Image.fromarray(np.array([[257 * 200, 0]], np.uint16)), _grey([[200, 0]])
     yield "i16b.tif", Image.fromarray(u16).convert("I").convert("I;16B"), _grey([[0, 100], [255, 4]])
     yield "i32_16bit.tif", Image.fromarray(u16.astype(np.int32), "I"), _grey([[0, 100], [255, 4]])
     big = np.array([[0, 1_000_000], [2_000_000, -5]], np.int32)                  # above 16 bits: by its max
     yield "i32_big.tif", Image.fromarray(big, "I"), _grey([[0, 128], [255, 0]])
     unit = np.array([[0.0, 0.5], [1.0, 0.2]], np.float32)                        # max <= 1: [0, 1] range
     yield "f_unit.tif", Image.fromarray(unit, "F"), _grey([[0, 128], [255, 51]])
+    dim = np.array([[0.0, 0.5]], np.float32)                                      # max < 1: still the [0, 1] range
+    yield "f_dim.tif", Image.fromarray(dim, "F"), _grey([[0, 128]])
     wide = np.array([[0.0, 2.0], [4.0, np.nan]], np.float32)                     # max > 1: scaled by max
     yield "f_wide.tif", Image.fromarray(wide, "F"), _grey([[0, 128], [255, 0]])
     pal = Image.new("P", (2, 1))

@@ -33,6 +33,20 @@ def test_training_whitening_is_the_same_when_fitted_twice(tiny_root, tmp_path):
     assert len(list((tmp_path / "cache").iterdir())) == 1       # one training-feature extraction, reused
 
 
+def test_training_whitening_is_fitted_on_every_same_scene_pair_and_no_other(tiny_root, tmp_path, monkeypatch):
+    import numpy as np
+    from sglib.bundled import whitening as bundled
+    paths, labels = training_images(tiny_root)
+    feats = np.random.default_rng(0).standard_normal((len(paths), 8))      # stands in for the extraction
+    monkeypatch.setattr(bundled, "cached_features", lambda *args, **kwargs: feats)
+    seen = []
+    monkeypatch.setattr(bundled, "fit_learned_whitening", lambda X, pairs, **kw: seen.append(pairs) or
+                        bundled.Whitening(np.zeros(8), np.eye(8), kind="lw"))
+    fit_training_whitening(load_backbone("efficientnet_lite0"), tiny_root, tmp_path / "cache", progress=False)
+    want = {(i, j) for i in range(len(labels)) for j in range(i + 1, len(labels)) if labels[i] == labels[j]}
+    assert want and set(map(tuple, seen[0].tolist())) == want and len(seen[0]) == len(want)
+
+
 def test_whitening_source_follows_the_training_images(tiny_root, tmp_path):
     model = load_backbone("efficientnet_lite0")
     before = fit_training_whitening(model, tiny_root, tmp_path / "cache", progress=False).source

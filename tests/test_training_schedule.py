@@ -40,3 +40,30 @@ def test_batches_cross_the_epoch_boundary_with_the_next_permutation():
         epoch, k = divmod(step, 3)
         expect = np.random.default_rng([seed, epoch]).permutation(n)[k * size:(k + 1) * size]
         assert np.array_equal(batch_indices(n, size, seed, step), expect), f"batch {step} is not epoch {epoch}'s"
+
+
+
+class _Recorded(Exception):
+    """Raised by the stand-in loader once it has what the run asks for: no step is trained."""
+
+
+def test_a_run_reads_each_sample_with_the_seed_of_its_step_and_position(tmp_path, monkeypatch):
+    """The loader's (index, augmentation seed) pairs: batch_indices of the step, sample_seed(seed, step, position)."""
+    import torch
+    from test_training import TINY, write_bundled_split
+    from sglib.training import loop
+    from sglib.training.data import bundled_training_set
+    asked = []
+
+    def loader(dataset, batch_sampler, **kwargs):
+        asked.extend(item for batch in batch_sampler for item in batch)
+        raise _Recorded
+
+    monkeypatch.setattr(torch.utils.data, "DataLoader", loader)
+    data = bundled_training_set(write_bundled_split(tmp_path / "data"))
+    config = loop.TrainConfig(**{**TINY, "steps": 9, "projection_init": "random"})   # past an epoch (6 steps)
+    with pytest.raises(_Recorded):
+        loop.train(data, config, tmp_path / "run", num_workers=0, progress=False)
+    expect = [(int(i), sample_seed(config.seed, step, k)) for step in range(9)
+              for k, i in enumerate(batch_indices(len(data), config.batch_size, config.seed, step))]
+    assert asked == expect, "the loader's (index, augmentation seed) pairs are not those of (seed, step, position)"
