@@ -161,3 +161,44 @@ def test_rerank_command_refuses_bad_inputs_in_one_line(golden_rerank, tmp_path, 
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1, err
     assert words in err, err
+
+
+def _clustered_synthetic(n_clusters=6, per=15, nq=12, dim=16, seed=0):
+    """SYNTHETIC unit vectors in clusters; a query's positives are its cluster's database rows."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((n_clusters, dim))
+    labels = np.repeat(np.arange(n_clusters), per)
+    x = centres[labels] + 0.9 * rng.standard_normal((len(labels), dim))
+    qlab = np.arange(nq) % n_clusters
+    q = centres[qlab] + 0.9 * rng.standard_normal((nq, dim))
+    x, q = (a / np.linalg.norm(a, axis=1, keepdims=True) for a in (x.astype(np.float32), q.astype(np.float32)))
+    gnd = [{"easy": np.flatnonzero(labels == c).tolist(), "hard": [], "junk": []} for c in qlab]
+    return q, x, gnd
+
+
+def test_k_and_beta_chosen_on_labelled_queries_are_scored_on_the_others_only():
+    from sglib.evaluate.protocol import revisited
+    from sglib.scale.own_vectors import choose_k_beta
+    q, x, gnd = _clustered_synthetic()
+    labelled = [0, 1, 2, 3]
+    chosen, tried, held_out = choose_k_beta(q, x, gnd, labelled, M=40, Ks=(1, 3, 9), betas=(0.0, 0.5))
+    assert len(tried) == 6 and tried.labelled_mAP.max() == tried.set_index(["K", "beta"]).loc[
+        (chosen["K"], chosen["beta"]), "labelled_mAP"]
+    held = np.arange(4, 12)
+    initial = rank_database(q, x)[:, :40]
+    expected = revisited(superglobal(q[held], x, initial[held], 40, chosen["K"], chosen["beta"]),
+                         [gnd[i] for i in held])["medium"]["map"]
+    row = [r for r in held_out.index if r.startswith("chosen")][0]
+    assert held_out.loc[row, "medium"] == pytest.approx(100 * expected, abs=1e-9)
+    assert held_out.loc["no reranking", "medium"] == pytest.approx(
+        100 * revisited(initial[held], [gnd[i] for i in held])["medium"]["map"], abs=1e-9)
+    with pytest.raises(ValueError, match="some but not all query indices"):
+        choose_k_beta(q, x, gnd, np.arange(12), M=40)
+
+
+def test_shortlist_costs_caps_m_at_the_database_and_counts_the_arrays_held():
+    from sglib.scale.own_vectors import shortlist_costs
+    q, x, _ = _clustered_synthetic()
+    table = shortlist_costs(q, x, (10, 1000), repeats=1)
+    assert table.M.tolist() == [10, len(x)] and (table.ms_per_query > 0).all()
+    assert table.MB_per_query.iloc[0] == (10 * 16 + 10 * 10) * 4 / 2**20

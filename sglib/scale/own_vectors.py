@@ -209,3 +209,66 @@ def rerank_files(queries, database, out, method: str = "superglobal", M: int = 4
                                for when, r in (("before", revisited(initial, gnd)), ("after", revisited(after, gnd)))}
     write_ranking(out, after, record)
     return record
+
+
+def shortlist_costs(q: np.ndarray, x: np.ndarray, Ms, method: str = "superglobal", repeats: int = 3) -> "pd.DataFrame":
+    """Per shortlist size M (capped at N): rerank time per query (median of ``repeats``, all queries in one
+    call, exact first stage not included) and the arrays the reranker holds per query in float32 (its M
+    candidate vectors and their M x M similarities).
+
+    Returns:
+        one row per M: ``M``, ``ms_per_query``, ``MB_per_query``.
+    """
+    import pandas as pd
+
+    from ..timing import measure
+
+    longest = min(max(Ms), len(x))
+    initial = first_stage(q, x, longest)
+    rows = []
+    for M in Ms:
+        m = min(int(M), len(x))
+        t = measure({"rerank": lambda: rerank_own(q, x, initial[:, :m], m, method)}, repeats=repeats)["rerank"]
+        rows.append({"M": m, "ms_per_query": 1e3 * t.median / len(q),
+                     "MB_per_query": (m * x.shape[1] + m * m) * 4 / 2**20})
+    return pd.DataFrame(rows)
+
+
+def choose_k_beta(q: np.ndarray, x: np.ndarray, gnd: list, labelled, M: int = 400, Ks=(1, 3, 5, 9, 15),
+                  betas=(0.0, 0.15, 0.5, 1.0)) -> tuple[dict, "pd.DataFrame", "pd.DataFrame"]:
+    """SuperGlobal's K and beta chosen on a few labelled queries (best mean of Medium and Hard mAP there), then
+    checked on every other query against the paper's defaults and no reranking: what a user with few labels can do.
+
+    Args:
+        labelled: indices of the queries whose labels are used to choose (the others are held out).
+
+    Returns:
+        ``(chosen, tried, held_out)``: ``chosen`` ``{"K", "beta"}``; ``tried`` one row per setting (``K``,
+        ``beta``, ``labelled_mAP``: mean of Medium and Hard mAP %); ``held_out`` Medium and Hard mAP % on the
+        held-out queries for "no reranking", "paper defaults" and "chosen on the labelled queries".
+    """
+    import pandas as pd
+
+    from ..evaluate.protocol import revisited
+    from ..method.rerank import DEFAULT_BETA, DEFAULT_K
+
+    labelled = np.unique(np.asarray(labelled, dtype=np.int64))
+    if labelled.size == 0 or labelled.min() < 0 or labelled.max() >= len(q) or labelled.size == len(q):
+        raise ValueError(f"labelled: expected some but not all query indices in [0, {len(q)}), got {labelled}")
+    held = np.setdiff1d(np.arange(len(q)), labelled)
+    m = min(int(M), len(x))
+    initial = first_stage(q, x, m)
+
+    def maps(idx, K=None, beta=None):
+        ranks = initial[idx] if K is None else rerank_own(q[idx], x, initial[idx], m, "superglobal", K=K, beta=beta)
+        res = revisited(ranks, [gnd[i] for i in idx])
+        return 100 * res["medium"]["map"], 100 * res["hard"]["map"]
+
+    tried = pd.DataFrame([{"K": K, "beta": beta, "labelled_mAP": float(np.nanmean(maps(labelled, K, beta)))}
+                          for K in Ks if K < m for beta in betas])
+    best = tried.loc[tried.labelled_mAP.idxmax()]
+    chosen = {"K": int(best.K), "beta": float(best.beta)}
+    held_out = pd.DataFrame({name: dict(zip(("medium", "hard"), maps(held, *setting))) for name, setting in (
+        ("no reranking", ()), (f"paper defaults (K={DEFAULT_K}, beta={DEFAULT_BETA})", (DEFAULT_K, DEFAULT_BETA)),
+        (f"chosen (K={chosen['K']}, beta={chosen['beta']:g})", (chosen["K"], chosen["beta"])))}).T
+    return chosen, tried, held_out
