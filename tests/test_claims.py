@@ -290,6 +290,7 @@ NOTEBOOK_PAPER_NUMBERS = {
     "04_million_distractors.ipynb": {},
     "05_timing.ipynb": {"0.5": "the asserted bound on the slope in K", "0.6": "the asserted bound on search's slope in N",
                         "0.3": "the asserted bound on reranking's slope in N"},
+    "07_your_own_embeddings.ipynb": {"0.15": "reranking's beta"},
     "06_reproduce_paper.ipynb": {"0.15": "reranking's beta", "80.2": "the paper's ROxford Hard (R101 + rerank)",
                                  "86.7": "the paper's RParis Hard (R101 + rerank)"},
 }
