@@ -236,3 +236,21 @@ def test_integer_flags_accept_their_minimum_and_refuse_one_less():
         assert parse(str(minimum)) == minimum
         with pytest.raises(argparse.ArgumentTypeError, match=f">= {minimum}"):
             parse(str(minimum - 1))
+
+
+def test_checks_at_their_bounds():
+    from sglib._checks import check_int, check_real
+    assert check_real(0.0, "x", lo=0) == 0.0 and check_real(1.0, "x", hi=1) == 1.0
+    for kwargs in ({"lo": 0, "open_lo": True}, {"hi": 0, "open_hi": True}):
+        with pytest.raises(ValueError, match="x: expected"):
+            check_real(0.0, "x", **kwargs)
+    assert check_int(4, "n", 4, 4) == 4
+    for value in (3, 5):
+        with pytest.raises(ValueError, match=r"n: expected an integer in \[4, 4\]"):
+            check_int(value, "n", 4, 4)
+
+
+def test_ransac_fits_a_homography_from_exactly_four_matches():
+    from sglib.local.verify import ransac_inlier_count
+    xy = np.array([[0, 0], [10, 0], [0, 10], [10, 12]], np.float32)
+    assert ransac_inlier_count(xy, xy * 2 + 3, np.stack([np.arange(4)] * 2, axis=1)) == 4

@@ -179,7 +179,8 @@ MUTATIONS = [
       "tests/test_local.py::test_inliers_of_warped_copy_equal_naive_recount_under_true_homography",
       "tests/test_local.py::test_rerank_moves_the_true_match_up_and_leaves_the_tail"),
     m("min-matches", "sglib/local/verify.py", "if len(matches) < MIN_HOMOGRAPHY_MATCHES:",
-      "if len(matches) <= MIN_HOMOGRAPHY_MATCHES:", "tests/test_local.py::test_ransac_gives_zero_below_four_matches"),
+      "if len(matches) <= MIN_HOMOGRAPHY_MATCHES:", G + "::test_ransac_fits_a_homography_from_exactly_four_matches",
+      "tests/test_local.py::test_ransac_gives_zero_below_four_matches"),
     m("min-inliers", "sglib/local/rerank.py", "key = np.where(inliers >= min_inliers, inliers, NOT_VERIFIED)",
       "key = np.where(inliers > min_inliers, inliers, NOT_VERIFIED)",
       "tests/test_local.py::test_combination_rule_equals_naive_rule"),
@@ -227,9 +228,9 @@ MUTATIONS = [
       "tests/test_training_schedule.py"),
     # ---- top-level helpers
     m("check-real-open", "sglib/_checks.py", "(v > lo if open_lo else v >= lo)", "(v >= lo if open_lo else v >= lo)",
-      "tests/test_bad_inputs.py"),
+      G + "::test_checks_at_their_bounds"),
     m("check-int-hi", "sglib/_checks.py", "(hi is None or value <= hi)", "(hi is None or value <= hi + 1)",
-      "tests/test_bad_inputs.py"),
+      G + "::test_checks_at_their_bounds"),
 ]
 
 
