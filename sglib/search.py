@@ -226,34 +226,51 @@ class _RunningTopK:
         self.n_pending = 0
         self.flush_at = flush_every * nq
 
-    def add(self, s: torch.Tensor, x0: int, q0: int = 0) -> None:
-        """Score block ``s`` for queries ``q0...`` (its column j is database row ``x0 + j``)."""
-        nq, width = s.shape
-        kth = self.kth[q0:q0 + nq]
+    def add(self, s: torch.Tensor, x0: int, q0: int = 0) -> bool:
+        """Scores for queries ``q0...``: a block ``s`` (nq, B) whose column j is database row ``x0 + j``, or a
+        stack of them ``s`` (S, nq, B) whose slab t holds rows ``x0 + t * B...`` (one call for S blocks: the
+        fixed cost of a call is paid once).
+
+        Returns False when a score is NaN or infinite (read from the group maxima, so at no extra pass; such
+        scores never enter): with finite queries every score of a non-finite database row is."""
+        slabs, nq, width = s.shape if s.ndim == 3 else (1, *s.shape)
+        flat = s.reshape(slabs * nq, width)                  # row v: slab v // nq, query v % nq
+        kth = self.kth[q0:q0 + nq].repeat(slabs)
         group = _GROUP if width % _GROUP == 0 else width
-        groups = s.view(nq, width // group, group)
-        r, g = (groups.amax(2) > kth[:, None]).nonzero(as_tuple=True)
+        groups = flat.view(slabs * nq, width // group, group)
+        maxima = groups.amax(2)
+        finite = bool(torch.isfinite(maxima.sum()))
+        if bool(torch.isneginf(kth).all()):                 # nothing merged yet: every entry would pass
+            self._merge_rows_topk(s.view(slabs, nq, width), x0, q0)
+            return finite
+        r, g = (maxima > kth[:, None]).nonzero(as_tuple=True)
         if r.numel() == 0:
-            return
-        if r.numel() * group > 4 * self.k * nq:  # first blocks: most groups pass, gathering them costs more
-            self._merge_rows_topk(s, x0, q0, r)
-            return
-        cand = groups[r, g]                                  # (pairs, group), in row then column order
-        p, j = (cand > kth[r, None]).nonzero(as_tuple=True)
-        r, c, v = r[p], g[p] * group + j, cand[p, j]         # the entries above kth, row-major order
-        if r.numel() > self.k and int(torch.bincount(r).max()) > self.k:
-            self._merge_rows_topk(s, x0, q0, r)               # early blocks or adversarial orders
-            return
-        self.pending.append((r + q0, v, c + x0))
+            return finite
+        if 4 * r.numel() > maxima.numel():                   # most groups pass: one pass over the scores instead
+            r, c = (flat > kth[:, None]).nonzero(as_tuple=True)
+            v = flat[r, c]
+        else:
+            cand = groups[r, g]                              # (pairs, group), in row then column order
+            p, j = (cand > kth[r, None]).nonzero(as_tuple=True)
+            r, c, v = r[p], g[p] * group + j, cand[p, j]     # the entries above kth, row-major order
+        query, slab = r % nq, r // nq                        # per query: slab by slab, so in id order
+        if 2 * r.numel() > flat.numel():                     # e.g. a database sorted by score: a top-k is cheaper
+            self._merge_rows_topk(s.view(slabs, nq, width), x0, q0, query)
+            return finite
+        self.pending.append((query + q0, v, slab * width + c + x0))
         self.n_pending += r.numel()
         if self.n_pending >= self.flush_at:
             self.flush()
+        return finite
 
-    def _merge_rows_topk(self, s, x0, q0, r):
-        """Merge the pending entries, then each row of ``r``'s top k of ``s``: cheaper than all entries."""
+    def _merge_rows_topk(self, s, x0, q0, r=None):
+        """Merge the pending entries, then the top k of the slabs ``s`` (S, nq, B) of each query in ``r`` (all if
+        None): cheaper than all their entries."""
         self.flush()
-        rows = torch.unique(r)
-        sub = s.index_select(0, rows)
+        nq = s.shape[1]
+        rows = (torch.arange(nq, device=s.device) if r is None else
+                torch.bincount(r, minlength=nq).nonzero().flatten())
+        sub = (s if r is None else s.index_select(1, rows)).transpose(0, 1).reshape(rows.numel(), -1)  # id order
         vals, cols = _block_topk(sub, self.k)
         cols = torch.sort(cols, dim=1).values
         self._merge(rows + q0, sub.gather(1, cols), cols + x0)
@@ -294,6 +311,18 @@ def default_block_size(nq: int, query_block: int = 4096) -> int:
     """
     qn = max(1, min(nq, query_block))
     return max(512, min(2048, (8 << 20) // (4 * qn)) // _GROUP * _GROUP)
+
+
+_STACK_BYTES = 8 << 20   # scores scanned per call of _RunningTopK.add when they are stacked (still in cache)
+_STACK_ROWS = 1 << 16    # and at most this many database rows (one query: a stack of blocks, not 8 MiB of rows)
+
+
+def _scan(top: _RunningTopK, s: torch.Tensor, x0: int, q0: int, db: Database) -> None:
+    """``top.add(s, x0, q0)``; where a score is not finite, the database rows behind ``s`` are searched for a NaN
+    or infinite value (ValueError naming the row); finite rows whose products overflow go on."""
+    if not top.add(s, x0, q0):
+        rows = s.shape[-1] * (s.shape[0] if s.ndim == 3 else 1)
+        _check_finite(db.rows(x0, x0 + rows), "x", x0)
 
 
 def knn(q, x, k: int, block_size: int | None = None, query_block: int = 4096):
@@ -345,13 +374,26 @@ def knn(q, x, k: int, block_size: int | None = None, query_block: int = 4096):
     qq = _block(q, 0, nq, device, dtype)
     _check_finite(qq, "q", 0)
     top = _RunningTopK(nq, k, dtype, device)
-    scores = torch.empty(qn * block_size, dtype=dtype, device=device)  # reused by every product
+    # one query block: the products of several database blocks are stacked and scanned together (fewer calls)
+    slabs = max(1, min(_STACK_BYTES // (4 * max(qn, 1) * block_size), _STACK_ROWS // block_size)) if nq <= query_block else 1
+    scores = torch.empty((slabs, qn, block_size), dtype=dtype, device=device)  # reused by every product
+    stacked, stack_x0, limit = 0, 0, 1   # stacks grow 2, 4, 8...: the k-th scores are still weak early on
     for x0, xb in db.blocks(block_size, device, dtype, reuse=True):
-        _check_finite(xb, "x", x0)
+        if slabs > 1 and xb.shape[0] == block_size and x0:   # the first block alone sets every k-th score
+            torch.mm(qq, xb.T, out=scores[stacked])
+            stacked += 1
+            if stacked == limit or x0 + block_size == n:
+                _scan(top, scores[:stacked], stack_x0, 0, db)
+                stacked, stack_x0, limit = 0, x0 + block_size, min(2 * limit, slabs)
+            continue
+        if stacked:
+            _scan(top, scores[:stacked], stack_x0, 0, db)
+            stacked = 0
         for q0 in range(0, nq, query_block):
             qb = qq[q0:q0 + query_block]
-            s = torch.mm(qb, xb.T, out=scores[:qb.shape[0] * xb.shape[0]].view(qb.shape[0], xb.shape[0]))
-            top.add(s, x0, q0)
+            out = scores.view(-1)[:qb.shape[0] * xb.shape[0]].view(qb.shape[0], xb.shape[0])
+            _scan(top, torch.mm(qb, xb.T, out=out), x0, q0, db)
+        stack_x0 = x0 + xb.shape[0]
     top.flush()
     best_s, best_i = top.best_s, top.best_i
     if bool((best_i[:, -1] < 0).any()):  # finite inputs whose products overflow to -inf

@@ -13,6 +13,9 @@ top-M rows of each query are read.
 """
 from __future__ import annotations
 
+import functools
+import glob
+
 import numpy as np
 import torch
 
@@ -42,35 +45,82 @@ def superglobal_scores(q: torch.Tensor, cands: torch.Tensor, K: int = DEFAULT_K,
         >>> superglobal_scores(q, c, K=3).shape
         torch.Size([2, 20])
     """
-    nq, m, _ = cands.shape
-    if sides == "query":
-        # x' = x: one "neighbour", the candidate itself, with weight 1
-        nbr = torch.arange(m, device=cands.device).view(1, m, 1).expand(nq, m, 1)
-        w = torch.ones(nq, m, 1, dtype=cands.dtype, device=cands.device)
-    else:
-        sim = torch.bmm(cands, cands.transpose(1, 2))                  # (nq, M, M)
-        top_sim, nbr = sim.topk(K + 1, dim=-1)                         # (nq, M, K+1)
-        w = torch.cat([torch.ones_like(top_sim[..., :1]), beta * top_sim[..., 1:]], dim=-1)
-        w = w / w.sum(-1, keepdim=True)                                # rows of x' = w @ x_nbr
-    width = nbr.shape[-1]
-
-    def refined_dot(v):                                                # v (nq, D) -> (nq, M): v . x'_i
-        vc = batched_mv(cands, v)                                      # (nq, M)
-        return (w * torch.gather(vc, 1, nbr.reshape(nq, -1)).reshape(nq, m, width)).sum(-1)
-
-    s1 = refined_dot(q)
+    nbr, w = neighbour_weights(cands, K, beta, sides)
+    s1 = refined_dot(cands, q, nbr, w)
     if sides == "database":
         return s1
-    first = torch.sort(s1, dim=1, descending=True, stable=True).indices[:, : K + 1]   # (nq, K+1)
-    # materialise x' only for the K+1 best candidates: their element-wise max is q'
-    nbr_first = torch.gather(nbr, 1, first.unsqueeze(-1).expand(-1, -1, width))      # (nq, K+1, width)
+    s2 = refined_dot(cands, expanded_query(cands, s1, nbr, w, K), nbr, w)
+    return (s1 + s2) / 2
+
+
+def neighbour_weights(cands: torch.Tensor, K: int, beta: float, sides: str = "both"):
+    """``(nbr, w)``, each (nq, M, width): candidate i's refined descriptor is ``x'_i = sum_t w[i, t] x_nbr[i, t]``.
+
+    ``"query"`` keeps the candidates (width 1: each is its own neighbour, weight 1); otherwise width K + 1:
+    the K + 1 most similar candidates of each (the M x M product, :func:`gram`, then :func:`top_neighbours`),
+    weights 1 for the most similar and ``beta * similarity`` for the others, normalised to sum 1."""
+    nq, m, _ = cands.shape
+    if sides == "query":
+        nbr = torch.arange(m, device=cands.device).view(1, m, 1).expand(nq, m, 1)
+        return nbr, torch.ones(nq, m, 1, dtype=cands.dtype, device=cands.device)
+    top_sim, nbr = top_neighbours(gram(cands), K + 1)
+    w = top_sim.mul_(beta)
+    w[..., 0] = 1
+    return nbr, w.div_(w.sum(-1, keepdim=True))
+
+
+def gram(cands: torch.Tensor) -> torch.Tensor:
+    """(nq, M, D) -> (nq, M, M) similarities ``cands[b] @ cands[b].T``: the product reranking cannot avoid."""
+    return torch.bmm(cands, cands.transpose(1, 2))
+
+
+def top_neighbours(sim: torch.Tensor, width: int):
+    """``(values, columns)`` (nq, M, width) of the ``width`` largest entries of each row of ``sim`` (nq, M, M),
+    values descending (equal values: either column, as ``torch.topk``).
+
+    ``torch.topk`` costs about 4 us a row on CPU whatever the width, as much as a fifth of the M x M product.
+    Instead the columns are split into groups (group g: columns g, g + G, g + 2G, ...; the maxima of all
+    groups are one pass vectorised along the rows), the ``width`` groups with the largest maxima are kept
+    and the answer is read from their ``width * M / G`` entries: any entry of the top ``width`` lies in one
+    of them, since otherwise ``width`` groups would each hold a larger entry."""
+    nq, m, _ = sim.shape
+    size = _group_size(m, width)
+    if size == 1:
+        return sim.topk(width, dim=-1)
+    n, groups = nq * m, m // size
+    rows = sim.reshape(n, size, groups)                       # [r, a, g] = column g + groups * a
+    best = rows.amax(1).topk(width, dim=1).indices            # (n, width) groups holding the answer
+    cols = (best.unsqueeze(-1) + groups * torch.arange(size, device=sim.device)).view(n, width * size)
+    vals, at = sim.reshape(n, m).gather(1, cols).topk(width, dim=1)
+    return vals.view(nq, m, width), cols.gather(1, at).view(nq, m, width)
+
+
+def _group_size(m: int, width: int) -> int:
+    """Columns per group for :func:`top_neighbours`: the divisor of ``m`` nearest ``sqrt(m / width)`` (the two
+    selections then have about equal widths) that leaves at least ``width`` groups; 1 (no grouping) if none."""
+    sizes = [s for s in range(2, m // width + 1) if m % s == 0 and m // s >= width]
+    return min(sizes, key=lambda s: abs(s * s * width - m), default=1)
+
+
+def refined_dot(cands: torch.Tensor, v: torch.Tensor, nbr: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """(nq, M) products ``v . x'_i`` of the vectors ``v`` (nq, D) with the refined candidates (``nbr``, ``w`` from
+    :func:`neighbour_weights`): the same weighted sums of the ``v . x_j``, so no ``x'`` is built."""
+    nq, m, width = nbr.shape
+    vc = batched_mv(cands, v)
+    return (w * torch.gather(vc, 1, nbr.reshape(nq, -1)).view(nq, m, width)).sum(-1)
+
+
+def expanded_query(cands: torch.Tensor, s1: torch.Tensor, nbr: torch.Tensor, w: torch.Tensor, K: int) -> torch.Tensor:
+    """(nq, D) expanded queries ``q'``: the element-wise max of the refined descriptors of the K + 1 candidates
+    first by ``s1`` (nq, M) (ties: lower position), built only for those K + 1."""
+    nq, m, width = nbr.shape
+    first = torch.sort(s1, dim=1, descending=True, stable=True).indices[:, : K + 1]        # (nq, K+1)
+    nbr_first = torch.gather(nbr, 1, first.unsqueeze(-1).expand(-1, -1, width))        # (nq, K+1, width)
     w_first = torch.gather(w, 1, first.unsqueeze(-1).expand(-1, -1, width))
     flat = (torch.arange(nq, device=cands.device).view(nq, 1, 1) * m + nbr_first).reshape(-1)
     nbr_vectors = cands.reshape(nq * m, -1).index_select(0, flat).view(nq * (K + 1), width, -1)
     refined_first = torch.bmm(w_first.reshape(nq * (K + 1), 1, width), nbr_vectors).view(nq, K + 1, -1)
-    q_prime = refined_first.amax(dim=1)
-    s2 = refined_dot(q_prime)
-    return (s1 + s2) / 2
+    return refined_first.amax(dim=1)
 
 
 def batched_mv(a: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -81,9 +131,25 @@ def batched_mv(a: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 
 def _query_chunk(m: int, d: int, budget_bytes: int = 256 * 2**20) -> int:
-    # bounds peak memory; larger chunks keep the M x M products efficient (measured in benchmarks/rerank.py)
-    per_query = 4 * (m * m * 3 + m * d * 2)
-    return max(1, budget_bytes // per_query)
+    """Queries per chunk: as many as keep one chunk's candidates and M x M similarities (4 * (M*D + M*M) bytes a
+    query) within the last-level cache, where the passes after the product then read them (8 queries at
+    M = 400, D = 2048 in 32 MiB: measured best in benchmarks/rerank.py); at most ``budget_bytes``."""
+    per_query = 4 * (m * m + m * d)
+    return max(1, min(_last_level_cache(), budget_bytes) // per_query)
+
+
+@functools.lru_cache(maxsize=1)
+def _last_level_cache(default: int = 32 * 2**20) -> int:
+    """Bytes of the CPU's largest cache (Linux sysfs), ``default`` where it cannot be read."""
+    sizes = []
+    for f in glob.glob("/sys/devices/system/cpu/cpu0/cache/index*/size"):
+        try:
+            with open(f) as fh:
+                text = fh.read().strip().upper()
+            sizes.append(int(text.rstrip("KMG")) * {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:], 1))
+        except (OSError, ValueError):
+            continue
+    return max(sizes, default=default)
 
 
 UNIT_NORM_TOLERANCE = 1e-2    # float16 storage and whitening round-off stay far inside it
