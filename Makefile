@@ -53,11 +53,20 @@ test: setup
 demo: setup
 	$(PY) -m sglib demo --data-root $(DATA_ROOT)
 
+# results/bench.json: every stage against its bound (issue 19), from the rows the benchmarks append
+BENCH_ROWS := results/.bench_rows.json
 bench: data
-	$(PY) benchmarks/rerank.py
+	rm -f $(BENCH_ROWS)
+	$(PY) benchmarks/rerank.py --skip-naive --json $(BENCH_ROWS)
+	$(PY) benchmarks/rerank.py --skip-naive --dim 512 --json $(BENCH_ROWS)
+	$(PY) benchmarks/rerank.py --skip-naive --threads 2 --json $(BENCH_ROWS)
 	$(PY) benchmarks/rerankers.py --data-root $(DATA_ROOT)
 	$(PY) benchmarks/search.py --quick
+	$(PY) benchmarks/search.py --skinny --threads 1 --json $(BENCH_ROWS)
+	$(PY) benchmarks/search.py --skinny --threads 2 --json $(BENCH_ROWS)
 	$(PY) benchmarks/train.py --data-root $(DATA_ROOT)
+	$(PY) benchmarks/bench_table.py $(BENCH_ROWS) results/bench.json
+	rm -f $(BENCH_ROWS)
 
 # Plants each of tools/mutate.py's one-line bugs in a temporary copy of sglib/ and runs the tests that must
 # catch it; lists the survivors (about 25 minutes on 2 cores). Not part of `make test`.

@@ -1,6 +1,12 @@
 """Search and large-scale evaluation benchmark, measured side by side in one run.
 
     .venv/bin/python benchmarks/search.py [--quick] [--n 1000000] [--nq 1000] [--threads 2] [--repeats 3]
+    .venv/bin/python benchmarks/search.py --skinny [--nq-list 1,70,1000] [--threads 1] [--json FILE]
+
+--skinny times only exact search at small query batches (issue 19): at N x D = 300,000 x 512 and
+1,000,000 x 256, for each batch size, interleaved: the float32 peak (torch.mm of 2048^2), the plain
+``(q @ x.T).topk(k)`` a user would write, ``sglib.search.knn`` and faiss ``IndexFlatIP`` with its default
+BLAS threshold and with BLAS forced. Targets: knn >= 0.7 of the peak, and never slower than mm + topk.
 
 Timings that are compared are taken interleaved (A, B, A, B, ...) and summarised by their medians, so
 other jobs on a shared machine slow both sides alike. Prints:
@@ -130,6 +136,72 @@ def target_line(name, passed, figure, at_target_size):
     print(f"TARGET {name}: {status}; measured {figure}")
 
 
+def skinny(args):
+    """Exact search at small query batches against the peak, ``(q @ x.T).topk(k)`` and faiss (see the usage)."""
+    import json
+    k, reps, rows = 100, args.repeats, []
+    a, b, o = torch.randn(2048, 2048), torch.randn(2048, 2048), torch.empty(2048, 2048)
+    blas_default = faiss.cvar.distance_compute_blas_threshold
+    print(f"# exact search at small batches, k={k}, {args.threads} thread(s), medians of {reps} interleaved repeats; "
+          f"faiss IndexFlatIP takes BLAS only from distance_compute_blas_threshold={blas_default} queries on "
+          f"(below it, its SIMD loop)")
+    for n, d in ((300_000, 512), (1_000_000, 256)):
+        rng = np.random.default_rng(0)
+        centres = rng.standard_normal((max(100, n // 1000), d)).astype(np.float32) / np.sqrt(np.arange(1, d + 1))
+        x = simulated_vectors(n, d, centres, seed=1)
+        xt = torch.from_numpy(x)
+        flat = faiss.IndexFlatIP(d)
+        flat.add(x)
+        for nq in (int(v) for v in args.nq_list.split(",")):
+            q = simulated_vectors(nq, d, centres, seed=2)
+            qt = torch.from_numpy(q)
+
+            def faiss_at(threshold):
+                faiss.cvar.distance_compute_blas_threshold = threshold
+                try:
+                    flat.search(q, k)
+                finally:
+                    faiss.cvar.distance_compute_blas_threshold = blas_default
+            fns = {"peak": lambda: torch.mm(a, b, out=o), "mm+topk": lambda: (qt @ xt.T).topk(k),
+                   "knn": lambda: search.knn(q, x, k), "faiss default": lambda: faiss_at(blas_default),
+                   "faiss BLAS": lambda: faiss_at(1)}
+            times = {key: [] for key in fns}
+            for _ in range(reps):
+                for key, fn in fns.items():
+                    times[key].append(_timed(fn))
+            med = {key: _median(v) for key, v in times.items()}
+            peak = 2 * 2048**3 / med["peak"]
+            frac = {key: 2 * nq * n * d / med[key] / peak for key in fns if key != "peak"}
+            # bytes the database costs per flop: at nq queries each 4-byte value feeds 2 * nq flops
+            print(f"N={n:,} D={d} nq={nq}: peak {peak / 1e9:.1f} GFLOP/s; " + ", ".join(
+                f"{key} {1000 * med[key]:.0f} ms = {frac[key]:.2f}" for key in frac) + " of peak; "
+                f"arithmetic intensity {nq / 2:.1f} flop/byte of database read")
+            ok_peak, ok_naive = frac["knn"] >= 0.7, med["knn"] <= med["mm+topk"]
+            for name, ok, figure in (
+                    (f"knn >= 0.7 of the float32 peak, N={n:,} D={d} nq={nq}", ok_peak, f"{frac['knn']:.2f}"),
+                    (f"knn no slower than mm+topk, N={n:,} D={d} nq={nq}", ok_naive,
+                     f"{med['knn'] / med['mm+topk']:.2f}x its time")):
+                print(f"TARGET {name}: {'PASS' if ok else 'MISS'}; measured {figure}")
+            rows += [{"stage": f"knn N={n} D={d} nq={nq} k={k}", "threads": args.threads, "device": "cpu",
+                      "time_s": med["knn"], "bound": "float32 peak (torch.mm 2048^2) at the same flops",
+                      "bound_s": 2 * nq * n * d / peak, "ratio": frac["knn"], "target": ">= 0.7 of peak",
+                      "status": "PASS" if ok_peak else "MISS"},
+                     {"stage": f"knn vs (q @ x.T).topk N={n} D={d} nq={nq}", "threads": args.threads,
+                      "device": "cpu", "time_s": med["knn"], "bound": "(q @ x.T).topk(k)", "bound_s": med["mm+topk"],
+                      "ratio": med["knn"] / med["mm+topk"], "target": "<= 1", "status": "PASS" if ok_naive else "MISS",
+                      "faiss_default_s": med["faiss default"], "faiss_blas_s": med["faiss BLAS"],
+                      "faiss_blas_threshold": blas_default}]
+        flat = x = xt = None
+    if args.json:
+        try:
+            with open(args.json) as f:
+                old = json.load(f)
+        except (OSError, ValueError):
+            old = []
+        with open(args.json, "w") as f:
+            json.dump(old + rows, f, indent=1)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=None, help="database size (default 1,000,000)")
@@ -142,7 +214,15 @@ def main():
     ap.add_argument("--nlist", type=int, default=None, help="IVF lists (default ~2 sqrt(N), a power of 2)")
     ap.add_argument("--pq-m", type=int, default=None, help="PQ sub-vectors of 4 bits (default D: 1 dimension each)")
     ap.add_argument("--k-factor", type=int, default=4, help="IVF-PQ candidates re-scored per neighbour")
+    ap.add_argument("--skinny", action="store_true", help="only exact search at small batches (see the usage)")
+    ap.add_argument("--nq-list", default="1,70,1000", help="--skinny: the query batch sizes")
+    ap.add_argument("--json", default=None, help="--skinny: append the result rows to this JSON list file")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    faiss.omp_set_num_threads(args.threads)
+    if args.skinny:
+        skinny(args)
+        return
     n = args.n or TARGET_N
     n_eval = 100_000 if args.quick else n
     nq = args.nq
