@@ -81,13 +81,18 @@ clean-cache:
 lab: setup
 	cd notebooks && ../$(PY) -m jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-# The notebooks executed once (CI parameters) and rendered to docs/*.html for reading without running anything,
-# then shrunk by tools/shrink_docs.py; tests/test_docs.py keeps docs/ under 3 MB.
+# The notebooks executed once (CI parameters) and rendered to docs/*.html for reading without running anything:
+# their widgets drawn by the pinned widget manager committed in docs/vendor/ (tools/vendor_widgets.py checks its
+# sha256 and fetches it from npm when missing), not by a CDN script, so the pages work offline; then shrunk by
+# tools/shrink_docs.py, indexed and linked by tools/docs_index.py; tests/test_docs.py keeps docs/ under budget.
 html: setup
 	mkdir -p docs
+	widgets_js=$$($(PY) tools/vendor_widgets.py docs) && \
 	MPLBACKEND=module://matplotlib_inline.backend_inline $(PY) -m jupyter nbconvert --to html --execute \
 		--ExecutePreprocessor.timeout=3600 --ExecutePreprocessor.kernel_name=python3 \
-		--ExecutePreprocessor.store_widget_state=True --output-dir docs notebooks/*.ipynb
+		--ExecutePreprocessor.store_widget_state=True --HTMLExporter.widget_renderer_url=$$widgets_js \
+		--output-dir docs notebooks/*.ipynb
 	$(PY) tools/shrink_docs.py docs
+	$(PY) tools/docs_index.py docs
 	$(PY) tools/docs_check.py docs
 

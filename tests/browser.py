@@ -375,3 +375,12 @@ OUTPUT_SIGNATURE_JS = r"""
           pending: imgs.filter(im => !im.complete).length};
 }
 """
+
+# docs/*.html (nbconvert's pages, tools/docs_index.py): each widget's area and the controls drawn in it
+DOCS_WIDGETS_JS = r"""
+() => Array.from(document.querySelectorAll('div.jupyter-widgets.jp-OutputArea-output')).map(d => ({
+  id: d.id,
+  controls: d.querySelectorAll('.widget-subarea select, .widget-subarea input, .widget-subarea .noUi-handle').length,
+  text: d.innerText,
+}))
+"""

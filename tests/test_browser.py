@@ -5,6 +5,11 @@ nbval proves the cells execute; this proves the page works: no error output, a r
 that draws a figure, every widget rendered as a control (not "Loading widget..." nor a text repr), and moving a
 control changes what the widget shows. Screenshots land in test-artifacts/browser/<notebook>.png.
 
+test_docs_offline opens the rendered pages (docs/, ``make html``) from disk with every request that is not a
+file:// one aborted: docs/index.html links the pages in notebook order, each page links back, and every widget
+shows its controls (drawn by the widget manager vendored in docs/vendor/). Screenshots land in
+test-artifacts/browser/docs-<page>.png. It needs no JupyterLab and takes a few seconds per page.
+
 Environment:
   SGLIB_BROWSER_NOTEBOOKS  comma-separated notebooks to run (names, stems or number prefixes such as "03");
                            default: all of them. "none" skips the browser test on purpose.
@@ -29,11 +34,12 @@ import warnings
 
 import pytest
 
-from browser import (CELLS_JS, FIGURE_REPR, IMAGE_INK_JS, IMAGES_PAINTED_JS, INSTALL_HINT, MIN_INK,
+from browser import (CELLS_JS, DOCS_WIDGETS_JS, FIGURE_REPR, IMAGE_INK_JS, IMAGES_PAINTED_JS, INSTALL_HINT, MIN_INK,
                      OUTPUT_SIGNATURE_JS, WIDGET_FAILURE_TEXT, WIDGET_REPR,
                      JupyterLab, expectations, find_chromium, launch_args)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
 NB_ROOT = pathlib.Path(os.environ.get("SGLIB_BROWSER_ROOT", ROOT / "notebooks")).resolve()
 ARTIFACTS = pathlib.Path(os.environ.get("SGLIB_BROWSER_ARTIFACTS", ROOT / "test-artifacts" / "browser"))
 RUN_TIMEOUT = float(os.environ.get("SGLIB_BROWSER_TIMEOUT", "1200"))
@@ -332,3 +338,59 @@ def test_notebook_in_browser(notebook, browser, lab):
     assert not problems, f"{notebook}: what a person sees in JupyterLab is wrong:\n- " + "\n- ".join(problems)
     for note in notes:
         warnings.warn(f"{notebook}: {note} (SGLIB_BROWSER_STRICT=1 makes this a failure)", UserWarning)
+
+
+def test_docs_offline(browser):
+    """docs/index.html and every page it links, read from disk with the network blocked: the links work and every
+    widget shows its controls."""
+    index = DOCS / "index.html"
+    if not index.is_file():
+        pytest.skip("no docs/index.html: run `make html`")
+    order = [nb.stem + ".html" for nb in sorted((ROOT / "notebooks").glob("*.ipynb"))]
+    pages = [name for name in order if (DOCS / name).is_file()]
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    blocked, page_errors, problems = [], [], []
+
+    def only_files(route):
+        if route.request.url.startswith("file:"):
+            route.continue_()
+        else:
+            blocked.append(route.request.url)
+            route.abort()
+
+    context.route("**/*", only_files)
+    page = context.new_page()
+    page.on("pageerror", lambda exc: page_errors.append(str(exc)))
+    try:
+        page.goto(index.as_uri())
+        linked = page.eval_on_selector_all("ol a", "as => as.map(a => a.getAttribute('href'))")
+        assert linked == pages, f"docs/index.html links {linked}, the notebooks' pages in order are {pages}"
+        for k, name in enumerate(pages):
+            page.goto((DOCS / name).as_uri())
+            nav = page.eval_on_selector_all("nav.sglib-nav:first-of-type a",
+                                            "as => as.map(a => a.getAttribute('href'))")
+            expected = ["index.html", *pages[max(k - 1, 0):k], *pages[k + 1:k + 2]]
+            if nav != expected:
+                problems.append(f"{name}: its navigation links {nav}, expected {expected}")
+            views = (DOCS / name).read_text(encoding="utf-8").count(
+                '<script type="application/vnd.jupyter.widget-view+json">')
+            try:
+                page.wait_for_function(f"() => ({DOCS_WIDGETS_JS})().every(w => w.controls > 0)", timeout=30_000)
+            except Exception:
+                pass   # reported below, with what each widget shows
+            widgets = page.evaluate(DOCS_WIDGETS_JS)
+            if len(widgets) != views:
+                problems.append(f"{name}: {len(widgets)} widget areas for {views} saved widget views")
+            problems += [f"{name}: widget {w['id']} shows no control offline (text: {w['text'][:200]!r})"
+                         for w in widgets if not w["controls"]]
+            if widgets:
+                page.evaluate("() => document.querySelector('div.jupyter-widgets.jp-OutputArea-output')"
+                              ".scrollIntoView({block: 'start'})")
+                page.evaluate(IMAGES_PAINTED_JS)
+                page.screenshot(path=str(ARTIFACTS / f"docs-{pathlib.Path(name).stem}.png"))
+    finally:
+        context.close()
+    print(f"\n[browser] docs offline: {len(pages)} pages; blocked requests: {sorted(set(blocked))}")
+    assert not page_errors, f"script errors on the offline pages: {page_errors[:5]}"
+    assert not problems, "the rendered pages read offline:\n- " + "\n- ".join(problems)

@@ -1,5 +1,6 @@
-"""docs/ stays light: the rendered notebooks under 3 MB in all, already shrunk, no figure wider than the shrinker's
-limit; and the shrinker (tools/shrink_docs.py) itself, on synthetic pages."""
+"""docs/ stays light: the rendered notebooks under 3 MB in all (besides the pinned widget manager in docs/vendor/),
+already shrunk, no figure wider than the shrinker's limit; and the tools that make them (tools/shrink_docs.py,
+docs_check.py, docs_index.py) on synthetic pages."""
 import base64
 import doctest
 import io
@@ -18,10 +19,14 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 PAGES = sorted(DOCS.glob("*.html"))
 BUDGET_BYTES = 3_000_000
+VENDOR = DOCS / "vendor"
 SHRINK_HINT = "run `.venv/bin/python tools/shrink_docs.py docs` (`make html` runs it after rendering)"
 
 # the shrinker is a repository tool, not part of the library
 sys.path.insert(0, str(ROOT / "tools"))
+import docs_check as checker  # noqa: E402
+import docs_index as indexer  # noqa: E402
+import vendor_widgets  # noqa: E402
 import shrink_docs as shrinker  # noqa: E402
 
 IMG = re.compile(r'<img\b[^>]*\bsrc="data:(image/\w+);base64,([A-Za-z0-9+/=]+)"[^>]*>')
@@ -41,12 +46,23 @@ def embedded_images(html: str) -> list[tuple[str, Image.Image]]:
 
 
 def test_docs_under_budget():
-    files = sorted((p for p in DOCS.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size, reverse=True)
+    # docs/vendor/ holds the pinned widget manager (1.9 MB, checked below): the price of widgets drawn offline,
+    # paid once for all pages, so it stays outside the pages' budget
+    files = sorted((p for p in DOCS.rglob("*") if p.is_file() and VENDOR not in p.parents),
+                   key=lambda p: p.stat().st_size, reverse=True)
     total = sum(p.stat().st_size for p in files)
     biggest = ", ".join(f"{p.relative_to(ROOT)} ({p.stat().st_size / 1e6:.2f} MB)" for p in files[:3])
     assert total < BUDGET_BYTES, (
         f"docs/ holds {total / 1e6:.2f} MB, over its {BUDGET_BYTES / 1e6:.0f} MB budget (biggest: {biggest}): "
         + SHRINK_HINT)
+
+
+def test_vendor_holds_only_the_pinned_widget_manager():
+    script = vendor_widgets.script_path(DOCS)
+    assert script.is_file() and vendor_widgets.sha256(script) == vendor_widgets.EMBED_SHA256, (
+        f"{script} is missing or not the pinned {vendor_widgets.PACKAGE}@{vendor_widgets.VERSION}: "
+        "run `.venv/bin/python tools/vendor_widgets.py docs`")
+    assert sorted(p.name for p in VENDOR.rglob("*") if p.is_file()) == sorted(vendor_widgets.FILES)
 
 
 @pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
@@ -142,3 +158,64 @@ def test_shrink_docs_shares_the_template_css_and_is_idempotent(tmp_path):
 
 def test_shrinker_docstring_examples_run():
     assert doctest.testmod(shrinker).failed == 0
+
+
+def text_output_page(text: str, widget_outputs: list | None = None) -> str:
+    """A page as nbconvert's lab template writes it: one text output, and a widget state holding an Output
+    widget's ``outputs`` when given."""
+    body = (f'<div class="jp-RenderedText jp-OutputArea-output" data-mime-type="text/plain" tabindex="0">'
+            f'<pre>{text}</pre></div>')
+    if widget_outputs is not None:
+        state = {"state": {"o": {"model_name": "OutputModel", "state": {"outputs": widget_outputs}}}}
+        body += f'<script type="application/vnd.jupyter.widget-state+json">{json.dumps(state)}</script>'
+    return f"<html><body><main>{body}</main></body></html>"
+
+
+@pytest.mark.parametrize("text, widget_outputs, caught", [
+    ("Whitening(kind=&#x27;lw&#x27;, in_dim=1280, out_dim=1280)", None, True),
+    ("(RevisitopDataset(name=&#x27;x&#x27;, root=&#x27;../data&#x27;),", None, True),
+    ("&lt;matplotlib.axes._axes.Axes at 0x7f3a2b1c&gt;", None, True),
+    ("array([0.1, 0.2])", None, True),
+    ("ok", [{"output_type": "execute_result", "data": {"text/plain": "Text(0.5, 0.98, 'N = 100')"}}], True),
+    ("ok", [{"output_type": "stream", "name": "stdout", "text": "Settings(M=400)\n"}], True),
+    # a figure's text/plain beside its PNG is never shown; prose with parentheses is no repr
+    ("ok", [{"output_type": "display_data", "data": {"image/png": "", "text/plain": "<Figure size 640x480>"}}], False),
+    ("exact search (sglib.search.knn, float32): 5.1 ms; GeM (p = 3) at one scale", None, False),
+])
+def test_checker_catches_any_object_repr(tmp_path, text, widget_outputs, caught):
+    page = tmp_path / "page.html"
+    page.write_text(text_output_page(text, widget_outputs), encoding="utf-8")
+    problems = checker.check_page(page, tmp_path, [])
+    assert any("object repr" in p for p in problems) == caught, problems
+
+
+def test_checker_wants_the_widget_manager_beside_the_page(tmp_path):
+    view = '<script type="application/vnd.jupyter.widget-view+json">{}</script>'
+    for src, ok in (("https://unpkg.com/@jupyter-widgets/html-manager@*/dist/embed-amd.js", False),
+                    ("vendor/embed.js", True)):
+        page = tmp_path / "page.html"
+        page.write_text(f"<script>var widgetRendererSrc = '{src}';</script>{view}", encoding="utf-8")
+        (tmp_path / "vendor").mkdir(exist_ok=True)
+        (tmp_path / "vendor" / "embed.js").write_text("", encoding="utf-8")
+        assert (checker.check_page(page, tmp_path, []) == []) == ok, src
+
+
+def test_index_lists_the_notebooks_in_order_and_links_the_pages(tmp_path):
+    notebooks, docs = tmp_path / "notebooks", tmp_path / "docs"
+    notebooks.mkdir(), docs.mkdir()
+    for stem in ("01_b", "00_a", "02_c"):
+        text = f"# Title {stem}\n\nFirst **sentence** of `{stem}`. Second. Third."
+        cells = [{"cell_type": "markdown", "source": [text]}]
+        (notebooks / f"{stem}.ipynb").write_text(json.dumps({"cells": cells}), encoding="utf-8")
+    for stem in ("00_a", "01_b"):   # 02_c has no page yet
+        (docs / f"{stem}.html").write_text("<html><body><main>\n<p>x</p>\n</main></body></html>", encoding="utf-8")
+    assert indexer.link_pages(docs, notebooks) == ["00_a.html", "01_b.html"]
+    once = {p.name: p.read_text(encoding="utf-8") for p in docs.iterdir()}
+    index = once["index.html"]
+    assert index.index('href="00_a.html"') < index.index('href="01_b.html"') and "02_c.html" not in index
+    assert "Title 02_c <em>(not rendered yet" in index and "First sentence of 00_a. Second.</p>" in index
+    first = re.findall(r'href="([^"]+)"', once["00_a.html"])
+    assert first == ["index.html", "01_b.html"] * 2                      # top and bottom bars
+    assert re.findall(r'href="([^"]+)"', once["01_b.html"]) == ["index.html", "00_a.html"] * 2
+    indexer.link_pages(docs, notebooks)
+    assert {p.name: p.read_text(encoding="utf-8") for p in docs.iterdir()} == once, "a second run changes nothing"
