@@ -251,7 +251,7 @@ def main():
     def products(qq):
         """The (nq x D) x (D x B) products knn computes, B as knn's default, into one reused buffer."""
         qt, xt = torch.from_numpy(qq), torch.from_numpy(x)
-        block = search.default_block_size(len(qq))
+        block = search.default_block_size(len(qq), d=d)
         buf = torch.empty(len(qq) * block)
         for s in range(0, n, block):
             xb = xt[s:s + block]

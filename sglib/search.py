@@ -302,14 +302,19 @@ class _RunningTopK:
         self.kth.index_copy_(0, rows, new_s[:, -1].contiguous())
 
 
-def default_block_size(nq: int, query_block: int = 4096) -> int:
-    """Database rows per block that :func:`knn` uses by default for ``nq`` queries.
+def default_block_size(nq: int, query_block: int = 4096, d: int | None = None) -> int:
+    """Database rows per block that :func:`knn` uses by default for ``nq`` queries of dimension ``d``.
 
     About 8 MiB of float32 scores per (query block x database block) product, so they are still in
     cache when scanned, at most 2048 rows (measured best on a 2-core AVX-512 CPU for 70 to 1000
-    queries), at least 512 rows (the product stays efficient), a multiple of ``_GROUP``.
+    queries), at least 512 rows (the product stays efficient), a multiple of ``_GROUP``. Under 16 queries the
+    products are matrix-vector ones, bound by reading the database: blocks of up to 65536 rows (64 MiB of
+    float32 rows at most, given ``d``) so the fixed cost per block stays small against the read.
     """
     qn = max(1, min(nq, query_block))
+    if qn < 16:
+        rows = 65536 if d is None else min(65536, (64 << 20) // (4 * max(d, 1)))
+        return max(_GROUP, rows // _GROUP * _GROUP)
     return max(512, min(2048, (8 << 20) // (4 * qn)) // _GROUP * _GROUP)
 
 
@@ -369,7 +374,7 @@ def knn(q, x, k: int, block_size: int | None = None, query_block: int = 4096):
     use_torch = isinstance(q, torch.Tensor) or db.is_torch
     device = q.device if isinstance(q, torch.Tensor) else db.device
     qn = min(nq, query_block)
-    block_size = min(default_block_size(nq, query_block) if block_size is None else block_size, n)
+    block_size = min(default_block_size(nq, query_block, d) if block_size is None else block_size, n)
 
     qq = _block(q, 0, nq, device, dtype)
     _check_finite(qq, "q", 0)
