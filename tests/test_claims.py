@@ -218,6 +218,10 @@ def test_every_block_from_synthetic_results(tmp_path):
     results = all_results(tmp_path / "results")
     for name in ("benchmark_design.json", "rerankers.json"):     # written by commands too slow for a unit test
         shutil.copyfile(ROOT / "results" / name, results / name)
+    (results / "bench.json").write_text(json.dumps({"device": "cpu", "rows": [   # SYNTHETIC timings
+        {"stage": "rerank", "threads": 1, "time_s": 1.5, "bound": "M x M product", "bound_s": 1.0, "ratio": 1.5,
+         "target": "<= 1.3", "status": "MISS"},
+        {"stage": "on CUDA", "device": "cuda", "status": "not measured: no GPU"}]}))
     empty = "".join(f"{report.marker(n, b)}\n<!-- /generated: {n} -->\n\ntext\n" for n, b in report.BLOCKS.items())
     readme = tmp_path / "README.md"
     readme.write_text(empty, encoding="utf-8")
@@ -230,6 +234,8 @@ def test_every_block_from_synthetic_results(tmp_path):
     assert "was written with another ladder" not in text
     assert "| ArcFace | 90.0 | 70.0 | 40.0 | 2.20 | 4.6 | +0.10 |" in text
     assert text.count(f"| {cl.REPRODUCED} |") >= 4
+    assert "| rerank | 1 | 1.5000 | M x M product | 1.0000 | 1.50 | <= 1.3 | MISS |" in text
+    assert "| on CUDA |  | - |  | - | - |  | not measured: no GPU |" in text
 
 
 def test_a_stale_ladder_is_said_not_measured(tmp_path):

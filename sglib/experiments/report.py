@@ -271,6 +271,22 @@ def rerankers_table(results_dir) -> str:
     return "\n".join(lines) + f"\n\nDescriptors: the `{data['descriptor']}` row; shortlist M = {data['M']}."
 
 
+def bench_table(results_dir) -> str:
+    """Every measured stage against its bound (``make bench``): both times, the ratio, the target, PASS/MISS."""
+    source = "results/bench.json"
+    data = json.loads(_path(results_dir, source).read_text())
+    lines = ["| stage | threads | time (s) | bound | bound (s) | ratio | target | status |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in data["rows"]:
+        if r.get("time_s") is None:   # a stage not measured here (e.g. no GPU): its reason instead of times
+            lines.append(f"| {r['stage']} | {r.get('threads', '')} | - | {r.get('bound', '')} | - | - | "
+                         f"{r.get('target', '')} | {r['status']} |")
+            continue
+        lines.append(f"| {r['stage']} | {r['threads']} | {r['time_s']:.4f} | {r['bound']} | {r['bound_s']:.4f} | "
+                     f"{r['ratio']:.2f} | {r['target']} | {r['status']} |")
+    return "\n".join(lines) + f"\n\nDevice: {data['device']}; each ratio from one run, interleaved repeats."
+
+
 BLOCKS = {
     "demo-table": Block(("results/demo.json",), demo_table),
     "stability-effects": Block(("results/stability.json",), stability_effects),
@@ -279,6 +295,7 @@ BLOCKS = {
     "design-comparison": Block(("results/benchmark_design.json",), design_comparison),
     "rerank-gain": Block(("results/stability.json",), rerank_gain),
     "rerankers": Block(("results/rerankers.json",), rerankers_table),
+    "bench": Block(("results/bench.json",), bench_table),
 }
 
 
