@@ -148,7 +148,7 @@ def test_missing_and_corrupt_files(tmp_path):
         load_backbone("mobilenet_v2", weights=tmp_path / "nope.pth")
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="could not read"):
+    with pytest.raises(CheckpointError, match="is not a torch.save file"):
         load_backbone("mobilenet_v2", weights=bad)
 
 

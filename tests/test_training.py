@@ -376,7 +376,7 @@ def test_checkpoint_loads_in_cli_evaluate_and_as_a_backbone(split_root, tiny_dat
     # the fine-tuned network is another network: its features are a different cache entry
     assert len(list((tmp_path / "cache").iterdir())) == 4   # (queries, database) x (trained, off-the-shelf)
     (tmp_path / "foreign.pt").write_bytes(b"junk")
-    with pytest.raises(CheckpointError, match="could not read"):
+    with pytest.raises(CheckpointError, match="is not a torch.save file"):
         load_trained(tmp_path / "foreign.pt")
     torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="not an sglib training checkpoint"):
