@@ -21,7 +21,9 @@ NAV = re.compile(r'<nav class="sglib-nav"[^>]*>.*?</nav>', re.S)
 NAV_STYLE = ("font: 14px sans-serif; margin: 8px auto; padding: 6px 12px; max-width: 1200px; "
              "display: flex; gap: 24px; border-bottom: 1px solid #ddd")
 INDEX_NAME = "index.html"
-WIDGET_AREA = '<div class="jupyter-widgets jp-OutputArea-output"'
+# the opening tag of a widget's output area: the note goes inside it, above the widget (beside it, the note would
+# take a column of the output's flex row)
+WIDGET_AREA = re.compile(r'<div class="jupyter-widgets jp-OutputArea-output"[^>]*>')
 WIDGET_NOTE = ('<p class="sglib-widget-note" style="font: italic 13px sans-serif; color: #555; margin: 4px 0">'
                "Saved view, as the notebook drew it: the controls move here, but only the running notebook "
                "(<code>make lab</code>) redraws what they show.</p>")
@@ -101,7 +103,7 @@ def link_pages(docs: Path, notebooks: Path) -> list[str]:
     for k, name in enumerate(pages):
         path = docs / name
         text = NAV.sub("", path.read_text(encoding="utf-8")).replace(WIDGET_NOTE, "")
-        text = text.replace(WIDGET_AREA, WIDGET_NOTE + WIDGET_AREA)
+        text = WIDGET_AREA.sub(lambda tag: tag.group(0) + WIDGET_NOTE, text)
         bar = nav_bar(pages[k - 1] if k else None, pages[k + 1] if k + 1 < len(pages) else None, titles)
         text = text.replace("<main>", "<main>" + bar, 1).replace("</main>", bar + "</main>", 1)
         path.write_text(text, encoding="utf-8")
