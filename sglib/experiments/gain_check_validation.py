@@ -207,7 +207,8 @@ def markdown_table(record: dict) -> str:
 
 def run_validation(data_root="data", out="results/rerank_gain_check.json", seed: int = 0, progress: bool = True) -> dict:
     """Collect the points of :data:`GAIN_CHECK_PLANS` (:func:`collect_points`; multiview_real once), validate them
-    and write the record to ``out`` (about 20 minutes on 2 cores with cold feature caches); returns the record
+    and write the record to ``out`` (about 22 minutes on 2 shared cores with cold feature caches: 10 for the CI
+    builds, 11 for the two full builds, under 1 to validate); returns the record
     (see :func:`validate`)."""
     import json
     points = []
