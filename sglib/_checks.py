@@ -39,10 +39,18 @@ def check_float_tensor(x, name: str, ndim: int, nonempty: bool = True) -> None:
         raise ValueError(f"{name}: has an empty dimension, shape {tuple(x.shape)}")
 
 
+def _finite(value) -> bool:
+    """Whether a real number is finite as a float (a Python int beyond float range, 10**400, is not)."""
+    try:
+        return bool(np.isfinite(float(value)))
+    except OverflowError:
+        return False
+
+
 def check_positive(value, name: str, allow_inf: bool = False) -> None:
     """Raise ``ValueError`` unless ``value`` is a number > 0 (finite unless ``allow_inf``)."""
     ok = (isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) and value > 0 and
-        (np.isfinite(value) or (allow_inf and value == np.inf)))
+        (_finite(value) or (allow_inf and value == np.inf)))
     if not ok:
         raise ValueError(f"{name}: expected a {'' if allow_inf else 'finite '}number > 0, got {value!r}")
 
@@ -69,7 +77,7 @@ def check_real(value, name: str, lo: float | None = None, hi: float | None = Non
     """``value`` as a float if it is a finite real number (Python or numpy, not bool) within the bounds, else
     ``ValueError``; ``open_lo`` / ``open_hi`` exclude the bound itself."""
     ok = (isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
-        and np.isfinite(value))
+        and _finite(value))
     if ok:
         v = float(value)
         ok = (lo is None or (v > lo if open_lo else v >= lo)) and (hi is None or (v < hi if open_hi else v <= hi))

@@ -469,3 +469,41 @@ def test_a_full_ranking_that_overflows_says_so_not_nan():
         rank_database(big[4:5], big)   # its own score, 1e60, is beyond float32
     with pytest.raises(ValueError, match=r"database row 4 holds NaN or infinite values \(in float32\)"):
         rank_database(x[:1].astype(np.float64), np.where(np.arange(30)[:, None] == 4, 1e300, x.astype(np.float64)))
+
+
+def test_second_hostile_pass_neighbours_are_refused_by_name():
+    from sglib.data.download import fetch
+    from sglib.evaluate.retrieval import rank_database
+    x = unit_rows(5, 4)
+    for call, words in (
+            (lambda: rank_database(x[:1] * 1e-30, x), "q: row.* vanish in float32"),
+            (lambda: rank_database(x[None], x), "q: expected a non-empty 2-D floating"),
+            (lambda: rank_database(x[:1] + 5j, x), "q: expected a non-empty 2-D floating"),
+            (lambda: rank_database(x[:1, :3], x), "q has 3 dims, x 4"),
+            (lambda: sglib.pooling.gem(torch.rand(1, 2, 3, 3), torch.tensor([3.0, 2.0])), "p must hold one value"),
+            (lambda: sglib.pooling.gem(torch.rand(1, 2, 3, 3), 10 ** 400), "p: expected a finite number > 0"),
+            (lambda: sglib.pooling.gem(torch.zeros(1, 2, 3, 3), 3.0, eps=0.0), "eps: expected a finite number > 0"),
+            (lambda: sglib.pooling.GeM(-1.0), "GeM: p: expected a finite number > 0"),
+            (lambda: sglib.pooling.relu_plus(torch.rand(2).half(), 1e300), "floor: expected a finite number"),
+            (lambda: RerankSettings(M=10, K=2, beta=10 ** 400), "beta: expected a finite number >= 0"),
+            (lambda: fetch("http://127.0.0.1:9/x", "/tmp/never", retries=10 ** 400), "retries: expected an integer"),
+            (lambda: fetch("http://127.0.0.1:9/x", "/tmp/never", timeout=1e300), "timeout: expected a finite number"),
+    ):
+        with pytest.raises(ValueError, match=words):
+            call()
+    half = torch.rand(1, 3, 6, 6).half() * 1000   # x^2.5 alone overflows float16
+    assert torch.isfinite(sglib.pooling.regional_gem(half, 2.5)).all()
+    assert torch.isfinite(sglib.pooling.regional_gem(torch.rand(1, 2, 6, 6), 1e-3)).all()
+    assert sglib.pooling.regional_gem(torch.rand(1, 2, 6, 6), 2.5, np.int64(3)).shape == (1, 2, 6, 6)
+
+
+def test_a_directory_an_npz_or_a_torch_file_in_the_wrong_loader_is_named(tmp_path):
+    from sglib.models.whitening import Whitening
+    np.savez(tmp_path / "w.npz", a=np.zeros(2))
+    torch.save({"a": torch.zeros(2)}, tmp_path / "t.pt")
+    for call, words in ((lambda: load_cvnet(tmp_path), "is a directory"),
+                        (lambda: Whitening.load(tmp_path), "is a directory"),
+                        (lambda: load_cvnet(tmp_path / "w.npz"), "zip archive but not a torch.save file"),
+                        (lambda: Whitening.load(tmp_path / "t.pt"), "not a whitening file .*a torch file")):
+        with pytest.raises(ValueError, match=words):
+            call()

@@ -498,21 +498,23 @@ def test_blind_resume_with_sha256_that_splices_is_fetched_again_whole(server, tm
 # ------------------------------------------------------------------ argument checks
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(timeout=0), r"^timeout: expected a finite number > 0, got 0$"),
+    (dict(timeout=0), r"^timeout: expected a finite number in \(0, 2.592e\+06\], got 0$"),
     (dict(timeout=-1.0), r"^timeout: .* got -1.0$"),
     (dict(timeout=float("nan")), r"^timeout: "),
     (dict(timeout=float("inf")), r"^timeout: "),
     (dict(timeout="60"), r"^timeout: "),
-    (dict(retries=-1), r"^retries: expected an integer >= 0, got -1$"),
+    (dict(retries=-1), r"^retries: expected an integer in \[0, 100\], got -1$"),
+    (dict(retries=10 ** 400), r"^retries: expected an integer in \[0, 100\]"),   # no endless retrying
+    (dict(timeout=1e300), r"^timeout: expected a finite number in"),            # beyond a timestamp's range
     (dict(retries=1.5), r"^retries: "),
     (dict(retries=True), r"^retries: "),
-    (dict(backoff=-0.5), r"^backoff: expected a finite number >= 0, got -0.5$"),
+    (dict(backoff=-0.5), r"^backoff: expected a finite number in \[0, 2.592e\+06\], got -0.5$"),
     (dict(backoff=float("nan")), r"^backoff: "),
-    (dict(deadline=0), r"^deadline: expected a finite number > 0 \(or None\), got 0$"),
+    (dict(deadline=0), r"^deadline: expected a finite number > 0 and <= 2.592e\+06 \(or None\), got 0$"),
     (dict(deadline=float("inf")), r"^deadline: "),
     (dict(min_rate=-1), r"^min_rate: expected a finite number >= 0 \(or None\), got -1$"),
     (dict(min_rate=float("nan")), r"^min_rate: "),
-    (dict(rate_window=0), r"^rate_window: expected a finite number > 0, got 0$"),
+    (dict(rate_window=0), r"^rate_window: expected a finite number in \(0, 2.592e\+06\], got 0$"),
 ])
 def test_fetch_refuses_bad_numbers_before_any_request(server, tmp_path, kwargs, match):
     server.files["/a.bin"] = b"a"

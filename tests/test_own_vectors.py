@@ -202,3 +202,27 @@ def test_shortlist_costs_caps_m_at_the_database_and_counts_the_arrays_held():
     table = shortlist_costs(q, x, (10, 1000), repeats=1)
     assert table.M.tolist() == [10, len(x)] and (table.ms_per_query > 0).all()
     assert table.MB_per_query.iloc[0] == (10 * 16 + 10 * 10) * 4 / 2**20
+
+
+def test_adding_to_a_collection_never_replaces_a_stored_point():
+    q, x, _ = _clustered_synthetic()
+    db = QdrantStage()
+    db.add(x[:2], ids=[1, 2])
+    db.add(x[2:4])                                 # default ids continue after the largest stored one
+    assert len(db) == 4
+    with pytest.raises(ValueError, match="ids: 1 already stored .* would replace them"):
+        db.add(x[4:5], ids=[3])
+    ids, vectors = db.search(q[:2], 4)
+    with pytest.raises(ValueError, match="ids: expected integer database ids"):
+        rerank_returned(q[:2], ids.astype(float), vectors, K=2)
+
+
+def test_m_beyond_the_database_is_capped_a_bom_is_read_and_the_out_folder_made(tmp_path):
+    from sglib.scale.own_vectors import rerank_files
+    q, x, _ = _clustered_synthetic()
+    np.save(tmp_path / "q.npy", q)
+    np.save(tmp_path / "x.npy", x)
+    (tmp_path / "p.csv").write_bytes("query,database\n0,1\n".encode("utf-8-sig"))
+    record = rerank_files(tmp_path / "q.npy", tmp_path / "x.npy", tmp_path / "new" / "r.npy", M=500, params={"K": 3},
+                          ground_truth=tmp_path / "p.csv")
+    assert record["M"] == len(x) and np.load(tmp_path / "new" / "r.npy").shape == (len(q), len(x))

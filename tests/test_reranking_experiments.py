@@ -2,6 +2,7 @@
 the timing harness. SYNTHETIC clustered descriptors with ground truth from their clusters."""
 import json
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
@@ -182,6 +183,10 @@ def test_cost_table_with_local_verification(tiny_dataset, tmp_path):
     assert np.allclose(table["total ms"], table.filter(like="ms").drop(columns="total ms").sum(axis=1), atol=2e-3)
     assert table.loc["SIFT + RANSAC, top 5", "bytes/image"] >= 32
     assert (tmp_path / "local").is_dir()                           # the features were cached
+    shown = costs.shown_cost_table(table)                          # what notebook 05 displays
+    assert shown["bytes/image"].dtype.kind == "i" and shown["medium"].equals(table["medium"])
+    assert shown["rerank ms"].equals(table["rerank ms"].round(2))
+    assert shown["total ms"].equals(table["total ms"].round(1))
     with pytest.raises(ValueError, match="cache_root"):
         costs.cost_table(q, x, ds, methods=["alpha_qe"], M=8, local_top_k=5, repeats=1)
 
@@ -225,6 +230,17 @@ def test_misuse_is_refused_with_a_reason(tiny_dataset):
     assert view.K.max == 3                                                            # K < M kept by the sliders
     with pytest.raises(ValueError, match="columns"):
         TuningExplorer(pd.DataFrame({"method": ["x"]}))
+
+
+def test_image_row_wraps_to_page_width(tiny_dataset):
+    from sglib.experiments.plots import ROW_PANELS, plot_image_row
+    ds = load_revisitop(tiny_dataset, "tiny_synthetic", require_images=True)
+    ids = list(range(ds.n_db))                                     # 11 panels with the query
+    fig = plot_image_row(ds, 0, ids, [f"#{i}" for i in ids])
+    drawn = [ax for ax in fig.axes if ax.axison]
+    assert len(drawn) == ds.n_db + 1 and len(fig.axes) == ROW_PANELS * -(-(ds.n_db + 1) // ROW_PANELS)
+    assert fig.get_size_inches()[0] <= 2.2 * ROW_PANELS              # about the page width of docs/*.html
+    plt.close(fig)
 
 
 def test_timing_and_plot_checks():

@@ -163,14 +163,20 @@ def _expected_sha256(name: str, given: dict | None) -> dict:
 # one file
 
 
-def _optional_real(value, name: str, open_lo: bool):
-    """None, or ``value`` as a finite float > 0 (``open_lo``) or >= 0; ValueError naming ``name`` otherwise."""
+# upper bounds that keep waits and clock arithmetic in range (a timeout of 1e300 s overflows a timestamp)
+MAX_RETRIES = 100
+MAX_SECONDS = 30 * 24 * 3600.0
+
+
+def _optional_real(value, name: str, open_lo: bool, hi: float | None = None):
+    """None, or ``value`` as a finite float > 0 (``open_lo``) or >= 0, at most ``hi``; ValueError naming ``name``."""
     if value is None:
         return None
     try:
-        return check_real(value, name, lo=0, open_lo=open_lo)
+        return check_real(value, name, lo=0, open_lo=open_lo, hi=hi)
     except ValueError:
-        raise ValueError(f"{name}: expected a finite number {'>' if open_lo else '>='} 0 (or None), "
+        upto = f" and <= {hi:g}" if hi is not None else ""
+        raise ValueError(f"{name}: expected a finite number {'>' if open_lo else '>='} 0{upto} (or None), "
                          f"got {value!r}") from None
 
 
@@ -178,12 +184,13 @@ def _check_policy(retries, backoff, timeout, deadline, min_rate, rate_window=30.
     """The retry / time policy of :func:`fetch`, checked: the six arguments as an int and floats (or None).
 
     Raises ValueError naming the first argument that is not a finite number in its range
-    (``retries`` an integer >= 0, ``backoff`` >= 0, ``timeout`` and ``rate_window`` > 0,
-    ``deadline`` > 0 or None, ``min_rate`` >= 0 or None).
+    (``retries`` an integer in [0, MAX_RETRIES], ``backoff`` >= 0, ``timeout`` and ``rate_window`` > 0,
+    ``deadline`` > 0 or None, ``min_rate`` >= 0 or None; the times at most :data:`MAX_SECONDS`).
     """
-    return (check_int(retries, "retries", lo=0), check_real(backoff, "backoff", lo=0),
-            check_real(timeout, "timeout", lo=0, open_lo=True), _optional_real(deadline, "deadline", True),
-            _optional_real(min_rate, "min_rate", False), check_real(rate_window, "rate_window", lo=0, open_lo=True))
+    return (check_int(retries, "retries", lo=0, hi=MAX_RETRIES), check_real(backoff, "backoff", lo=0, hi=MAX_SECONDS),
+            check_real(timeout, "timeout", lo=0, open_lo=True, hi=MAX_SECONDS),
+            _optional_real(deadline, "deadline", True, MAX_SECONDS), _optional_real(min_rate, "min_rate", False),
+            check_real(rate_window, "rate_window", lo=0, open_lo=True, hi=MAX_SECONDS))
 
 
 def _is_transient(exc: BaseException) -> bool:

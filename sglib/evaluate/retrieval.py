@@ -6,13 +6,12 @@ of them compute the same numbers from the same cached features.
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import numpy as np
 import pandas as pd
 import torch
 
-from .._checks import check_int
+from .._checks import check_int, check_real
 from .._settings import setting
 from ..method.rerank import DEFAULT_BETA, DEFAULT_K, DEFAULT_M, superglobal
 from .protocol import PROTOCOLS, check_ks, results_table, revisited, summary
@@ -34,9 +33,7 @@ class RerankSettings:
                 raise ValueError(f"RerankSettings.{name}: expected an integer, got {v!r}")
         if not 0 <= self.K < self.M:
             raise ValueError(f"RerankSettings: need 0 <= K < M, got K={self.K}, M={self.M}")
-        if (isinstance(self.beta, bool) or not isinstance(self.beta, (int, float, np.floating)) or
-                not (math.isfinite(self.beta) and self.beta >= 0)):
-            raise ValueError(f"RerankSettings.beta: expected a finite number >= 0, got {self.beta!r}")
+        check_real(self.beta, "RerankSettings.beta", lo=0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,7 +92,20 @@ def check_retrieval_inputs(q, x, gnd, rerank=None) -> None:
 
 def rank_database(q: np.ndarray, x: np.ndarray) -> np.ndarray:
     """Full ranking by descending inner product, ties by lower index: (nq, D), (N, D) -> (nq, N)."""
+    for name, v in (("q", q), ("x", x)):
+        if not isinstance(v, np.ndarray) or v.ndim != 2 or v.dtype.kind != "f" or 0 in v.shape:
+            raise ValueError(f"{name}: expected a non-empty 2-D floating numpy array (one descriptor per row), got "
+                             f"{getattr(v, 'dtype', type(v).__name__)} of shape {getattr(v, 'shape', None)}")
+    if q.shape[1] != x.shape[1]:
+        raise ValueError(f"q has {q.shape[1]} dims, x {x.shape[1]}: descriptors of one model are needed")
     q32, x32 = np.ascontiguousarray(q, np.float32), np.ascontiguousarray(x, np.float32)
+    for name, v in (("q", q32), ("x", x32)):
+        norms = np.linalg.norm(v, axis=1)
+        # far from unit rows, float32 scores underflow to ties (1e-30 rows) or overflow (1e30 rows): never a ranking
+        tiny = np.flatnonzero(np.isfinite(norms) & (norms < 1e-6))
+        if tiny.size:
+            raise ValueError(f"{name}: row(s) {tiny[:5].tolist()} have L2 norm {norms[tiny[0]]:.3g}: their scores "
+                             "vanish in float32 (all ties); expected L2-normalised descriptors")
     scores = torch.from_numpy(q32) @ torch.from_numpy(x32).T
     if not bool(torch.isfinite(scores).all()):
         rows = torch.nonzero(~torch.isfinite(scores))

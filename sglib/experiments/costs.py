@@ -118,6 +118,18 @@ def cost_table(q, x, dataset, model=None, settings=None, methods=None, M: int = 
     return table.round(3)
 
 
+# decimals shown per column of a cost table: those of the numbers the notebooks quote (05 prints rerank ms to 2
+# decimals, whole-query ms to 1, bytes as integers)
+SHOWN_DECIMALS = {"extraction ms": 1, "search ms": 2, "rerank ms": 2, "total ms": 1, "bytes/image": 0}
+
+
+def shown_cost_table(table: pd.DataFrame) -> pd.DataFrame:
+    """A copy of :func:`cost_table`'s table for display: each cost column rounded to SHOWN_DECIMALS (bytes as
+    integers), the mAP columns as they are."""
+    out = table.round({name: d for name, d in SHOWN_DECIMALS.items() if name in table})
+    return out.astype({"bytes/image": int}) if "bytes/image" in out else out
+
+
 def growth_with_shortlist(q, x, methods, Ms, repeats: int = 3, graph=None) -> dict:
     """``{label: (table, slope)}``: rerank time of all queries against the shortlist size M (log-log slope)."""
     ranks = rank_database(q, x)
@@ -166,4 +178,5 @@ def growth_with_database(q, x, sizes, M: int = 400, repeats: int = 3, seed: int 
 
 
 __all__ = ["extraction_ms", "search_ms", "local_query_features_ms", "lightglue_costs", "local_verification", "cost_table",
+           "shown_cost_table",
            "growth_with_shortlist", "growth_with_parameter", "simulated_database", "growth_with_database"]

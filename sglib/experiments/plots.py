@@ -17,6 +17,13 @@ from ..data.preprocess import load_image
 COLOURS = {"easy": "#1a9850", "hard": "#fdae61", "junk": "#999999", "wrong": "#d73027"}
 
 
+# panels per row of an image strip and their titles' size: 6 panels of 2.2 in are 1320 px at 100 dpi, about the
+# page width of docs/*.html, so a 9 pt title stays about 12 px high there (a 7 pt title on an 11-panel strip
+# scaled to the page came out at about 5 px)
+ROW_PANELS = 6
+TITLE_SIZE = 9
+
+
 def _check_lengths(**arrays) -> None:
     lengths = {name: len(a) for name, a in arrays.items()}
     if len(set(lengths.values())) > 1:
@@ -62,7 +69,7 @@ def _draw_query(ax, dataset, qi: int) -> None:
     if bbx is not None:
         x1, y1, x2, y2 = bbx
         ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec="yellow", lw=2))
-    ax.set_title(f"query {dataset.qimlist[qi]}", fontsize=7)
+    ax.set_title(f"query {dataset.qimlist[qi]}", fontsize=TITLE_SIZE)
     ax.set_xticks([])
     ax.set_yticks([])
 
@@ -73,7 +80,7 @@ def _draw_database_image(ax, dataset, db: int, label: str, title: str) -> None:
     for side in ax.spines.values():
         side.set_edgecolor(COLOURS[label])
         side.set_linewidth(4)
-    ax.set_title(title, fontsize=7, color=COLOURS[label])
+    ax.set_title(title, fontsize=TITLE_SIZE, color=COLOURS[label])
     ax.set_xticks([])
     ax.set_yticks([])
 
@@ -111,14 +118,20 @@ def plot_before_after(dataset, qi: int, before: np.ndarray, after: np.ndarray, k
 
 def plot_image_row(dataset, qi: int, db_ids, titles, title=None, path=None):
     """The query, then the given database images with their own titles, framed by label (e.g. the K neighbours
-    that refine a candidate, titled with their weights)."""
+    that refine a candidate, titled with their weights), wrapped after ROW_PANELS panels; returns the Figure."""
     db_ids = [int(i) for i in db_ids]
     titles = list(titles)
     _check_lengths(db_ids=db_ids, titles=titles)
-    fig, axes = plt.subplots(1, len(db_ids) + 1, figsize=(2.0 * (len(db_ids) + 1), 2.3), squeeze=False)
-    _draw_query(axes[0, 0], dataset, qi)
-    for col, (db, text) in enumerate(zip(db_ids, titles)):
-        _draw_database_image(axes[0, col + 1], dataset, db, result_label(dataset.gnd[qi], db), text)
+    panels = len(db_ids) + 1
+    cols = min(panels, ROW_PANELS)
+    rows = -(-panels // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.4 * rows), squeeze=False)
+    flat = axes.ravel()
+    _draw_query(flat[0], dataset, qi)
+    for ax, db, text in zip(flat[1:], db_ids, titles):
+        _draw_database_image(ax, dataset, db, result_label(dataset.gnd[qi], db), text)
+    for ax in flat[panels:]:
+        ax.set_axis_off()
     return _finish(fig, title, path)
 
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .._checks import check_float_tensor, check_positive, check_real
+from .._checks import check_float_tensor, check_int, check_positive, check_real
 
 __all__ = [
     "gem", "regional_gem", "scale_gem", "scale_mean", "relu_plus",
@@ -27,7 +27,7 @@ def relu_plus(x: torch.Tensor, floor: float = 0.014) -> torch.Tensor:
         tensor([0.0140, 0.0140, 0.5000])
     """
     check_float_tensor(x, "x", ndim=x.ndim if isinstance(x, torch.Tensor) else 0, nonempty=False)
-    check_real(floor, "relu_plus: floor")
+    check_real(floor, "relu_plus: floor", lo=float(torch.finfo(x.dtype).min), hi=float(torch.finfo(x.dtype).max))
     return torch.clamp(x, min=floor)
 
 
@@ -50,8 +50,12 @@ def gem(x: torch.Tensor, p: float | torch.Tensor = 3.0, eps: float = 1e-6) -> to
         torch.Size([2, 8])
     """
     check_float_tensor(x, "x", ndim=4)
-    if not isinstance(p, torch.Tensor):   # a learned p is checked where it is loaded: no GPU sync per call
+    if isinstance(p, torch.Tensor):   # a learned p's value is checked where it is loaded: no GPU sync per call
+        if p.numel() != 1:
+            raise ValueError(f"gem: p must hold one value, got a tensor of shape {tuple(p.shape)}")
+    else:
         check_positive(p, "p")
+    check_positive(eps, "gem: eps")
     x = x.clamp(min=eps)
     # factor out each channel's largest value so that x^p can neither overflow (large p or large
     # activations) nor underflow to 0 (large p, small activations): the ratios lie in (0, 1]
@@ -81,14 +85,17 @@ def regional_gem(x: torch.Tensor, p: float = 2.5, kernel: int = 5) -> torch.Tens
     """
     check_float_tensor(x, "x", ndim=4)
     check_positive(p, "p")
-    if isinstance(kernel, bool) or not isinstance(kernel, int) or kernel < 1 or kernel % 2 == 0:
+    kernel = check_int(kernel, "regional_gem: kernel", lo=1, what="and odd")
+    if kernel % 2 == 0:
         raise ValueError(f"regional_gem: kernel must be a positive odd integer, got {kernel}")
     pad = kernel // 2
     mode = "reflect" if min(x.shape[-2:]) > pad else "replicate"
     padded = F.pad(x, (pad, pad, pad, pad), mode=mode) if pad else x
-    # the power mean of a negative value is undefined (NaN for a fractional p): floor at 0, as gem floors at eps
-    pooled = F.lp_pool2d(padded.clamp(min=0) / math.pow(kernel * kernel, 1.0 / p), norm_type=p,
-                         kernel_size=kernel, stride=1)
+    # the power mean of a negative value is undefined (NaN for a fractional p): floor at 0, as gem floors at eps;
+    # each channel's largest value is factored out so that x^p cannot overflow (float16, large activations)
+    padded = padded.clamp(min=0)
+    top = padded.amax(dim=(-2, -1), keepdim=True).clamp(min=torch.finfo(x.dtype).tiny)
+    pooled = top * F.avg_pool2d((padded / top).pow(p), kernel_size=kernel, stride=1).pow(1.0 / p)
     return 0.5 * pooled + 0.5 * x
 
 
@@ -136,6 +143,8 @@ class GeM(nn.Module):
 
     def __init__(self, p: float = 3.0, eps: float = 1e-6, learnable: bool = True):
         super().__init__()
+        check_positive(p, "GeM: p")
+        check_positive(eps, "GeM: eps")
         value = torch.full((1,), float(p))
         if learnable:
             self.p = nn.Parameter(value)

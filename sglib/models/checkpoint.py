@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import zipfile
 
 import torch
 import torch.nn as nn
@@ -26,10 +27,17 @@ def read_torch_file(path):
         CheckpointError: the file is missing, is not a ``torch.save`` file (a text file, an image),
             holds Python objects other than tensors and plain data (never run), or is damaged.
     """
+    if os.path.isdir(path):
+        raise CheckpointError(f"{path} is a directory: expected a weights file")
     if not os.path.isfile(path):
         raise CheckpointError(f"weights file not found: {path}")
     with open(path, "rb") as f:
         head = f.read(4)
+    if head.startswith(b"PK") and zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            if not any(n.endswith("data.pkl") for n in z.namelist()):   # every torch.save archive holds one
+                raise CheckpointError(f"{path} is a zip archive but not a torch.save file (a numpy .npz?): expected "
+                                      "weights saved with torch.save")
     if not head.startswith(_TORCH_FILE_STARTS):
         raise CheckpointError(f"{path} is not a torch.save file (it starts with {head!r}): expected weights saved "
                               "with torch.save, e.g. a CVNet checkpoint or an sglib training checkpoint")

@@ -98,6 +98,8 @@ class Whitening(nn.Module):
     @classmethod
     def load(cls, path) -> "Whitening":
         """Read a file written by :meth:`save`; ValueError if missing, unreadable or incomplete."""
+        if os.path.isdir(path):
+            raise ValueError(f"{path} is a directory: expected a whitening .npz file")
         if not os.path.isfile(path):
             raise ValueError(f"whitening file not found: {path}")
         with open(path, "rb") as f:
@@ -111,6 +113,9 @@ class Whitening(nn.Module):
         except Exception as exc:  # numpy raises ValueError / zipfile / OS errors for a corrupt file
             raise ValueError(f"could not read whitening file {path}: {type(exc).__name__}: {exc}") from exc
         missing = {"mean", "projection", "kind"} - set(arrays)
+        if len(missing) == 3:   # none of its arrays: another zip archive, e.g. a torch.save file
+            raise ValueError(f"{path} is not a whitening file (a zip archive without its arrays mean, projection, "
+                             "kind: a torch file?)")
         if missing:
             raise ValueError(f"whitening file {path}: missing array(s) {sorted(missing)}")
         for key in ("kind", "source"):

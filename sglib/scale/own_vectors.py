@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._checks import check_int
 from ..data.revisitop import read_revisitop_gnd
 from ..rerankers import RERANKERS
 from ..search import knn, load_index, search_index
@@ -123,7 +124,7 @@ def read_relevance(path, n_queries: int, n_db: int) -> list[dict]:
         return gnd
     gnd = [{"easy": [], "hard": [], "junk": []} for _ in range(n_queries)]
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:   # -sig: a spreadsheet's byte-order mark
             reader = csv.DictReader(f)
             if not {"query", "database"} <= set(reader.fieldnames or ()):
                 raise ValueError(f"ground truth {path}: expected a CSV with the header query,database")
@@ -146,6 +147,7 @@ def write_ranking(path, ranking: np.ndarray, meta: dict) -> Path:
     path = Path(path)
     if path.suffix not in (".npy", ".json"):
         raise ValueError(f"out: expected a .npy or .json file name, got {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     if path.suffix == ".npy":
         with open(tmp, "wb") as f:
@@ -176,6 +178,7 @@ def rerank_files(queries, database, out, method: str = "superglobal", M: int = 4
     if q.shape[1] != x.shape[1]:
         raise ValueError(f"queries have {q.shape[1]} dims, the database {x.shape[1]}: both must come from one model")
     gnd = read_relevance(ground_truth, len(q), len(x)) if ground_truth is not None else None
+    M = min(check_int(M, "--M", 1, what="(the shortlist size)"), len(x))   # capped at N, as everywhere
     t0 = time.perf_counter()
     if ranking is not None:
         initial, stage = load_ranking(ranking, len(q), len(x), M)[:, :M], f"ranking {ranking}"

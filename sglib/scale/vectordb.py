@@ -89,10 +89,17 @@ class QdrantStage:
         from qdrant_client import models
         from tqdm.auto import tqdm
         x = _unit_rows(x, "x")
-        start = len(self)
-        ids = np.arange(start, start + len(x)) if ids is None else np.asarray(ids)
+        if ids is None:   # after the largest id stored, so that no stored point is replaced
+            start = 0 if len(self) == 0 else 1 + max(int(p.id) for p in self._all_points())
+            ids = np.arange(start, start + len(x))
+        ids = np.asarray(ids)
         if ids.shape != (len(x),) or ids.dtype.kind not in "iu" or (ids < 0).any() or len(np.unique(ids)) != len(ids):
             raise ValueError(f"ids: expected {len(x)} distinct integers >= 0, one per row of x")
+        if len(self):
+            taken = self.client.retrieve(self.collection, [int(i) for i in ids], with_vectors=False)
+            if taken:
+                raise ValueError(f"ids: {len(taken)} already stored (e.g. {taken[0].id}); adding would replace them: "
+                                 "give new ids, or leave ids out")
         if self.dim is None:
             self.client.create_collection(self.collection, vectors_config=models.VectorParams(
                 size=x.shape[1], distance=models.Distance.DOT))
@@ -103,6 +110,16 @@ class QdrantStage:
             hi = lo + _UPLOAD_BATCH
             self.client.upload_collection(self.collection, vectors=x[lo:hi], ids=[int(i) for i in ids[lo:hi]],
                                           wait=True)
+
+    def _all_points(self):
+        """Every stored point's record (ids only), page by page."""
+        offset = None
+        while True:
+            points, offset = self.client.scroll(self.collection, limit=10_000, offset=offset, with_vectors=False,
+                                                with_payload=False)
+            yield from points
+            if offset is None:
+                return
 
     def search(self, q: np.ndarray, M: int) -> tuple[np.ndarray, np.ndarray]:
         """The top-``M`` of each query by inner product: ``(ids (nq, M) int64, vectors (nq, M, D) float32)``,
@@ -148,6 +165,8 @@ def rerank_returned(q: np.ndarray, ids: np.ndarray, vectors: np.ndarray, method:
     q = _unit_rows(q, "q")
     vectors = _unit_rows(vectors, "vectors", ndim=3)
     ids = np.asarray(ids)
+    if ids.dtype.kind not in "iu":
+        raise ValueError(f"ids: expected integer database ids, got {ids.dtype}")
     nq, M, D = vectors.shape
     if ids.shape != (nq, M) or q.shape != (nq, D):
         raise ValueError(f"q {q.shape}, ids {ids.shape}, vectors {vectors.shape}: expected (nq, D), (nq, M), "
