@@ -124,8 +124,8 @@ def rerank_gain_check(q: np.ndarray, x: np.ndarray, ranks: np.ndarray, M: int = 
     score = means[SCORE_SIGNAL]
     verdict = score_verdict(score)
     said = {"help": "likely to help", "hurt": "likely to hurt", "unclear": "uncertain to help or hurt"}[verdict]
-    reason = (f"each query's first {K} results stand on average {score:.2f} standard deviations above its first "
-              f"{signals_m(M, x, ranks)} in similarity (help at >= {HELP_AT}, hurt below {HURT_BELOW}; "
+    reason = (f"each query's first {K} results stand on average {score:.2f} standard deviations above the mean "
+              f"similarity of its first {signals_m(M, x, ranks)} (help at >= {HELP_AT}, hurt below {HURT_BELOW}; "
               f"{means['sig_reciprocal']:.2f} of them have the query among their own {K} nearest)")
     message = f"Reranking is {said} here, because {reason}."
     signals = {**means, "queries": int(q.shape[0]), "M": signals_m(M, x, ranks), "K": int(K)}
