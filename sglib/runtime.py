@@ -291,6 +291,29 @@ def _kill_silent_sibling(pid: str, rank: int) -> None:
         pass
 
 
+PEER_REASON_WAIT_S = 10.0   # how long a rank whose connection broke waits for the failed rank's reason
+
+
+def _follows_from_a_peer(exc: BaseException) -> bool:
+    """Whether ``exc`` is a collective's broken connection: another process's failure seen from here."""
+    import torch.distributed as dist
+    text = str(exc)
+    return isinstance(exc, getattr(dist, "DistError", ())) or any(
+        words in text for words in ("Connection closed by peer", "Connection reset by peer", "Broken pipe"))
+
+
+def _wait_for_key(store, key: str, seconds: float) -> None:
+    """Return once ``key`` is in ``store`` or ``seconds`` have passed (or the store is gone)."""
+    until = time.monotonic() + seconds
+    while time.monotonic() < until:
+        try:
+            if store.check([key]):
+                return
+        except Exception:   # the store went with its host
+            return
+        time.sleep(0.1)
+
+
 @contextlib.contextmanager
 def process_group(backend: str, collective_timeout: float, dist_timeout: float = DEFAULT_DIST_TIMEOUT):
     """Join the ``torchrun`` process group (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT from the environment)
@@ -332,6 +355,8 @@ def process_group(backend: str, collective_timeout: float, dist_timeout: float =
     except BaseException as exc:
         watch.stopping.set()   # this rank's own traceback is printed by the caller, not by the watch
         reason = f"rank {rank} ({watch.where(rank)}) failed: {type(exc).__name__}: {exc}"
+        if _follows_from_a_peer(exc):   # its socket closed first: give the failed rank time to publish its reason
+            _wait_for_key(peers, "failed", PEER_REASON_WAIT_S)
         try:
             first = peers.compare_set("failed", "", reason).decode()
         except Exception:   # the store is gone with its host: this rank's own error is all there is
