@@ -139,6 +139,8 @@ def test_rerank_command_on_npy_files_with_and_without_ground_truth(golden_rerank
     assert np.array_equal(np.array(record["ranking"]), expected) and record["first_stage"] == "Qdrant (:memory:)"
     out = capsys.readouterr().out
     assert "mAP over the top 100, before" in out and "after" in out and set(record["map_top_m"]) == {"before", "after"}
+    assert record["gain_check"]["verdict"] in ("help", "hurt", "unclear")
+    assert f"without labels: {record['gain_check']['message']}" in out
     assert cli.main([*base, "--method", "k_reciprocal", "--param", "k1=12", "--out", str(tmp_path / "k.npy")]) == 0
     assert np.array_equal(np.load(tmp_path / "k.npy"), rerank("k_reciprocal", q, x, rank_database(q, x), M=100,
                                                               k1=12)[:, :100])

@@ -140,6 +140,8 @@ def cmd_rerank(args) -> dict:
     print(f"{record['method']} on the top {record['M']} of {record['queries']} queries over {record['database']} "
           f"vectors of {record['dim']} dims; first stage: {record['first_stage']} ({record['seconds']['first_stage']} s),"
           f" rerank {record['seconds']['rerank']} s")
+    if "gain_check" in record:
+        print(f"without labels: {record['gain_check']['message']}")
     for when, maps in record.get("map_top_m", {}).items():
         print(f"mAP over the top {record['M']}, {when:6s}: " + "  ".join(f"{p} {v:.2f}" for p, v in maps.items()))
     print(f"wrote {args.out}")

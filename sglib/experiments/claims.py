@@ -53,6 +53,8 @@ SOURCE_COMMANDS = {
     "results/training_full.json": "python -m sglib train-study",
     "results/benchmark_design.json": "python -m sglib design-check",
     "results/rerankers.json": "python -m sglib rerankers",
+    "results/bench.json": "make bench",
+    "results/rerank_gain_check.json": "python -m sglib.experiments.gain_check_validation",
 }
 
 

@@ -287,6 +287,15 @@ def bench_table(results_dir) -> str:
     return "\n".join(lines) + f"\n\nDevice: {data['device']}; each ratio from one run, interleaved repeats."
 
 
+def gain_check_table(results_dir) -> str:
+    """The label-free rerank-gain check against the measured gain (``python -m sglib.experiments.gain_check_validation``)."""
+    from .gain_check_validation import markdown_table
+    record = json.loads(_path(results_dir, "results/rerank_gain_check.json").read_text())
+    shipped = record["shipped"]
+    return markdown_table(record) + (f"\n\nPoints: {len(record['points'])} base rankings; verdict thresholds as "
+                                     f"shipped: {json.dumps(shipped, sort_keys=True)}.")
+
+
 BLOCKS = {
     "demo-table": Block(("results/demo.json",), demo_table),
     "stability-effects": Block(("results/stability.json",), stability_effects),
@@ -296,6 +305,7 @@ BLOCKS = {
     "rerank-gain": Block(("results/stability.json",), rerank_gain),
     "rerankers": Block(("results/rerankers.json",), rerankers_table),
     "bench": Block(("results/bench.json",), bench_table),
+    "gain-check": Block(("results/rerank_gain_check.json",), gain_check_table),
 }
 
 

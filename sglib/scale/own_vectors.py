@@ -204,9 +204,15 @@ def rerank_files(queries, database, out, method: str = "superglobal", M: int = 4
     else:
         after = rerank_own(q, x, initial, M, method, **params)
     t2 = time.perf_counter()
+    check = None
+    if method.startswith("superglobal"):   # the label-free check is validated for SuperGlobal only
+        from ..rerankers.gain_check import rerank_gain_check
+        check = rerank_gain_check(q, x, initial, M=M, K=params.get("K", 9))
     record = {"method": method, "params": params, "M": int(M), "queries": len(q), "database": len(x),
               "dim": int(x.shape[1]), "first_stage": stage,
               "seconds": {"first_stage": round(t1 - t0, 3), "rerank": round(t2 - t1, 3)}}
+    if check is not None:
+        record["gain_check"] = {"verdict": check.verdict, "message": check.message}
     if gnd is not None:
         record["map_top_m"] = {when: {p: round(100 * r[p]["map"], 2) for p in ("easy", "medium", "hard")}
                                for when, r in (("before", revisited(initial, gnd)), ("after", revisited(after, gnd)))}
