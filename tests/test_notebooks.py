@@ -35,6 +35,8 @@ def test_docs_check_finds_leaks_reprs_and_missing_figures(tmp_path):
     page = tmp_path / "a.html"
     page.write_text('<img src="data:image/png;base64,AAA"> ok')
     assert check_page(page, notebooks, ["/abs/repo"]) == []
-    page.write_text("<pre>Text(0.5, 1.0, 'title')</pre> /abs/repo/data")
+    # a text output as nbconvert's lab template writes it
+    page.write_text('<div class="jp-RenderedText jp-OutputArea-output" data-mime-type="text/plain">'
+                    "<pre>Text(0.5, 1.0, 'title')</pre></div> /abs/repo/data")
     problems = check_page(page, notebooks, ["/abs/repo"])
     assert len(problems) == 3 and "absolute path" in problems[0] and "no image" in problems[2]
