@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import sglib
-from sglib.cli import _nan_to_none
+from sglib.evaluate.protocol import nan_to_none
 from sglib.evaluate.retrieval import RerankSettings, evaluate_retrieval
 from sglib.evaluate.protocol import revisited
 from sglib.method.descriptors import DescriptorSettings
@@ -200,7 +200,7 @@ def test_negative_batch_norm_variance_is_named(tmp_path):
 def test_a_protocol_without_positives_is_null_in_json():
     res = revisited(np.array([[0, 1, 2]]), [{"easy": [], "hard": [1], "junk": []}])
     assert np.isnan(res["easy"]["map"])
-    text = json.dumps(_nan_to_none({"map": {"easy": 100 * res["easy"]["map"]}}), allow_nan=False)
+    text = json.dumps(nan_to_none({"map": {"easy": 100 * res["easy"]["map"]}}), allow_nan=False)
     assert json.loads(text) == {"map": {"easy": None}}
 
 

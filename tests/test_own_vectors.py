@@ -228,3 +228,15 @@ def test_m_beyond_the_database_is_capped_a_bom_is_read_and_the_out_folder_made(t
     record = rerank_files(tmp_path / "q.npy", tmp_path / "x.npy", tmp_path / "new" / "r.npy", M=500, params={"K": 3},
                           ground_truth=tmp_path / "p.csv")
     assert record["M"] == len(x) and np.load(tmp_path / "new" / "r.npy").shape == (len(q), len(x))
+
+
+def test_a_ground_truth_without_positives_writes_null_not_nan(tmp_path):
+    from sglib.scale.own_vectors import rerank_files
+    q, x, _ = _clustered_synthetic()
+    np.save(tmp_path / "q.npy", q)
+    np.save(tmp_path / "x.npy", x)
+    (tmp_path / "none.csv").write_text("query,database\n")      # no relevant pair at all: no mAP to report
+    rerank_files(tmp_path / "q.npy", tmp_path / "x.npy", tmp_path / "r.json", M=20, params={"K": 3},
+                 ground_truth=tmp_path / "none.csv")
+    record = json.loads((tmp_path / "r.json").read_text())      # strict JSON: NaN would not parse in most readers
+    assert "NaN" not in (tmp_path / "r.json").read_text() and record["map_top_m"]["before"]["medium"] is None

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 from pathlib import Path
@@ -49,6 +48,7 @@ def _add_evaluate(sub):
 
 def cmd_evaluate(args) -> dict:
     from ..data.revisitop import load_revisitop
+    from ..evaluate.protocol import nan_to_none
     from ..evaluate.retrieval import evaluate_retrieval
     from ..scale.extract import build_extractor, dataset_features
 
@@ -73,19 +73,9 @@ def cmd_evaluate(args) -> dict:
     out = Path(args.json or f"results/{args.dataset}_evaluate.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     # a protocol without positives has no mAP: JSON null, never the non-standard NaN
-    out.write_text(json.dumps(_nan_to_none(record), indent=2, allow_nan=False))
+    out.write_text(json.dumps(nan_to_none(record), indent=2, allow_nan=False))
     print(f"wrote {out}")
     return record
-
-
-def _nan_to_none(obj):
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _nan_to_none(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_nan_to_none(v) for v in obj]
-    return obj
 
 
 def _add_rerank(sub):

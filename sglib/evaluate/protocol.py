@@ -5,6 +5,8 @@ one array keyed by ``query * N + position``, so junk counting is one ``searchsor
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 
@@ -173,6 +175,23 @@ def revisited(ranks, gnd, ks=(1, 5, 10)) -> dict:
     ranks = _check_inputs(ranks, gnd)
     ks = check_ks(ks)
     return {p: protocol_summary(*_protocol_scores(ranks, gnd, p, ks), len(ks)) for p in PROTOCOLS}
+
+
+def nan_to_none(obj):
+    """``obj`` (dicts, lists, floats) with every non-finite float replaced by None: JSON null for a protocol
+    without positives, never the non-standard NaN.
+
+    Example:
+        >>> nan_to_none({"easy": float("nan"), "medium": [0.5]})
+        {'easy': None, 'medium': [0.5]}
+    """
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [nan_to_none(v) for v in obj]
+    return obj
 
 
 def results_table(results: dict, ks=(1, 5, 10)) -> pd.DataFrame:

@@ -25,6 +25,8 @@ import numpy as np
 
 from .._checks import check_int
 from ..data.revisitop import read_revisitop_gnd
+from ..evaluate.protocol import nan_to_none
+from ..method.rerank import DEFAULT_K
 from ..rerankers import RERANKERS
 from ..search import knn, load_index, search_index
 
@@ -104,9 +106,14 @@ def rerank_own(q: np.ndarray, x: np.ndarray, ranking: np.ndarray, M: int, method
     :data:`sglib.rerankers.RERANKERS`, its parameters in ``params``); the rest unchanged."""
     if method not in RERANKERS:
         raise ValueError(f"method: unknown reranker {method!r}; known: {', '.join(RERANKERS)}")
+    _check_same_model(q, x)
+    return np.asarray(RERANKERS[method](q, x, ranking, M, graph=graph, **params))
+
+
+def _check_same_model(q: np.ndarray, x: np.ndarray) -> None:
+    """ValueError unless queries and database have one dimension."""
     if q.shape[1] != x.shape[1]:
         raise ValueError(f"queries have {q.shape[1]} dims, the database {x.shape[1]}: both must come from one model")
-    return np.asarray(RERANKERS[method](q, x, ranking, M, graph=graph, **params))
 
 
 def read_relevance(path, n_queries: int, n_db: int) -> list[dict]:
@@ -153,7 +160,7 @@ def write_ranking(path, ranking: np.ndarray, meta: dict) -> Path:
         with open(tmp, "wb") as f:
             np.save(f, ranking)
     else:
-        tmp.write_text(json.dumps({**meta, "ranking": ranking.tolist()}) + "\n")
+        tmp.write_text(json.dumps({**nan_to_none(meta), "ranking": ranking.tolist()}, allow_nan=False) + "\n")
     os.replace(tmp, path)
     return path
 
@@ -175,11 +182,11 @@ def rerank_files(queries, database, out, method: str = "superglobal", M: int = 4
 
     params = dict(params or {})
     q, x = load_vectors(queries, "queries"), load_vectors(database, "database")
-    if q.shape[1] != x.shape[1]:
-        raise ValueError(f"queries have {q.shape[1]} dims, the database {x.shape[1]}: both must come from one model")
+    _check_same_model(q, x)
     gnd = read_relevance(ground_truth, len(q), len(x)) if ground_truth is not None else None
     M = min(check_int(M, "--M", 1, what="(the shortlist size)"), len(x))   # capped at N, as everywhere
     t0 = time.perf_counter()
+    vectors = None   # the candidates' vectors when a vector database returned them
     if ranking is not None:
         initial, stage = load_ranking(ranking, len(q), len(x), M)[:, :M], f"ranking {ranking}"
     elif index is not None:
@@ -199,7 +206,7 @@ def rerank_files(queries, database, out, method: str = "superglobal", M: int = 4
     else:
         initial, stage = first_stage(q, x, M), "exact search"
     t1 = time.perf_counter()
-    if qdrant is not None or qdrant_url is not None:
+    if vectors is not None:
         after = rerank_returned(q, initial, vectors, method, **params)
     else:
         after = rerank_own(q, x, initial, M, method, **params)
@@ -207,7 +214,7 @@ def rerank_files(queries, database, out, method: str = "superglobal", M: int = 4
     check = None
     if method.startswith("superglobal"):   # the label-free check is validated for SuperGlobal only
         from ..rerankers.gain_check import rerank_gain_check
-        check = rerank_gain_check(q, x, initial, M=M, K=params.get("K", 9))
+        check = rerank_gain_check(q, x, initial, M=M, K=params.get("K", DEFAULT_K))
     record = {"method": method, "params": params, "M": int(M), "queries": len(q), "database": len(x),
               "dim": int(x.shape[1]), "first_stage": stage,
               "seconds": {"first_stage": round(t1 - t0, 3), "rerank": round(t2 - t1, 3)}}
