@@ -234,8 +234,8 @@ def test_every_block_from_synthetic_results(tmp_path):
     assert "was written with another ladder" not in text
     assert "| ArcFace | 90.0 | 70.0 | 40.0 | 2.20 | 4.6 | +0.10 |" in text
     assert text.count(f"| {cl.REPRODUCED} |") >= 4
-    assert "| rerank | 1 | 1.5000 | M x M product | 1.0000 | 1.50 | <= 1.3 | MISS |" in text
-    assert "| on CUDA |  | - |  | - | - |  | not measured: no GPU |" in text
+    assert "| rerank | - | 1 | 1.5000 | M x M product | 1.0000 | 1.50 | <= 1.3 | MISS | - | - |" in text
+    assert "| on CUDA | cuda | - | - | - | - | - | - | not measured: no GPU | - | - |" in text
 
 
 def test_a_stale_ladder_is_said_not_measured(tmp_path):

@@ -271,20 +271,54 @@ def rerankers_table(results_dir) -> str:
     return "\n".join(lines) + f"\n\nDescriptors: the `{data['descriptor']}` row; shortlist M = {data['M']}."
 
 
+BENCH_COLUMNS = ("stage", "device", "threads", "time (s)", "bound", "bound (s)", "ratio", "target", "status",
+                 "recall@100", "peak MiB (stage / bound)")
+BENCH_SIMULATED = ("Simulated data: the `knn`, `IVF-PQ` and `evaluation` rows (vectors and scores, "
+                   "`benchmarks/search.py`; the evaluation uses the real revisited-Oxford ground truth) and the `rerank M=... K=...` rows "
+                   "(`benchmarks/rerank.py`); the extraction, reranker-method and training rows use the bundled "
+                   "benchmark's images and descriptors.")
+
+
+def _bench_ratio(r: float) -> str:
+    return f"{r:.2f}" if r >= 0.1 else f"{r:.3f}"
+
+
+def bench_frame(results_dir):
+    """``results/bench.json`` (``make bench``) as a DataFrame of display strings, one row per stage, the columns of
+    :data:`BENCH_COLUMNS`: both times, the ratio, the target, PASS/MISS, and IVF-PQ's recall@100 or the peak memory
+    of a stage and of its bound where the row has them. A cell with nothing to show holds ``-`` (never NaN); a stage
+    not measured here (e.g. no GPU lent) has its reason as its status."""
+    import pandas as pd
+    data = json.loads(_path(results_dir, "results/bench.json").read_text())
+
+    def cells(r):
+        measured = r.get("time_s") is not None
+        peak = (f"{r['peak_mib']:.0f} / {r['bound_peak_mib']:.0f}" if r.get("peak_mib") is not None and
+                r.get("bound_peak_mib") is not None else "-")
+        return (r["stage"], r.get("device", "-"), str(r["threads"]) if r.get("threads") is not None else "-",
+                f"{r['time_s']:.4f}" if measured else "-", r.get("bound") or "-",
+                f"{r['bound_s']:.4f}" if measured else "-", _bench_ratio(r["ratio"]) if measured else "-",
+                r.get("target") or "-", r["status"], f"{r['recall']:.4f}" if r.get("recall") is not None else "-",
+                peak)
+    return pd.DataFrame([cells(r) for r in data["rows"]], columns=list(BENCH_COLUMNS))
+
+
+def bench_source(results_dir) -> str:
+    """Where :func:`bench_frame`'s table comes from: the file, the device and when it was written (when the file
+    records it)."""
+    data = json.loads(_path(results_dir, "results/bench.json").read_text())
+    when = f"written {data['written']}" if data.get("written") else "its writing time not recorded in the file"
+    return f"`results/bench.json` (`make bench`), device: {data['device']}, {when}"
+
+
 def bench_table(results_dir) -> str:
-    """Every measured stage against its bound (``make bench``): both times, the ratio, the target, PASS/MISS."""
-    source = "results/bench.json"
-    data = json.loads(_path(results_dir, source).read_text())
-    lines = ["| stage | threads | time (s) | bound | bound (s) | ratio | target | status |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in data["rows"]:
-        if r.get("time_s") is None:   # a stage not measured here (e.g. no GPU): its reason instead of times
-            lines.append(f"| {r['stage']} | {r.get('threads', '')} | - | {r.get('bound', '')} | - | - | "
-                         f"{r.get('target', '')} | {r['status']} |")
-            continue
-        lines.append(f"| {r['stage']} | {r['threads']} | {r['time_s']:.4f} | {r['bound']} | {r['bound_s']:.4f} | "
-                     f"{r['ratio']:.2f} | {r['target']} | {r['status']} |")
-    return "\n".join(lines) + f"\n\nDevice: {data['device']}; each ratio from one run, interleaved repeats."
+    """Every measured stage against its bound (``make bench``): :func:`bench_frame` as Markdown, then its source
+    (:func:`bench_source`) and which rows are simulated."""
+    frame = bench_frame(results_dir)
+    lines = ["| " + " | ".join(frame.columns) + " |", "|---" * len(frame.columns) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines) + (f"\n\nFrom {bench_source(results_dir)}; each ratio from one run, interleaved repeats, "
+                               f"medians. {BENCH_SIMULATED}")
 
 
 def gain_check_table(results_dir) -> str:
@@ -397,4 +431,5 @@ def update(readme, results_dir, blocks: dict = BLOCKS) -> list:
 
 
 __all__ = ["Block", "BLOCKS", "Difference", "COMMAND", "GENERATED_BLOCK", "demo_table", "stability_effects",
+           "bench_frame", "bench_source", "bench_table", "BENCH_COLUMNS",
            "claims_table", "training_table", "ladder_note", "marker", "render", "check", "update"]
