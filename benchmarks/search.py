@@ -30,6 +30,11 @@ other jobs on a shared machine slow both sides alike. Prints:
      (N database items; 100,000 with --quick, which changes nothing else);
   with the peak resident-memory increase of each step (RSS sampled every 5 ms), then one line per
   target with PASS or MISS (targets are set at N=1,000,000 x 256; other sizes print n/a).
+  With --json FILE (not --skinny), steps 3 and 4 append one row each to FILE (``results/bench.json``'s rows):
+  IVF-PQ against exact knn at its recall (key ``recall``; ratio = IVF-PQ time / exact time, target 1/20), and
+  streaming evaluation against the full arg-sort (medians of --repeats interleaved runs after one untimed run
+  each that measures its peak memory: keys ``peak_mib`` / ``bound_peak_mib``, the larger of the tracemalloc
+  and the RSS peak, each blind to some allocations; target: no slower and at most 1/10 of the memory).
 
 All vectors and scores are SIMULATED (not image descriptors): unit-normalised clustered Gaussian
 vectors whose per-dimension variances fall off as 1/i (a power-law spectrum like that of real global
@@ -202,6 +207,17 @@ def skinny(args):
             json.dump(old + rows, f, indent=1)
 
 
+def append_json_rows(path, rows):
+    """Append ``rows`` to the JSON list in ``path`` (created if missing): the non-skinny steps' rows."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _rows import append_rows
+    append_rows(path, rows)
+
+
+IVF_SPEEDUP = 20
+EVAL_MEMORY_SHARE = 0.1
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=None, help="database size (default 1,000,000)")
@@ -216,7 +232,8 @@ def main():
     ap.add_argument("--k-factor", type=int, default=4, help="IVF-PQ candidates re-scored per neighbour")
     ap.add_argument("--skinny", action="store_true", help="only exact search at small batches (see the usage)")
     ap.add_argument("--nq-list", default="1,70,1000", help="--skinny: the query batch sizes")
-    ap.add_argument("--json", default=None, help="--skinny: append the result rows to this JSON list file")
+    ap.add_argument("--json", default=None, help="append the result rows to this JSON list file (--skinny: exact "
+                                                  "search; otherwise steps 3 and 4)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     faiss.omp_set_num_threads(args.threads)
@@ -343,7 +360,10 @@ def main():
         if rec >= 0.95:
             reached = (nprobe, rec, m_ivf.mib)
             break
-    speedup = 0.0
+    speedup, json_rows = 0.0, []
+    ivf_stage = f"IVF-PQ IVF{nlist},PQ{pq_m}x4 fast-scan fp16 refine k_factor={kf} N={n} D={d} nq={nq} k={k}"
+    ivf_bound = "exact knn (sglib.search.knn), same queries, interleaved; recall@100 against its top-100"
+    ivf_target = f"<= 1/{IVF_SPEEDUP} at recall@100 >= 0.95"
     if reached:
         nprobe, rec, mib = reached
         ex_s, ivf_s = [], []
@@ -354,8 +374,16 @@ def main():
         print(f"IVF-PQ first reaching recall@100 >= 0.95: nprobe={nprobe}, k_factor={kf}: recall {rec:.4f}; timed "
               f"interleaved with exact knn: {_median(ivf_s):.3f} s vs {_median(ex_s):.2f} s = {speedup:.1f}x faster, "
               f"search peak RSS +{mib:.0f} MiB")
+        json_rows.append({"stage": f"{ivf_stage} nprobe={nprobe}", "threads": args.threads, "device": "cpu",
+                          "time_s": _median(ivf_s), "bound": ivf_bound, "bound_s": _median(ex_s),
+                          "ratio": _median(ivf_s) / _median(ex_s), "target": ivf_target,
+                          "status": ("PASS" if speedup >= IVF_SPEEDUP else "MISS") if at_target else
+                          "n/a (targets are set at N=1,000,000, D=256)", "recall": rec})
     else:
         print("IVF-PQ did not reach recall@100 >= 0.95 in the sweep")
+        json_rows.append({"stage": ivf_stage, "threads": args.threads, "device": "cpu", "bound": ivf_bound,
+                          "target": ivf_target, "recall": rec,
+                          "status": "MISS: recall@100 0.95 not reached with nprobe <= 128"})
     index = x = x16 = q = None  # frees them (the closures above hold the same cells)
 
     # ---- targets
@@ -377,6 +405,11 @@ def main():
     if not GND.is_file():
         print(f"step 4 not run: the revisited-Oxford ground truth is not at {GND} (put ../shared beside the "
               "repository or set SGLIB_SHARED)")
+        if args.json:
+            append_json_rows(args.json, json_rows + [{
+                "stage": f"evaluation (streaming) 70 queries N={n}", "threads": args.threads, "device": "cpu",
+                "bound": "full arg-sort + sglib.evaluate.revisited",
+                "status": f"not measured: no revisited-Oxford ground truth at {GND}"}])
         return
     gnd = read_revisitop_gnd(GND)["gnd"]
     srng = np.random.default_rng(3)
@@ -401,6 +434,24 @@ def main():
           f"peak numpy memory +{m_light.traced_mib:.0f} MiB (RSS +{m_light.mib:.0f} MiB)")
     print(f"  speed-up {m_full.seconds / m_light.seconds:.1f}x, "
           f"peak memory {m_full.traced_mib / m_light.traced_mib:.0f}x less")
+    light_s, full_s = [], []
+    for _ in range(reps):  # the ratio itself: interleaved, after the untimed-for-the-ratio runs above
+        light_s.append(_timed(lambda: streaming.revisited_from_scores(sim_scores, gnd, progress=False)))
+        full_s.append(_timed(lambda: evaluate.revisited(np.argsort(-sim_scores, axis=1, kind="stable"), gnd)))
+    ratio = _median(light_s) / _median(full_s)
+    peak, bound_peak = max(m_light.traced_mib, m_light.mib), max(m_full.traced_mib, m_full.mib)
+    ok = ratio <= 1 and peak <= EVAL_MEMORY_SHARE * bound_peak
+    print(f"  interleaved, medians of {reps}: streaming {_median(light_s):.2f} s vs full arg-sort "
+          f"{_median(full_s):.2f} s = {ratio:.3f} of its time; peak {peak:.0f} vs {bound_peak:.0f} MiB")
+    target_line(f"4 streaming evaluation no slower than the full arg-sort, <= {EVAL_MEMORY_SHARE} of its peak memory",
+                ok, f"{ratio:.3f} of its time, {peak / bound_peak:.3f} of its memory", True)
+    if args.json:
+        append_json_rows(args.json, json_rows + [{
+            "stage": f"evaluation (streaming) {len(gnd)} queries N={n}", "threads": args.threads, "device": "cpu",
+            "time_s": _median(light_s), "bound": "full arg-sort + sglib.evaluate.revisited (the same mAP, asserted)",
+            "bound_s": _median(full_s), "ratio": ratio, "target": f"<= 1, peak <= {EVAL_MEMORY_SHARE} of the bound's",
+            "status": "PASS" if ok else "MISS", "peak_mib": peak, "bound_peak_mib": bound_peak,
+            "scores": "simulated"}])
 
 
 if __name__ == "__main__":

@@ -163,6 +163,18 @@ class Database:
                 dst.copy_(got)
         return out
 
+    def is_view(self, device=None, dtype=torch.float32) -> bool:
+        """True when every row range comes back as a view of the storage: one part, already ``dtype`` on
+        ``device`` (and writable, if numpy), so a scan copies nothing whatever its block size."""
+        device = torch.device(self.device if device is None else device)
+        if len(self.parts) != 1:
+            return False
+        p = self.parts[0]
+        if isinstance(p, torch.Tensor):
+            return p.dtype == dtype and p.device == device
+        return (device.type == "cpu" and p.flags.writeable and p.flags.c_contiguous
+                and torch.from_numpy(np.empty(0, p.dtype)).dtype == dtype)
+
     def blocks(self, block_size: int, device=None, dtype=torch.float32, reuse: bool = False):
         """``(start, rows)`` for consecutive blocks of ``block_size`` rows; the last one may be shorter.
 
@@ -173,7 +185,7 @@ class Database:
         if block_size < 1:
             raise ValueError(f"block_size must be >= 1, got {block_size}")
         buf = None
-        if reuse:
+        if reuse and not self.is_view(device, dtype):
             device = self.device if device is None else device
             buf = torch.empty((min(block_size, self.shape[0]), self.shape[1]), dtype=dtype, device=device)
         for start in range(0, self.shape[0], block_size):
@@ -302,17 +314,21 @@ class _RunningTopK:
         self.kth.index_copy_(0, rows, new_s[:, -1].contiguous())
 
 
-def default_block_size(nq: int, query_block: int = 4096, d: int | None = None) -> int:
+def default_block_size(nq: int, query_block: int = 4096, d: int | None = None, resident: bool = False) -> int:
     """Database rows per block that :func:`knn` uses by default for ``nq`` queries of dimension ``d``.
 
     About 8 MiB of float32 scores per (query block x database block) product, so they are still in
     cache when scanned, at most 2048 rows (measured best on a 2-core AVX-512 CPU for 70 to 1000
     queries), at least 512 rows (the product stays efficient), a multiple of ``_GROUP``. Under 16 queries the
-    products are matrix-vector ones, bound by reading the database: blocks of up to 65536 rows (64 MiB of
-    float32 rows at most, given ``d``) so the fixed cost per block stays small against the read.
+    products are matrix-vector ones, bound by reading the database, and the scores are few: a database
+    already in memory as float32 (``resident``: its blocks are views) is read in blocks of up to 64 MiB of
+    scores, as one product when it fits (the fixed cost per block then vanishes, as in ``(q @ x.T).topk``);
+    others in blocks of up to 65536 rows (64 MiB of converted float32 rows at most, given ``d``).
     """
     qn = max(1, min(nq, query_block))
     if qn < 16:
+        if resident:
+            return max(_GROUP, (64 << 20) // (4 * qn) // _GROUP * _GROUP)
         rows = 65536 if d is None else min(65536, (64 << 20) // (4 * max(d, 1)))
         return max(_GROUP, rows // _GROUP * _GROUP)
     return max(512, min(2048, (8 << 20) // (4 * qn)) // _GROUP * _GROUP)
@@ -374,7 +390,9 @@ def knn(q, x, k: int, block_size: int | None = None, query_block: int = 4096):
     use_torch = isinstance(q, torch.Tensor) or db.is_torch
     device = q.device if isinstance(q, torch.Tensor) else db.device
     qn = min(nq, query_block)
-    block_size = min(default_block_size(nq, query_block, d) if block_size is None else block_size, n)
+    if block_size is None:
+        block_size = default_block_size(nq, query_block, d, resident=db.is_view(device, dtype))
+    block_size = min(block_size, n)
 
     qq = _block(q, 0, nq, device, dtype)
     _check_finite(qq, "q", 0)

@@ -330,3 +330,26 @@ def test_ivfpq_fast_scan_recall_and_round_trip(tmp_path):
     np.testing.assert_array_equal(again[1], approx)
     with pytest.raises(ValueError, match="fast_scan needs nbits=4"):
         search.build_index(x, "ivfpq", nlist=64, m=16, nbits=8, fast_scan=True)
+
+
+def test_few_queries_on_a_resident_database_read_it_as_views_in_one_product():
+    # under 16 queries a float32 database already in memory is scanned in blocks of up to 64 MiB of scores,
+    # with no copy buffer: the same answers, ties at the cut included, as the copied path of several parts
+    q, x = _tied_data(3, 5000, 4, seed=26)
+    ro = x.copy()
+    ro.flags.writeable = False
+    assert search.Database(x).is_view() and search.Database(torch.from_numpy(x)).is_view()
+    for storage in (ro, x.astype(np.float16), np.asfortranarray(x), [x[:2000], x[2000:]]):
+        assert not search.Database(storage).is_view()
+    assert search.default_block_size(1, d=4, resident=True) == (64 << 20) // 4 // 256 * 256
+    assert search.default_block_size(15, d=4, resident=True) < search.default_block_size(1, d=4, resident=True)
+    assert search.default_block_size(1, d=4) == 65536
+    for nq in (1, 3):
+        for k in (1, 9, 100):
+            want_s, want_i = naive_topk(q[:nq], x, k)
+            for storage in (x, torch.from_numpy(x), ro, [x[:2000], x[2000:]]):
+                s, i = search.knn(q[:nq], storage, k)
+                np.testing.assert_array_equal(np.asarray(i), want_i)
+                np.testing.assert_array_equal(np.asarray(s), want_s)
+    blocks = list(search.Database(x).blocks(10**6, reuse=True))
+    assert len(blocks) == 1 and blocks[0][1].data_ptr() == torch.from_numpy(x).data_ptr()   # a view, not a copy
