@@ -74,3 +74,42 @@ def test_bad_inputs():
         rerank.superglobal(q, x, ranks + 1, M=300)
     with pytest.raises(ValueError, match="at least K"):
         rerank.superglobal_candidates(q[0], x[:5], K=9)
+
+
+def _naive_top(sim: np.ndarray, width: int):
+    """Per row: the ``width`` largest values, descending, equal values by lower column (a stable sort)."""
+    order = np.argsort(-sim, axis=-1, kind="stable")[..., :width]
+    return np.take_along_axis(sim, order, -1), order
+
+
+@pytest.mark.parametrize("m,width", [(400, 10), (37, 10), (10, 10), (12, 1), (5, 3), (400, 41)])
+def test_top_neighbours_equal_a_stable_sort_ties_included(m, width):
+    # continuous similarities, then small integers (many ties, at the cut too), then rows sorted either way
+    from sglib.method.rerank import _top_neighbours_grouped, top_neighbours
+    rng = np.random.default_rng(m + width)
+    c = torch.nn.functional.normalize(torch.randn(3, m, 16, generator=torch.Generator().manual_seed(m)), dim=2)
+    tied = torch.from_numpy(rng.integers(-3, 4, (3, m, m)).astype(np.float32))
+    ascending = torch.arange(m, dtype=torch.float32).expand(2, m, m).contiguous()
+    for sim in (rerank.gram(c), tied, ascending, ascending.flip(-1)):
+        want_v, want_c = _naive_top(sim.numpy(), width)
+        vals, cols = top_neighbours(sim, width)
+        np.testing.assert_array_equal(vals.numpy(), want_v)
+        np.testing.assert_array_equal(cols.numpy(), want_c)
+        g_vals, g_cols = _top_neighbours_grouped(sim, width)      # the CUDA path: same values, any tied column
+        np.testing.assert_array_equal(g_vals.numpy(), want_v)
+        np.testing.assert_array_equal(np.take_along_axis(sim.numpy(), g_cols.numpy(), -1), want_v)
+
+
+def test_top_neighbours_do_not_depend_on_the_thread_count():
+    from sglib.method.rerank import top_neighbours
+    c = torch.nn.functional.normalize(torch.randn(4, 400, 32, generator=torch.Generator().manual_seed(5)), dim=2)
+    sim = rerank.gram(c)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = top_neighbours(sim, 10)
+        torch.set_num_threads(2)
+        two = top_neighbours(sim, 10)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(one[0], two[0]) and torch.equal(one[1], two[1])
