@@ -6,7 +6,9 @@
 --skinny times only exact search at small query batches (issue 19): at N x D = 300,000 x 512 and
 1,000,000 x 256, for each batch size, interleaved: the float32 peak (torch.mm of 2048^2), the plain
 ``(q @ x.T).topk(k)`` a user would write, ``sglib.search.knn`` and faiss ``IndexFlatIP`` with its default
-BLAS threshold and with BLAS forced. Targets: knn >= 0.7 of the peak, and never slower than mm + topk.
+BLAS threshold and with BLAS forced. Targets: knn >= 0.7 of the peak (under 16 queries, where a product reads
+each database value for 2 * nq flops and is bound by memory, >= 0.7 of the speed of one read of the database,
+``x.sum()``), and never slower than mm + topk.
 
 Timings that are compared are taken interleaved (A, B, A, B, ...) and summarised by their medians, so
 other jobs on a shared machine slow both sides alike. Prints:
@@ -169,28 +171,38 @@ def skinny(args):
                     faiss.cvar.distance_compute_blas_threshold = blas_default
             fns = {"peak": lambda: torch.mm(a, b, out=o), "mm+topk": lambda: (qt @ xt.T).topk(k),
                    "knn": lambda: search.knn(q, x, k), "faiss default": lambda: faiss_at(blas_default),
-                   "faiss BLAS": lambda: faiss_at(1)}
+                   "faiss BLAS": lambda: faiss_at(1), "read": lambda: xt.sum()}
             times = {key: [] for key in fns}
             for _ in range(reps):
                 for key, fn in fns.items():
                     times[key].append(_timed(fn))
             med = {key: _median(v) for key, v in times.items()}
             peak = 2 * 2048**3 / med["peak"]
-            frac = {key: 2 * nq * n * d / med[key] / peak for key in fns if key != "peak"}
+            frac = {key: 2 * nq * n * d / med[key] / peak for key in fns if key not in ("peak", "read")}
             # bytes the database costs per flop: at nq queries each 4-byte value feeds 2 * nq flops
             print(f"N={n:,} D={d} nq={nq}: peak {peak / 1e9:.1f} GFLOP/s; " + ", ".join(
                 f"{key} {1000 * med[key]:.0f} ms = {frac[key]:.2f}" for key in frac) + " of peak; "
-                f"arithmetic intensity {nq / 2:.1f} flop/byte of database read")
-            ok_peak, ok_naive = frac["knn"] >= 0.7, med["knn"] <= med["mm+topk"]
+                f"arithmetic intensity {nq / 2:.1f} flop/byte of database read; one read of the database "
+                f"(x.sum()) {1000 * med['read']:.0f} ms")
+            # under 16 queries a product is bound by reading the database, not by the flops: at 0.5 flop/byte
+            # (one query) the GEMM peak is out of reach for any method, so the bound is one read of the database
+            memory_bound = nq < 16
+            if memory_bound:
+                bound_name, bound_s, share = "one read of the database (x.sum())", med["read"], med["read"] / med["knn"]
+                target = ">= 0.7 of read speed"
+            else:
+                bound_name, bound_s, share = ("float32 peak (torch.mm 2048^2) at the same flops",
+                                              2 * nq * n * d / peak, frac["knn"])
+                target = ">= 0.7 of peak"
+            ok_peak, ok_naive = share >= 0.7, med["knn"] <= med["mm+topk"]
             for name, ok, figure in (
-                    (f"knn >= 0.7 of the float32 peak, N={n:,} D={d} nq={nq}", ok_peak, f"{frac['knn']:.2f}"),
+                    (f"knn {target}, N={n:,} D={d} nq={nq}", ok_peak, f"{share:.2f}"),
                     (f"knn no slower than mm+topk, N={n:,} D={d} nq={nq}", ok_naive,
                      f"{med['knn'] / med['mm+topk']:.2f}x its time")):
                 print(f"TARGET {name}: {'PASS' if ok else 'MISS'}; measured {figure}")
             rows += [{"stage": f"knn N={n} D={d} nq={nq} k={k}", "threads": args.threads, "device": "cpu",
-                      "time_s": med["knn"], "bound": "float32 peak (torch.mm 2048^2) at the same flops",
-                      "bound_s": 2 * nq * n * d / peak, "ratio": frac["knn"], "target": ">= 0.7 of peak",
-                      "status": "PASS" if ok_peak else "MISS"},
+                      "time_s": med["knn"], "bound": bound_name, "bound_s": bound_s, "ratio": share,
+                      "target": target, "status": "PASS" if ok_peak else "MISS"},
                      {"stage": f"knn vs (q @ x.T).topk N={n} D={d} nq={nq}", "threads": args.threads,
                       "device": "cpu", "time_s": med["knn"], "bound": "(q @ x.T).topk(k)", "bound_s": med["mm+topk"],
                       "ratio": med["knn"] / med["mm+topk"], "target": "<= 1", "status": "PASS" if ok_naive else "MISS",

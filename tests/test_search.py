@@ -353,3 +353,23 @@ def test_few_queries_on_a_resident_database_read_it_as_views_in_one_product():
                 np.testing.assert_array_equal(np.asarray(s), want_s)
     blocks = list(search.Database(x).blocks(10**6, reuse=True))
     assert len(blocks) == 1 and blocks[0][1].data_ptr() == torch.from_numpy(x).data_ptr()   # a view, not a copy
+
+
+def test_one_query_gives_the_same_answer_on_any_thread_count():
+    # one query is scored by faiss's SIMD kernel over rows split between the threads: the split changes nothing
+    rng = np.random.default_rng(27)
+    x = rng.standard_normal((20000, 48)).astype(np.float32)
+    q = rng.standard_normal((1, 48)).astype(np.float32)
+    before = torch.get_num_threads()
+    try:
+        answers = []
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            answers.append(search.knn(q, x, 50))
+    finally:
+        torch.set_num_threads(before)
+    for s, i in answers[1:]:
+        np.testing.assert_array_equal(s, answers[0][0])
+        np.testing.assert_array_equal(i, answers[0][1])
+    want = np.sort((x.astype(np.float64) @ q[0].astype(np.float64)))[::-1][:50]
+    np.testing.assert_allclose(answers[0][0][0], want, rtol=0, atol=1e-4)
