@@ -63,6 +63,7 @@ bench: data
 	$(PY) benchmarks/rerank.py --skip-naive --json $(BENCH_ROWS)
 	$(PY) benchmarks/rerank.py --skip-naive --dim 512 --json $(BENCH_ROWS)
 	$(PY) benchmarks/rerank.py --skip-naive --threads 2 --json $(BENCH_ROWS)
+	$(PY) benchmarks/rerank.py --skip-naive --threads 2 --dim 512 --json $(BENCH_ROWS)
 	$(PY) benchmarks/rerankers.py --data-root $(DATA_ROOT) --json $(BENCH_ROWS)
 	$(PY) benchmarks/extract.py --data-root $(DATA_ROOT) --json $(BENCH_ROWS)
 	$(PY) benchmarks/search.py --json $(BENCH_ROWS)

@@ -339,15 +339,13 @@ _STACK_ROWS = 1 << 16    # and at most this many database rows (one query: a sta
 
 
 def _product(q: torch.Tensor, xb: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """``out = q @ xb.T`` (nq, B). On CPU under 16 queries, where a product is bound by reading the rows: one float32
-    query through faiss's SIMD inner products (:func:`_one_query_products`), a few through numpy's BLAS, whose
-    matrix-vector products use every thread where torch's used one (benchmarks/search.py --skinny); torch's
-    products elsewhere."""
-    if out.device.type == "cpu" and q.shape[0] < 16:
-        if q.shape[0] == 1 and q.dtype == xb.dtype == torch.float32 and xb.is_contiguous() and out.is_contiguous():
-            _one_query_products(q.numpy()[0], xb.numpy(), out.numpy()[0])
-        else:
-            np.matmul(q.numpy(), xb.numpy().T, out=out.numpy())
+    """``out = q @ xb.T`` (nq, B). One float32 query on CPU through faiss's SIMD inner products
+    (:func:`_one_query_products`): torch's matrix-vector product ran on one thread and below the speed of a read
+    of the rows (benchmarks/search.py --skinny). Otherwise ``torch.mm`` (numpy's BLAS was faster at two threads
+    but changed the last bits of 70-query products between one and two threads, where torch's did not)."""
+    if (out.device.type == "cpu" and q.shape[0] == 1 and q.dtype == xb.dtype == torch.float32
+            and xb.is_contiguous() and out.is_contiguous()):
+        _one_query_products(q.numpy()[0], xb.numpy(), out.numpy()[0])
         return out
     return torch.mm(q, xb.T, out=out)
 

@@ -373,3 +373,4 @@ def test_one_query_gives_the_same_answer_on_any_thread_count():
         np.testing.assert_array_equal(i, answers[0][1])
     want = np.sort((x.astype(np.float64) @ q[0].astype(np.float64)))[::-1][:50]
     np.testing.assert_allclose(answers[0][0][0], want, rtol=0, atol=1e-4)
+

@@ -65,9 +65,14 @@ def alpha_qe(q, x, ranks, M: int, n: int = QE_DEFAULTS["n"], alpha: float = QE_D
 
 
 def dba_vectors(cands: torch.Tensor, nbrs: torch.Tensor, nbr_sims: torch.Tensor, alpha: float) -> torch.Tensor:
-    """Augmented rows: (b, M, D) rows, (b, M, k, D) their neighbours, (b, M, k) similarities -> (b, M, D)."""
-    w = _weights(nbr_sims, alpha).unsqueeze(-1)
-    return torch.nn.functional.normalize(cands + (w * nbrs).sum(2), dim=-1)
+    """Augmented rows: (b, M, D) rows, (b, M, k, D) their neighbours, (b, M, k) similarities -> (b, M, D).
+
+    ``normalize(x_i + sum_t w_it x_n(i,t))`` as one batched (1 x k) @ (k x D) product per row added to ``x_i``
+    (``torch.baddbmm``): no (b, M, k, D) weighted copy of the neighbours is made."""
+    b, m, k, d = nbrs.shape
+    w = _weights(nbr_sims, alpha).reshape(b * m, 1, k)
+    augmented = torch.baddbmm(cands.reshape(b * m, 1, d), w, nbrs.reshape(b * m, k, d))
+    return torch.nn.functional.normalize(augmented.view(b, m, d), dim=-1)
 
 
 def alpha_dba(q, x, ranks, M: int, k: int = DBA_DEFAULTS["k"], alpha: float = DBA_DEFAULTS["alpha"],
@@ -87,10 +92,12 @@ def alpha_dba(q, x, ranks, M: int, k: int = DBA_DEFAULTS["k"], alpha: float = DB
     qt, _, _, _, device = shortlist_inputs(q, x, ranks, M)        # refuse bad inputs before building a graph
     graph = graph_for(x, k, graph, device)
 
+    # the gathered neighbours dominate memory: about 64 MiB of them per call, in one buffer reused by every call
+    chunk = max(1, (64 << 20) // (4 * M * (graph.k + 1) * qt.shape[1]))
+    buffer = torch.empty(min(chunk, qt.shape[0]) * M * graph.k * qt.shape[1], dtype=torch.float32, device=device)
+
     def scores(qc, cands, top, rows):
         ids, sims = graph.ids[top], graph.sims[top].to(cands.dtype)                             # (b, M, k)
-        nbrs = rows(ids.reshape(-1)).view(*ids.shape, -1)
-        return batched_mv(dba_vectors(cands, nbrs, sims, alpha), qc)
-    # the gathered neighbours dominate memory: about 64 MiB of them per call
-    chunk = max(1, (64 << 20) // (4 * M * (graph.k + 1) * qt.shape[1]))
+        nbrs = rows(ids.reshape(-1), out=buffer[:ids.numel() * cands.shape[-1]].view(ids.numel(), -1))
+        return batched_mv(dba_vectors(cands, nbrs.view(*ids.shape, -1), sims, alpha), qc)
     return rerank_shortlist(q, x, ranks, M, scores, chunk=chunk, method="DBA")
