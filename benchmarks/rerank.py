@@ -11,9 +11,10 @@ the same product. CUDA rows when a GPU is present.
 usage: python benchmarks/rerank.py [--repeats 5] [--threads 1] [--dim 2048] [--device cpu|cuda] [--json FILE]
 """
 import argparse
-import json
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,6 +22,9 @@ import torch
 from sglib.method import rerank as R
 from sglib.method.rerank import superglobal
 from sglib.method.rerank_reference import superglobal_per_query
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _rows import append_rows  # noqa: E402
 
 
 TARGET_RATIO = 1.3
@@ -70,18 +74,6 @@ def stage_split(qt, xt, rt, M, K, sync, beta=R.DEFAULT_BETA):
         s2 = run("s2", lambda: R.refined_dot(c, qp, nbr, w))
         run("final sort", lambda: torch.sort((s1 + s2) / 2, dim=1, descending=True, stable=True))
     return out
-
-
-def append_row(path, row):
-    """Append ``row`` to the JSON list in ``path`` (created if missing)."""
-    try:
-        with open(path) as f:
-            rows = json.load(f)
-    except (OSError, ValueError):
-        rows = []
-    rows.append(row)
-    with open(path, "w") as f:
-        json.dump(rows, f, indent=1)
 
 
 def timed(fn, sync):
@@ -141,10 +133,10 @@ def main():
     status = "PASS" if ratio <= TARGET_RATIO else "MISS"
     print(f"TARGET rerank <= {TARGET_RATIO}x its M x M product: {status} ({ratio:.2f}x)")
     if args.json:
-        append_row(args.json, {"stage": f"rerank M={args.M} K={args.K} D={args.dim} nq={len(q)}",
+        append_rows(args.json, [{"stage": f"rerank M={args.M} K={args.K} D={args.dim} nq={len(q)}",
                                "threads": args.threads, "device": str(dev), "time_s": med["ours"],
                                "bound": "batched M x M product (torch.bmm)", "bound_s": med["mm"],
-                               "ratio": ratio, "target": f"<= {TARGET_RATIO}", "status": status})
+                               "ratio": ratio, "target": f"<= {TARGET_RATIO}", "status": status}])
     if "naive" in med:
         print(f"per-query reference implementation: {1000 * med['naive']:8.1f} ms   ratio to product: {med['naive'] / med['mm']:.2f}x")
         a = superglobal(q, x, ranks, M=args.M, K=args.K)[:, : args.M]

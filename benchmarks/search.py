@@ -145,7 +145,6 @@ def target_line(name, passed, figure, at_target_size):
 
 def skinny(args):
     """Exact search at small query batches against the peak, ``(q @ x.T).topk(k)`` and faiss (see the usage)."""
-    import json
     k, reps, rows = 100, args.repeats, []
     a, b, o = torch.randn(2048, 2048), torch.randn(2048, 2048), torch.empty(2048, 2048)
     blas_default = faiss.cvar.distance_compute_blas_threshold
@@ -210,13 +209,7 @@ def skinny(args):
                       "faiss_blas_threshold": blas_default}]
         flat = x = xt = None
     if args.json:
-        try:
-            with open(args.json) as f:
-                old = json.load(f)
-        except (OSError, ValueError):
-            old = []
-        with open(args.json, "w") as f:
-            json.dump(old + rows, f, indent=1)
+        append_json_rows(args.json, rows)
 
 
 def append_json_rows(path, rows):

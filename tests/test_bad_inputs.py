@@ -507,3 +507,16 @@ def test_a_directory_an_npz_or_a_torch_file_in_the_wrong_loader_is_named(tmp_pat
                         (lambda: Whitening.load(tmp_path / "t.pt"), "not a whitening file .*a torch file")):
         with pytest.raises(ValueError, match=words):
             call()
+
+
+@pytest.mark.parametrize("nq", [1, 70])
+@pytest.mark.parametrize("parts", [False, True])
+def test_a_database_row_whose_scores_are_minus_inf_is_named(nq, parts):
+    # -inf scores never reach a running top-k nor a group maximum: the check reads the minima too
+    from sglib import search
+    rng = np.random.default_rng(29)
+    x = rng.standard_normal((50000, 16)).astype(np.float32)
+    q = np.repeat(np.abs(x[:1]), nq, 0)          # positive weights: the row's score is -inf, not NaN
+    x[31234, 3] = -np.inf
+    with pytest.raises(ValueError, match="row 31234 contains NaN or infinite values"):
+        search.knn(q, [x[:20000], x[20000:]] if parts else x, 5)
