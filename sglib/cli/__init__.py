@@ -1,4 +1,4 @@
-"""Command line: ``python -m sglib {evaluate,rerank,extract,train,train-study,download,build-data,demo,stability,
+"""Command line: ``python -m sglib {evaluate,rerank,extract,train,train-study,download,build-data,demo,cpu-spread,stability,
 report,design-check,rerankers}``.
 
 Every flag's value is checked before any data or model is read: its text when the command line is
@@ -284,6 +284,11 @@ def _add_data_and_demo(sub):
     p.add_argument("--results", default="results", type=writable("--results", folder=True))
     p.add_argument("--backbone", type=backbone, default="efficientnet_lite0")
     p.add_argument("--no-whitening", action="store_true", help="skip the whitening learned on the training split")
+    p = sub.add_parser("cpu-spread", help="how far demo runs on different CPUs (or CPU code paths) lie apart: "
+                                          "the tolerance notebooks 00 and 06 allow against results/demo.json")
+    p.add_argument("--run", action="append", required=True, type=_label_dir, metavar="LABEL=RESULTS_DIR",
+                   help="a demo run's results folder (its demo.json and demo_machine.json); two or more")
+    p.add_argument("--out", default="results/demo_cpu_spread.json", type=writable("--out", folder=False))
 
 
 def _add_stability(sub):
@@ -356,6 +361,25 @@ def cmd_build_data(args):
 def cmd_demo(args):
     from ..demo import run_demo
     run_demo(args.data_root, args.results, args.backbone, whiten=not args.no_whitening)
+
+
+def _label_dir(text: str) -> tuple:
+    label, sep, folder = text.partition("=")
+    if not sep or not label or not folder:
+        raise argparse.ArgumentTypeError(f"expected LABEL=RESULTS_DIR, got {text!r}")
+    return label, folder
+
+
+def cmd_cpu_spread(args):
+    from ..experiments.committed import measure_spread
+    runs = dict(args.run)
+    if len(runs) != len(args.run):
+        raise ValueError("--run: each label once")
+    record = measure_spread(runs)
+    with open(args.out, "w") as f:
+        json.dump(record, f, indent=2)
+        f.write("\n")
+    print(f"largest difference between runs, mAP points: {record['spread']} -> {args.out}")
 
 
 def _add_benchmark_checks(sub):
@@ -441,7 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     commands = {"evaluate": cmd_evaluate, "rerank": cmd_rerank, "extract": cmd_extract, "train": cmd_train, "train-study": cmd_train_study,
-                "download": cmd_download, "build-data": cmd_build_data, "demo": cmd_demo, "stability": cmd_stability,
+                "download": cmd_download, "build-data": cmd_build_data, "demo": cmd_demo, "cpu-spread": cmd_cpu_spread, "stability": cmd_stability,
                 "report": cmd_report, "design-check": cmd_design_check, "rerankers": cmd_rerankers}
     try:
         configure_threads(args.threads)
