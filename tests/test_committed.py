@@ -35,6 +35,11 @@ def test_spread_is_the_largest_difference_between_any_two_runs(tmp_path):
     assert len(got["pairs"]) == 3 * 2
     with pytest.raises(ValueError, match="two or more"):
         cm.measure_spread({"a": a})
+    d = write_demo(tmp_path / "d", [(80.0, 60.0, 30.0)])            # one row fewer: not comparable
+    with pytest.raises(ValueError, match="other rows"):
+        cm.measure_spread({"a": a, "d": d})
+    with pytest.raises(ValueError, match="demo.json not found"):
+        cm.measure_spread({"a": a, "none": tmp_path / "none"})
 
 
 def test_same_cpu_is_held_to_rounding_and_another_cpu_to_the_measured_spread(tmp_path):
@@ -55,6 +60,8 @@ def test_same_cpu_is_held_to_rounding_and_another_cpu_to_the_measured_spread(tmp
     assert not other.same_cpu and other.tolerance == pytest.approx(0.7)   # ceil(1.5 x 0.41, 0.1)
     assert other.gap == pytest.approx(0.6) and other.holds and "0.41" in other.reason
     assert not cm.compare_with_committed(table([(80.0, 60.0, 30.0), (81.0, 62.8, 35.0)]), committed, "bench").holds
+    (committed / cm.SPREAD_FILE).write_text(json.dumps({"spread": {"bench": 0.4}}))
+    assert cm.compare_with_committed(far, committed, "bench").tolerance == pytest.approx(0.6)   # not 0.7
     with pytest.raises(ValueError, match="no spread for 'other'"):
         cm.compare_with_committed(far, committed, "other")
     with pytest.raises(ValueError, match="rows"):
@@ -67,6 +74,7 @@ def test_cpu_spread_command_writes_the_file(tmp_path, capsys):
     out = tmp_path / "spread.json"
     assert cli.main(["cpu-spread", "--run", f"a={a}", "--run", f"b={b}", "--out", str(out)]) == 0
     assert json.loads(out.read_text())["spread"] == {"bench": pytest.approx(0.2), "other": pytest.approx(0.2)}
+    assert cli.main(["cpu-spread", "--run", f"a={a}", "--run", f"a={b}", "--out", str(out)]) == 2   # a label twice
     with pytest.raises(SystemExit):
         cli.main(["cpu-spread", "--run", "no-label"])
     assert "LABEL=RESULTS_DIR" in capsys.readouterr().err

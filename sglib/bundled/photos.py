@@ -203,8 +203,11 @@ def _copy_member(rel: str, read_file, dest_for) -> None:
     data = read_file(container)
     dest = Path(dest_for(rel))
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.part")   # whole or absent: a killed or parallel fetch
-    tmp.write_bytes(read_rcc_member(data, member) if member else data)   # never leaves a truncated photo
-    os.replace(tmp, dest)
+    try:
+        tmp.write_bytes(read_rcc_member(data, member) if member else data)   # never leaves a truncated photo
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _extract_deb(package: str, version: str, members, dest_for) -> None:

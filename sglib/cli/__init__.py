@@ -284,7 +284,7 @@ def _add_data_and_demo(sub):
     p.add_argument("--results", default="results", type=writable("--results", folder=True))
     p.add_argument("--backbone", type=backbone, default="efficientnet_lite0")
     p.add_argument("--no-whitening", action="store_true", help="skip the whitening learned on the training split")
-    p = sub.add_parser("cpu-spread", help="how far demo runs on different CPUs (or CPU code paths) lie apart: "
+    p = sub.add_parser("cpu-spread", help="how far demo runs on different CPUs lie apart: "
                                           "the tolerance notebooks 00 and 06 allow against results/demo.json")
     p.add_argument("--run", action="append", required=True, type=_label_dir, metavar="LABEL=RESULTS_DIR",
                    help="a demo run's results folder (its demo.json and demo_machine.json); two or more")
